@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install lstmkit with its test tools into it.
+# Needs only Python 3.11 and pip; torch is pinned to the CPU build 2.13.0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.lstmkit-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet "torch==2.13.0"
+    .venv/bin/python -m pip install --quiet -e ".[test]"
+    touch "$stamp"
+fi

@@ -1,0 +1,103 @@
+"""What every cell family gives the engine: one time step forward, the same step backward.
+
+The engine (``lstmkit.engine.sequence``) owns time: it projects the inputs of all steps at once
+(``xw_t = W_ih x_t + b``), walks the steps, keeps the state histories and turns the per-step
+pre-activation gradients into weight gradients. A cell owns the equations of one step and knows
+its gate names; the engine knows none of them.
+
+Shapes inside a step: n active sequences (a prefix of the batch), H hidden units, P = size of
+h_t (H, or proj_size for a projected LSTM), G gate blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
+tanh_backward = torch.ops.aten.tanh_backward.grad_input
+
+
+def sigmoid_backward_(grad: Tensor, y: Tensor) -> Tensor:
+    """grad <- grad * y * (1 - y), in place, for y = sigma(a)."""
+    return sigmoid_backward(grad, y, grad_input=grad)
+
+
+def tanh_backward_(grad: Tensor, y: Tensor) -> Tensor:
+    """grad <- grad * (1 - y^2), in place, for y = tanh(a)."""
+    return tanh_backward(grad, y, grad_input=grad)
+
+
+@dataclass
+class Weights:
+    """One layer-direction's parameters, in torch's layout (``None`` where absent).
+
+    w_ih (G*H, I), w_hh (G*H, P), b_ih / b_hh (G*H,), w_ch (peepholes, (k*H,)), w_hr (P, H).
+    """
+
+    w_ih: Tensor
+    w_hh: Tensor
+    b_ih: Tensor | None = None
+    b_hh: Tensor | None = None
+    w_ch: Tensor | None = None
+    w_hr: Tensor | None = None
+
+
+@dataclass
+class Grads:
+    w_hh: Tensor | None = None
+    b_hh: Tensor | None = None
+    w_ch: Tensor | None = None
+    w_hr: Tensor | None = None
+
+
+class Cell:
+    """Interface of a cell family. Subclasses set the class attributes and the four methods.
+
+    ``state_sizes``: sizes of the carried states, h first (``(P, H)`` for LSTM: h_t, c_t).
+    ``step_buffers``: widths of extra per-step tensors the forward keeps for the backward.
+    ``grad_buffers``: widths of extra per-step tensors the backward keeps for weight gradients.
+    """
+
+    gates: tuple[str, ...] = ()
+    hidden_size: int
+    state_sizes: tuple[int, ...]
+    step_buffers: tuple[int, ...] = ()
+    grad_buffers: tuple[int, ...] = ()
+    # True when W_hh h + b_hh enters every pre-activation additively, so b_hh joins the hoisted
+    # input projection and d b_hh = d b_ih.
+    bias_hh_hoisted: bool = True
+
+    @property
+    def num_gates(self) -> int:
+        return len(self.gates)
+
+    def hoisted_bias(self, w: Weights) -> Tensor | None:
+        """The bias added to W_ih x_t for every step at once."""
+        if w.b_ih is None:
+            return None
+        return w.b_ih + w.b_hh if self.bias_hh_hoisted else w.b_ih
+
+    def forward_step(self, w, gates, prev, new, buf) -> None:
+        """gates: (n, G*H) holding W_ih x_t + b on entry; the activated gates on exit.
+        prev: states at t-1; new: where to write the states at t; buf: this step's step_buffers."""
+        raise NotImplementedError
+
+    def backward_step(self, w, gates, prev, new, buf, dnew, dgates, gbuf, dprev) -> None:
+        """dnew: dL/d(states at t), h entry total, c entry (if any) carrying only what came from
+        outside h_t; the step completes it to the total in place. Writes dL/d(pre-activations)
+        into dgates (n, G*H), extra gradients into gbuf, and dL/d(states at t-1) into dprev."""
+        raise NotImplementedError
+
+    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs) -> Grads:
+        """Gradients of w_hh (and b_hh, w_ch, w_hr where the cell has them) from whole-sequence
+        tensors in processing order: hist[k] (T+1, B, size_k), bufs, dgates (T, B, G*H),
+        dhist[k] (T, B, size_k), gbufs."""
+        raise NotImplementedError
+
+
+def matmul_over_steps(a: Tensor, b: Tensor) -> Tensor:
+    """sum_t a_t^T b_t for a (T, B, M) and b (T, B, N): one (M, N) product over all steps."""
+    return a.reshape(-1, a.shape[-1]).t().mm(b.reshape(-1, b.shape[-1]))

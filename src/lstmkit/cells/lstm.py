@@ -1,0 +1,121 @@
+"""LSTM: one time step forward and backward, with the peephole and coupled-gate variants.
+
+    i_t = sigma(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi [+ p_i * c_{t-1}])   input gate
+    f_t = sigma(W_if x_t + b_if + W_hf h_{t-1} + b_hf [+ p_f * c_{t-1}])   forget gate
+    g_t = tanh (W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)                      candidate memory
+    c_t = f_t * c_{t-1} + i_t * g_t                                         cell state (long-term)
+    o_t = sigma(W_io x_t + b_io + W_ho h_{t-1} + b_ho [+ p_o * c_t])        output gate
+    m_t = o_t * tanh(c_t);  h_t = m_t, or h_t = W_hr m_t with proj_size     hidden state (short-term)
+
+Coupled input and forget gates (CIFG): i_t = 1 - f_t, and the i rows are absent.
+Gate layout of W_ih, W_hh, b_ih, b_hh as torch's: (W_i|W_f|W_g|W_o), coupled (W_f|W_g|W_o).
+Peepholes w_ch: (p_i|p_f|p_o), coupled (p_f|p_o).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Cell, Grads, matmul_over_steps, sigmoid_backward_, tanh_backward_
+
+GATES = ("i", "f", "g", "o")
+COUPLED_GATES = ("f", "g", "o")
+
+
+class LSTMCellMath(Cell):
+    def __init__(self, hidden_size: int, proj_size: int = 0, peephole: bool = False,
+                 coupled: bool = False):
+        self.hidden_size, self.proj_size = hidden_size, proj_size
+        self.peephole, self.coupled = peephole, coupled
+        self.gates = COUPLED_GATES if coupled else GATES
+        self.state_sizes = (proj_size or hidden_size, hidden_size)
+        # tanh(c_t), and m_t = o_t * tanh(c_t) when h_t is its projection
+        self.step_buffers = (hidden_size, hidden_size) if proj_size else (hidden_size,)
+
+    def split(self, gates):
+        """(i, f, g, o) views of a (n, G*H) gate tensor; i is None when coupled."""
+        blocks = gates.split(self.hidden_size, -1)
+        return (None, *blocks) if self.coupled else blocks
+
+    def peepholes(self, w):
+        """(p_i, p_f, p_o); p_i is None when coupled."""
+        p = w.w_ch.split(self.hidden_size)
+        return (None, *p) if self.coupled else p
+
+    def forward_step(self, w, gates, prev, new, buf):
+        h_prev, c_prev = prev
+        h, c = new
+        tanh_c = buf[0]
+        i, f, g, o = self.split(gates)
+        gates.addmm_(h_prev, w.w_hh.t())                       # pre-activations (n, G*H)
+        if self.peephole:
+            p_i, p_f, p_o = self.peepholes(w)
+            if p_i is not None:
+                i.addcmul_(c_prev, p_i)
+            f.addcmul_(c_prev, p_f)
+        if self.coupled:
+            f.sigmoid_()
+            g.tanh_()
+            torch.sub(c_prev, g, out=c)                        # c = g + f * (c_prev - g)
+            c.mul_(f).add_(g)
+        else:
+            gates[:, : 2 * self.hidden_size].sigmoid_()        # i, f
+            g.tanh_()
+            torch.mul(f, c_prev, out=c)                        # c = f * c_prev + i * g
+            c.addcmul_(i, g)
+        if self.peephole:
+            o.addcmul_(c, p_o)
+        o.sigmoid_()
+        torch.tanh(c, out=tanh_c)
+        if self.proj_size:
+            m = buf[1]
+            torch.mul(o, tanh_c, out=m)
+            torch.mm(m, w.w_hr.t(), out=h)                     # h = W_hr m
+        else:
+            torch.mul(o, tanh_c, out=h)                        # h = o * tanh(c)
+
+    def backward_step(self, w, gates, prev, new, buf, dnew, dgates, gbuf, dprev):
+        h_prev, c_prev = prev
+        dh, dc = dnew                   # dc holds dL/dc_t from step t+1 and outside; made total here
+        dh_prev, dc_prev = dprev
+        tanh_c = buf[0]
+        i, f, g, o = self.split(gates)
+        di, df, dg, do = self.split(dgates)
+        dm = dh.mm(w.w_hr) if self.proj_size else dh           # dL/dm_t
+        torch.mul(dm, tanh_c, out=do)                          # do = dm * tanh(c)
+        dc.add_(tanh_backward_(dm * o, tanh_c))                # dc += dm * o * (1 - tanh(c)^2)
+        sigmoid_backward_(do, o)                               # do -> d(o pre-activation)
+        if self.peephole:
+            p_i, p_f, p_o = self.peepholes(w)
+            dc.addcmul_(do, p_o)                               # o_t saw c_t
+        torch.mul(dc, f, out=dc_prev)                          # dc_prev = dc * f
+        if self.coupled:
+            torch.sub(c_prev, g, out=df)                       # df = dc * (c_prev - g)
+            df.mul_(dc)
+            torch.sub(dc, dc_prev, out=dg)                     # dg = dc * (1 - f)
+        else:
+            torch.mul(dc, g, out=di)                           # di = dc * g
+            torch.mul(dc, c_prev, out=df)                      # df = dc * c_prev
+            torch.mul(dc, i, out=dg)                           # dg = dc * i
+        sigmoid_backward_(dgates[:, : (1 if self.coupled else 2) * self.hidden_size],
+                          gates[:, : (1 if self.coupled else 2) * self.hidden_size])
+        tanh_backward_(dg, g)
+        if self.peephole:
+            if p_i is not None:
+                dc_prev.addcmul_(di, p_i)                      # i_t and f_t saw c_{t-1}
+            dc_prev.addcmul_(df, p_f)
+        torch.mm(dgates, w.w_hh, out=dh_prev)                  # dh_prev = dgates W_hh
+
+    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
+        hs, cs = hist
+        grads = Grads(w_hh=matmul_over_steps(dgates, hs[:-1]))
+        if self.peephole:
+            _, df, _, do = self.split(dgates)
+            c_prev, c = cs[:-1], cs[1:]
+            dp = [(df * c_prev).sum((0, 1)), (do * c).sum((0, 1))]
+            if not self.coupled:
+                dp.insert(0, (self.split(dgates)[0] * c_prev).sum((0, 1)))
+            grads.w_ch = torch.cat(dp)
+        if self.proj_size:
+            grads.w_hr = matmul_over_steps(dhist[0], bufs[1])  # sum_t dh_t^T m_t
+        return grads

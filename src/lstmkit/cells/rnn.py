@@ -1,0 +1,50 @@
+"""Elman RNN: one time step forward and backward.
+
+    h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)     (nonlinearity="tanh")
+    h_t = relu(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)     (nonlinearity="relu")
+
+The gradient reaching back k steps is dh_T/dh_t = prod diag(tanh'(a_s)) W_hh: it vanishes or
+explodes geometrically, the problem the gated cells were built to solve.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Cell, Grads, matmul_over_steps, tanh_backward
+
+GATES: tuple[str, ...] = ()
+threshold_backward = torch.ops.aten.threshold_backward.grad_input
+
+
+class RNNCellMath(Cell):
+    gates = GATES
+
+    def __init__(self, hidden_size: int, nonlinearity: str = "tanh"):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.hidden_size, self.nonlinearity = hidden_size, nonlinearity
+        self.state_sizes = (hidden_size,)
+
+    @property
+    def num_gates(self) -> int:
+        return 1                                              # the pre-activation a_t
+
+    def forward_step(self, w, gates, prev, new, buf):
+        (h_prev,), (h,) = prev, new
+        gates.addmm_(h_prev, w.w_hh.t())                      # a_t (n, H)
+        if self.nonlinearity == "tanh":
+            torch.tanh(gates, out=h)
+        else:
+            torch.clamp_min(gates, 0, out=h)
+
+    def backward_step(self, w, gates, prev, new, buf, dnew, dgates, gbuf, dprev):
+        (h,), (dh,), (dh_prev,) = new, dnew, dprev
+        if self.nonlinearity == "tanh":
+            tanh_backward(dh, h, grad_input=dgates)           # da = dh * (1 - h^2)
+        else:
+            threshold_backward(dh, h, 0, grad_input=dgates)   # da = dh * [h > 0]
+        torch.mm(dgates, w.w_hh, out=dh_prev)
+
+    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
+        return Grads(w_hh=matmul_over_steps(dgates, hist[0][:-1]))

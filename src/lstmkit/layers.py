@@ -1,0 +1,482 @@
+"""Recurrent layers that drop in for ``torch.nn.LSTM``, ``GRU`` and ``RNN``, and their ``*Cell``s.
+
+Shapes (as torch.nn names them): N batch, L sequence length, D = 2 if bidirectional else 1,
+H_in input_size, H hidden_size, H_out = proj_size or H.
+
+    input    (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a PackedSequence
+    h_0, h_n (D * num_layers, N, H_out)          c_0, c_n (D * num_layers, N, H)   [LSTM only]
+    output   (L, N, D * H_out), (N, L, D * H_out) with batch_first, or a PackedSequence
+
+Parameters are named and laid out as torch's (``weight_ih_l{k}{_reverse}`` of shape
+(G * H, H_in) for layer 0, gates stacked (W_i|W_f|W_g|W_o) for LSTM and (W_r|W_z|W_n) for GRU),
+so ``load_state_dict`` works both ways with torch.nn modules. The variants add what torch lacks:
+peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-gate rows).
+
+``engine``: "python" walks time with the hand-written BPTT of ``lstmkit.engine.sequence``;
+"torch" calls torch's fused kernels (standard configurations only); "auto" takes torch's
+kernels when the configuration is standard and nothing needs the hand-written engine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, _VF, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import checks
+from .cells.base import Cell, Weights
+from .cells.gru import GRUCellMath
+from .cells.lstm import LSTMCellMath
+from .cells.rnn import RNNCellMath
+from .engine.sequence import StepRecord, run_sequence
+from .trace import Trace
+
+ENGINES = ("auto", "python", "torch")
+
+
+def _check_engine(name: str, engine: str, standard: bool) -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"{name}: engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "torch" and not standard:
+        raise ValueError(f"{name}: engine='torch' runs torch's fused kernels, which have no "
+                         "peephole, coupled-gate or reset_after=False form; use engine='python' "
+                         "or 'auto'")
+
+
+class _Recurrent(nn.Module):
+    """Shared body of LSTM, GRU and RNN: parameters, stacking, directions, packing, engines."""
+
+    family: str                                # "lstm", "gru" or "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, engine: str = "auto",
+                 cell: Cell, peepholes: int = 0):
+        super().__init__()
+        name = type(self).__name__
+        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                           ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
+        if proj_size < 0 or (proj_size and proj_size >= hidden_size):
+            raise ValueError(f"{name}: proj_size must be 0 or in 1..hidden_size-1 "
+                             f"({hidden_size - 1}), got {proj_size}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
+        self.cell = cell
+        self._standard = peepholes == 0 and getattr(cell, "coupled", False) is False \
+            and getattr(cell, "reset_after", True)
+        _check_engine(name, engine, self._standard)
+        self.engine = engine
+
+        factory = {"device": device, "dtype": dtype}
+        G, H, P = cell.num_gates, hidden_size, proj_size or hidden_size
+        D = 2 if bidirectional else 1
+        self._param_names = []
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else P * D
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                shapes = {"weight_ih": (G * H, layer_in), "weight_hh": (G * H, P)}
+                if bias:
+                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                if proj_size:
+                    shapes["weight_hr"] = (P, H)
+                if peepholes:
+                    shapes["weight_ch"] = (peepholes * H,)
+                for key, shape in shapes.items():
+                    self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
+                self._param_names.append({k: k + sfx for k in shapes})
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every weight ~ U(-1/sqrt(H), 1/sqrt(H)), as torch initialises its recurrent layers."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def weights(self, layer: int, direction: int = 0) -> Weights:
+        """The parameters of one layer and direction, in the engine's grouping."""
+        names = self._param_names[layer * self.num_directions + direction]
+        get = lambda key: getattr(self, names[key]) if key in names else None  # noqa: E731
+        return Weights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
+                       get("weight_ch"), get("weight_hr"))
+
+    def _flat_weights(self) -> list[Tensor]:
+        """torch's flat parameter list: per layer and direction w_ih, w_hh, [b_ih, b_hh], [w_hr]."""
+        keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+        return [getattr(self, names[k]) for names in self._param_names for k in keys if k in names]
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        return self.cell.state_sizes
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                             ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0)):
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)}"
+        return s + f", engine={self.engine!r}"
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input, hx=None, lengths=None):
+        """Run the layer. Returns ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``.
+
+        ``lengths`` (optional, an lstmkit addition): for a padded batch, each sequence's length,
+        longest first; the output is zero past each length and the final states are those at
+        each sequence's last step, as if the batch had been packed.
+        """
+        return self._run(input, hx, lengths, record=False)
+
+    def trace(self, input, hx=None, lengths=None) -> Trace:
+        """Run the hand-written engine and keep every gate and state (see ``lstmkit.Trace``)."""
+        return self._run(input, hx, lengths, record=True)
+
+    def _engine_for(self, record: bool) -> str:
+        _check_engine(type(self).__name__, self.engine, self._standard)
+        if record or self.engine == "python" or not self._standard:
+            return "python"
+        return "torch"
+
+    def _run(self, input, hx, lengths, record: bool):
+        name = type(self).__name__
+        if lengths is not None:
+            if isinstance(input, PackedSequence):
+                raise ValueError(f"{name}: lengths is for a padded batch; a PackedSequence "
+                                 "carries its own lengths")
+            return self._run_padded_with_lengths(input, hx, lengths, record)
+
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            checks.check_input(name, x, self.input_size, self.batch_first, packed=True)
+            unbatched = False
+            B = int(batch_sizes[0])
+        else:
+            checks.check_input(name, input, self.input_size, self.batch_first, packed=False)
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else input
+            if self.batch_first and not unbatched:
+                x = x.transpose(0, 1)                                   # (L, N, H_in)
+            batch_sizes = sorted_indices = unsorted_indices = None
+            B = x.shape[1]
+        checks.check_dtype_matches(name, x, self.weights(0).w_ih)
+        states0 = self._initial_states(hx, x, B, unbatched, sorted_indices)
+
+        if self._engine_for(record) == "torch":
+            output, states = self._run_torch(x, batch_sizes, states0)
+            trace = None
+        else:
+            output, states, trace = self._run_python(x, batch_sizes, states0, record)
+
+        if packed:
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                states = [s.index_select(1, unsorted_indices) for s in states]
+        else:
+            if unbatched:
+                output, states = output.squeeze(1), [s.squeeze(1) for s in states]
+            elif self.batch_first:
+                output = output.transpose(0, 1)
+        hidden = tuple(states) if self.family == "lstm" else states[0]
+        if trace is None:
+            return output, hidden
+        trace.finish(output, states, unsorted_indices, unbatched, self.batch_first)
+        return trace
+
+    def _run_padded_with_lengths(self, input, hx, lengths, record: bool):
+        name = type(self).__name__
+        checks.check_input(name, input, self.input_size, self.batch_first, packed=False)
+        if input.dim() != 3:
+            raise ValueError(f"{name}: lengths needs a batched 3-D input, got shape "
+                             f"{checks.shape_str(input.shape)}")
+        T = input.shape[1] if self.batch_first else input.shape[0]
+        B = input.shape[0] if self.batch_first else input.shape[1]
+        lengths = checks.check_lengths(name, lengths, B, T)
+        packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first)
+        result = self._run(packed, hx, None, record)
+        output = result.output if record else result[0]
+        output, _ = pad_packed_sequence(output, batch_first=self.batch_first, total_length=T)
+        if record:
+            result.output = output
+            return result
+        return output, result[1]
+
+    def _initial_states(self, hx, x: Tensor, B: int, unbatched: bool, sorted_indices):
+        """h_0 (and c_0) as (D * num_layers, N, size) tensors in the engine's batch order."""
+        name = type(self).__name__
+        LD = self.num_layers * self.num_directions
+        sizes = self._state_sizes()
+        if hx is None:
+            return [x.new_zeros(LD, B, size) for size in sizes]
+        what = ("h_0", "c_0")
+        if self.family == "lstm":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: expected hx as a tuple (h_0, c_0), got "
+                                f"{type(hx).__name__}")
+            hx = list(hx)
+        else:
+            hx = [hx]
+        states = []
+        for s, size, label in zip(hx, sizes, what):
+            shape = (LD, size) if unbatched else (LD, B, size)
+            s = checks.check_state(name, label, s, shape, x)
+            s = s.unsqueeze(1) if unbatched else s
+            states.append(s if sorted_indices is None else s.index_select(1, sorted_indices))
+        return states
+
+    def _run_torch(self, x: Tensor, batch_sizes, states0):
+        fn = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn": _VF.rnn_tanh}[self.family]
+        if self.family == "rnn" and self.cell.nonlinearity == "relu":
+            fn = _VF.rnn_relu
+        hx = tuple(states0) if self.family == "lstm" else states0[0]
+        args = (hx, self._flat_weights(), self.bias, self.num_layers, self.dropout,
+                self.training, self.bidirectional)
+        if batch_sizes is None:
+            result = fn(x, *args, False)
+        else:
+            result = fn(x, batch_sizes, *args)
+        return result[0], list(result[1:])
+
+    def _run_python(self, x: Tensor, batch_sizes, states0, record: bool):
+        """Stack layers and directions over the hand-written engine. x is time-major; for a
+        PackedSequence it is the packed data, padded here to (T, N, H_in) in sorted order."""
+        packed = batch_sizes is not None
+        if packed:
+            x, lengths = pad_packed_sequence(PackedSequence(x, batch_sizes))
+            bs = batch_sizes.tolist()
+        else:
+            bs = lengths = None
+        T, B = x.shape[:2]
+        D = self.num_directions
+        finals = [[] for _ in states0]
+        records = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs, layer_records = [], []
+            for d in range(D):
+                index = layer * D + d
+                rec = StepRecord() if record else None
+                xd = layer_input.flip(0) if d else layer_input
+                hist = run_sequence(self.cell, xd, [s[index] for s in states0],
+                                    self.weights(layer, d), (bs[::-1] if d and bs else bs), rec)
+                out = hist[0][1:]                                    # (T, N, H_out)
+                outputs.append(out.flip(0) if d else out)
+                for k, h in enumerate(hist):
+                    final = h[lengths, torch.arange(B)] if packed and not d else h[T]
+                    finals[k].append(final)
+                layer_records.append(rec)
+            records.append(layer_records)
+            layer_input = torch.cat(outputs, -1) if D == 2 else outputs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        output = layer_input
+        if packed:
+            output = output.reshape(T * B, -1)[_packed_index(bs, B, x.device)]
+        states = [torch.stack(f) for f in finals]
+        trace = Trace(self, records, bs, T, B) if record else None
+        return output, states, trace
+
+
+def _packed_index(batch_sizes: list[int], B: int, device) -> Tensor:
+    """Rows of a flattened (T * N, F) padded tensor that form the PackedSequence data."""
+    return torch.cat([torch.arange(n, device=device) + t * B for t, n in enumerate(batch_sizes)])
+
+
+class LSTM(_Recurrent):
+    """Long Short-Term Memory layer, drop-in for ``torch.nn.LSTM``; see ``lstmkit.cells.lstm``.
+
+        i_t = sigma(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)
+        f_t = sigma(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
+        g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+        o_t = sigma(W_io x_t + b_io + W_ho h_{t-1} + b_ho)
+        c_t = f_t * c_{t-1} + i_t * g_t
+        h_t = o_t * tanh(c_t)                     (h_t = W_hr (o_t * tanh(c_t)) with proj_size)
+
+    peephole=True adds p_i * c_{t-1}, p_f * c_{t-1} and p_o * c_t inside i_t, f_t, o_t
+    (``weight_ch_l{k}`` = (p_i|p_f|p_o)); coupled=True sets i_t = 1 - f_t and drops the i rows.
+    """
+
+    family = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, peephole: bool = False,
+                 coupled: bool = False, engine: str = "auto"):
+        cell = LSTMCellMath(hidden_size, proj_size, peephole, coupled)
+        self.peephole, self.coupled = peephole, coupled
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, engine=engine, cell=cell,
+                         peepholes=(2 if coupled else 3) if peephole else 0)
+
+
+class GRU(_Recurrent):
+    """Gated Recurrent Unit layer, drop-in for ``torch.nn.GRU``; see ``lstmkit.cells.gru``.
+
+        r_t = sigma(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+        z_t = sigma(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+        n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+        h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+
+    reset_after=False is Cho et al. 2014's n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1}) + b_hn).
+    """
+
+    family = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, reset_after: bool = True, engine: str = "auto"):
+        self.reset_after = reset_after
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, engine=engine,
+                         cell=GRUCellMath(hidden_size, reset_after))
+
+
+class RNN(_Recurrent):
+    """Elman RNN layer, drop-in for ``torch.nn.RNN``: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1}
+    + b_hh), or relu with nonlinearity="relu"; see ``lstmkit.cells.rnn``."""
+
+    family = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
+                 engine: str = "auto"):
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, engine=engine,
+                         cell=RNNCellMath(hidden_size, nonlinearity))
+
+
+# ---------------------------------------------------------------------- single-step cells
+class _StepCell(nn.Module):
+    """One time step: ``torch.nn.*Cell``-compatible parameters (weight_ih, weight_hh, bias_ih,
+    bias_hh, and weight_ch for peepholes) and call signature."""
+
+    family: str
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, device, dtype, *,
+                 cell: Cell, peepholes: int = 0, engine: str = "auto", standard: bool = True):
+        super().__init__()
+        name = type(self).__name__
+        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}")
+        _check_engine(name, engine, standard)
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.cell, self.engine, self._standard = cell, engine, standard
+        factory = {"device": device, "dtype": dtype}
+        G, H = cell.num_gates, hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(G * H, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(G * H, H, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(G * H, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(G * H, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if peepholes:
+            self.weight_ch = nn.Parameter(torch.empty(peepholes * H, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def weights(self) -> Weights:
+        return Weights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                       getattr(self, "weight_ch", None))
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, engine={self.engine!r}"
+
+    def forward(self, input: Tensor, hx=None):
+        """input (N, H_in) or (H_in,); hx (N, H) or (H,), for LSTMCell a tuple (h, c).
+        Returns h' (N, H), for LSTMCell (h', c')."""
+        name = type(self).__name__
+        checks.check_input(name, input, self.input_size, False, packed=False) \
+            if input.dim() != 1 else checks.check_input(name, input.unsqueeze(0),
+                                                        self.input_size, False, packed=False)
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input                  # (N, H_in)
+        checks.check_dtype_matches(name, x, self.weight_ih)
+        B, H = x.shape[0], self.hidden_size
+        n_states = len(self.cell.state_sizes)
+        if hx is None:
+            states = [x.new_zeros(B, H) for _ in range(n_states)]
+        else:
+            hx = list(hx) if n_states == 2 else [hx]
+            if n_states == 2 and len(hx) != 2:
+                raise TypeError(f"{name}: expected hx as a tuple (h, c)")
+            shape = (H,) if unbatched else (B, H)
+            states = [checks.check_state(name, label, s, shape, x).reshape(B, H)
+                      for s, label in zip(hx, ("h", "c"))]
+        _check_engine(name, self.engine, self._standard)
+        if self.engine != "python" and self._standard:
+            out = self._torch_step(x, states)
+        else:
+            hist = run_sequence(self.cell, x.unsqueeze(0), states, self.weights())
+            out = [h[1] for h in hist]
+        if unbatched:
+            out = [o.squeeze(0) for o in out]
+        return tuple(out) if n_states == 2 else out[0]
+
+    def _torch_step(self, x, states):
+        w = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if self.family == "lstm":
+            return list(_VF.lstm_cell(x, tuple(states), *w))
+        if self.family == "gru":
+            return [_VF.gru_cell(x, states[0], *w)]
+        fn = _VF.rnn_tanh_cell if self.cell.nonlinearity == "tanh" else _VF.rnn_relu_cell
+        return [fn(x, states[0], *w)]
+
+
+class LSTMCell(_StepCell):
+    """One LSTM step, drop-in for ``torch.nn.LSTMCell``; peephole / coupled as in ``LSTM``."""
+
+    family = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None, *, peephole: bool = False, coupled: bool = False,
+                 engine: str = "auto"):
+        self.peephole, self.coupled = peephole, coupled
+        super().__init__(input_size, hidden_size, bias, device, dtype,
+                         cell=LSTMCellMath(hidden_size, 0, peephole, coupled),
+                         peepholes=(2 if coupled else 3) if peephole else 0, engine=engine,
+                         standard=not (peephole or coupled))
+
+
+class GRUCell(_StepCell):
+    """One GRU step, drop-in for ``torch.nn.GRUCell``; reset_after as in ``GRU``."""
+
+    family = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None, *, reset_after: bool = True, engine: str = "auto"):
+        self.reset_after = reset_after
+        super().__init__(input_size, hidden_size, bias, device, dtype,
+                         cell=GRUCellMath(hidden_size, reset_after), engine=engine,
+                         standard=reset_after)
+
+
+class RNNCell(_StepCell):
+    """One Elman RNN step, drop-in for ``torch.nn.RNNCell``."""
+
+    family = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None, *, engine: str = "auto"):
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, device, dtype,
+                         cell=RNNCellMath(hidden_size, nonlinearity), engine=engine)

@@ -1,0 +1,95 @@
+"""What a traced run records: every gate, hidden and cell state, and after a backward pass the
+gradient BPTT carried to each of them.
+
+``layer.trace(input)`` returns a ``Trace``: ``output``, ``h_n`` and ``c_n`` as ``forward`` gives
+them, and ``steps[layer][direction]``, a ``StepTrace`` of time-major tensors (T, N, ...) in the
+caller's batch order, zero past each sequence's length:
+
+    h        (T, N, H_out)   h_t, short-term memory
+    c        (T, N, H)       c_t, long-term memory (LSTM; None otherwise)
+    gates    {name: (T, N, H)}   LSTM i f g o, GRU r z n, RNN none
+    grad_h   (T, N, H_out)   dL/dh_t, the total derivative BPTT carries (None before backward)
+    grad_c   (T, N, H)       dL/dc_t (LSTM)
+
+For a reverse direction index t is still time: h[t] is the reverse pass's state at step t.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .engine.sequence import StepRecord
+
+
+class StepTrace:
+    """One layer and direction of a traced run (see the module docstring)."""
+
+    def __init__(self, record: StepRecord, gate_names, hidden_size: int, reverse: bool,
+                 batch_sizes, steps: int, batch: int, coupled: bool):
+        self._record, self._reverse = record, reverse
+        self._gate_names, self._H, self._coupled = gate_names, hidden_size, coupled
+        self._mask = None                                        # (T, N, 1) in processing order
+        if batch_sizes is not None:
+            active = torch.tensor(batch_sizes if not reverse else batch_sizes[::-1])
+            self._mask = (torch.arange(batch)[None, :] < active[:, None]).unsqueeze(-1)
+        self._unsort = None
+        self._steps = steps
+
+    def _time_major(self, x: Tensor) -> Tensor:
+        """Processing order -> time order, zero past each length, the caller's batch order."""
+        x = x.detach()
+        if self._mask is not None:
+            x = x * self._mask.to(x.device)
+        if self._reverse:
+            x = x.flip(0)
+        if self._unsort is not None:
+            x = x.index_select(1, self._unsort)
+        return x
+
+    @property
+    def h(self) -> Tensor:
+        return self._time_major(self._record.hist[0][1:])
+
+    @property
+    def c(self) -> Tensor | None:
+        hist = self._record.hist
+        return self._time_major(hist[1][1:]) if len(hist) > 1 else None
+
+    @property
+    def gates(self) -> dict[str, Tensor]:
+        blocks = self._record.gates.split(self._H, -1)
+        gates = {name: self._time_major(b) for name, b in zip(self._gate_names, blocks)}
+        if self._coupled:                                        # i_t = 1 - f_t
+            gates = {"i": self._time_major(1 - blocks[0]), **gates}
+        return gates
+
+    @property
+    def grad_h(self) -> Tensor | None:
+        d = self._record.dhist
+        return None if d is None else self._time_major(d[0])
+
+    @property
+    def grad_c(self) -> Tensor | None:
+        d = self._record.dhist
+        return None if d is None or len(d) < 2 else self._time_major(d[1])
+
+
+class Trace:
+    """The result of ``layer.trace(...)``: ``output``, ``h_n``, ``c_n`` and ``steps``."""
+
+    def __init__(self, layer, records, batch_sizes, steps: int, batch: int):
+        coupled = getattr(layer, "coupled", False)
+        names = layer.cell.gates
+        self.steps = [[StepTrace(rec, names, layer.hidden_size, bool(d), batch_sizes, steps, batch,
+                                 coupled) for d, rec in enumerate(layer_records)]
+                      for layer_records in records]
+        self.output = self.h_n = self.c_n = None
+
+    def finish(self, output, states, unsorted_indices, unbatched: bool, batch_first: bool):
+        self.output = output
+        self.h_n = states[0]
+        self.c_n = states[1] if len(states) > 1 else None
+        for layer in self.steps:
+            for step in layer:
+                step._unsort = unsorted_indices
