@@ -122,10 +122,10 @@ def bench_size(size, repeats: int) -> list[dict]:
             check_agree(model, naive[kind], x, grad, f"{kind} {size} vs naive loop")
         row = {"kind": kind, "size": size}
         row["train"] = median_ms(lambda m=model: train_step(m, x, grad), repeats)
-        row["ref_train"] = median_ms(lambda: train_step(ref, x, grad), repeats)
+        row["ref_train"] = median_ms(lambda r=ref: train_step(r, x, grad), repeats)
         with torch.no_grad():
             row["infer"] = median_ms(lambda m=model: output_of(m, x), repeats)
-            row["ref_infer"] = median_ms(lambda: output_of(ref, x), repeats)
+            row["ref_infer"] = median_ms(lambda r=ref: output_of(r, x), repeats)
         if kind in naive:
             row["naive_train"] = median_ms(lambda k=kind: train_step(naive[k], x, grad), repeats)
         rows.append(row)

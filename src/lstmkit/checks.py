@@ -37,6 +37,15 @@ def check_input(name: str, x: Tensor, input_size: int, batch_first: bool, packed
                          "every sequence needs at least one step and the batch one sequence")
 
 
+def check_step_input(name: str, x: Tensor, input_size: int) -> None:
+    """x is a single-step cell's input: (N, H_in), or (H_in,) unbatched."""
+    if isinstance(x, Tensor) and x.dim() not in (1, 2):
+        raise ValueError(f"{name}: expected input of shape (N, H_in) or (H_in,) unbatched, got "
+                         f"{x.dim()} dimensions with shape {shape_str(x.shape)}")
+    check_input(name, x.unsqueeze(0) if isinstance(x, Tensor) and x.dim() == 1 else x,
+                input_size, batch_first=False, packed=False)
+
+
 def check_state(name: str, what: str, s, expected_shape: tuple, like: Tensor) -> Tensor:
     """s is an initial state h_0 or c_0; returns it, or raises naming the expected shape."""
     if not isinstance(s, Tensor):

@@ -23,7 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, _VF, nn
+from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import checks
@@ -54,7 +54,7 @@ class _Recurrent(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, engine: str = "auto",
-                 cell: Cell, peepholes: int = 0):
+                 cell: Cell, peepholes: int = 0, standard: bool = True):
         super().__init__()
         name = type(self).__name__
         for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
@@ -69,9 +69,7 @@ class _Recurrent(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
-        self.cell = cell
-        self._standard = peepholes == 0 and getattr(cell, "coupled", False) is False \
-            and getattr(cell, "reset_after", True)
+        self.cell, self._standard = cell, standard
         _check_engine(name, engine, self._standard)
         self.engine = engine
 
@@ -116,9 +114,6 @@ class _Recurrent(nn.Module):
         """torch's flat parameter list: per layer and direction w_ih, w_hh, [b_ih, b_hh], [w_hr]."""
         keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
         return [getattr(self, names[k]) for names in self._param_names for k in keys if k in names]
-
-    def _state_sizes(self) -> tuple[int, ...]:
-        return self.cell.state_sizes
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -191,7 +186,7 @@ class _Recurrent(nn.Module):
         hidden = tuple(states) if self.family == "lstm" else states[0]
         if trace is None:
             return output, hidden
-        trace.finish(output, states, unsorted_indices, unbatched, self.batch_first)
+        trace.finish(output, states, unsorted_indices)
         return trace
 
     def _run_padded_with_lengths(self, input, hx, lengths, record: bool):
@@ -216,7 +211,7 @@ class _Recurrent(nn.Module):
         """h_0 (and c_0) as (D * num_layers, N, size) tensors in the engine's batch order."""
         name = type(self).__name__
         LD = self.num_layers * self.num_directions
-        sizes = self._state_sizes()
+        sizes = self.cell.state_sizes
         if hx is None:
             return [x.new_zeros(LD, B, size) for size in sizes]
         what = ("h_0", "c_0")
@@ -317,7 +312,8 @@ class LSTM(_Recurrent):
         self.peephole, self.coupled = peephole, coupled
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, engine=engine, cell=cell,
-                         peepholes=(2 if coupled else 3) if peephole else 0)
+                         peepholes=(2 if coupled else 3) if peephole else 0,
+                         standard=not (peephole or coupled))
 
 
 class GRU(_Recurrent):
@@ -328,7 +324,8 @@ class GRU(_Recurrent):
         n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
         h_t = (1 - z_t) * n_t + z_t * h_{t-1}
 
-    reset_after=False is Cho et al. 2014's n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1}) + b_hn).
+    reset_after=False is Cho et al. 2014's form:
+    n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1}) + b_hn).
     """
 
     family = "gru"
@@ -339,7 +336,7 @@ class GRU(_Recurrent):
         self.reset_after = reset_after
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, engine=engine,
-                         cell=GRUCellMath(hidden_size, reset_after))
+                         cell=GRUCellMath(hidden_size, reset_after), standard=reset_after)
 
 
 class RNN(_Recurrent):
@@ -405,9 +402,7 @@ class _StepCell(nn.Module):
         """input (N, H_in) or (H_in,); hx (N, H) or (H,), for LSTMCell a tuple (h, c).
         Returns h' (N, H), for LSTMCell (h', c')."""
         name = type(self).__name__
-        checks.check_input(name, input, self.input_size, False, packed=False) \
-            if input.dim() != 1 else checks.check_input(name, input.unsqueeze(0),
-                                                        self.input_size, False, packed=False)
+        checks.check_step_input(name, input, self.input_size)
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input                  # (N, H_in)
         checks.check_dtype_matches(name, x, self.weight_ih)

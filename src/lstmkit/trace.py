@@ -34,7 +34,6 @@ class StepTrace:
             active = torch.tensor(batch_sizes if not reverse else batch_sizes[::-1])
             self._mask = (torch.arange(batch)[None, :] < active[:, None]).unsqueeze(-1)
         self._unsort = None
-        self._steps = steps
 
     def _time_major(self, x: Tensor) -> Tensor:
         """Processing order -> time order, zero past each length, the caller's batch order."""
@@ -86,7 +85,7 @@ class Trace:
                       for layer_records in records]
         self.output = self.h_n = self.c_n = None
 
-    def finish(self, output, states, unsorted_indices, unbatched: bool, batch_first: bool):
+    def finish(self, output, states, unsorted_indices) -> None:
         self.output = output
         self.h_n = states[0]
         self.c_n = states[1] if len(states) > 1 else None

@@ -5,7 +5,8 @@
     g_t = tanh (W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)                      candidate memory
     c_t = f_t * c_{t-1} + i_t * g_t                                         cell state (long-term)
     o_t = sigma(W_io x_t + b_io + W_ho h_{t-1} + b_ho [+ p_o * c_t])        output gate
-    m_t = o_t * tanh(c_t);  h_t = m_t, or h_t = W_hr m_t with proj_size     hidden state (short-term)
+    m_t = o_t * tanh(c_t)
+    h_t = m_t  (h_t = W_hr m_t with proj_size)                              hidden (short-term)
 
 Coupled input and forget gates (CIFG): i_t = 1 - f_t, and the i rows are absent.
 Gate layout of W_ih, W_hh, b_ih, b_hh as torch's: (W_i|W_f|W_g|W_o), coupled (W_f|W_g|W_o).
@@ -76,7 +77,7 @@ class LSTMCellMath(Cell):
 
     def backward_step(self, w, gates, prev, new, buf, dnew, dgates, gbuf, dprev):
         h_prev, c_prev = prev
-        dh, dc = dnew                   # dc holds dL/dc_t from step t+1 and outside; made total here
+        dh, dc = dnew                   # dc: dL/dc_t from step t+1 and outside; made total here
         dh_prev, dc_prev = dprev
         tanh_c = buf[0]
         i, f, g, o = self.split(gates)
