@@ -137,7 +137,9 @@ def cell_forward(cell, x, hx=None):
 
 
 class DirectionRecord:
-    """Per-step tensors of one layer-direction, indexed by time: h[t], c[t], gates[t][name]."""
+    """Per-step tensors of one layer-direction, indexed by time: h[t], c[t], gates[t][name].
+    Entries past a sequence's length are what the step computed there (meaningless): compare
+    them through ``length_mask``."""
 
     def __init__(self, T: int):
         self.h = [None] * T
@@ -146,12 +148,12 @@ class DirectionRecord:
 
     def stacked(self, what: str) -> Tensor | None:
         """(T, B, ...) of h / c, or of their .grad with what = "grad_h" / "grad_c"."""
-        if what in ("h", "c"):
-            items = getattr(self, what)
-        else:
-            items = [None if t is None else t.grad for t in getattr(self, what[-1])]
+        items = getattr(self, what[-1])
         if items[0] is None:
             return None
+        if what.startswith("grad_"):
+            # a state the loss does not depend on gets no .grad: its gradient is zero
+            items = [torch.zeros_like(t) if t.grad is None else t.grad for t in items]
         return torch.stack(items)
 
     def stacked_gate(self, name: str) -> Tensor:
@@ -166,20 +168,23 @@ def _run_direction(step, x, state0, lengths, reverse: bool, retain: bool):
     outs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         new, gates = step(x[t], state)
-        if lengths is not None:
-            active = torch.tensor([t < n for n in lengths], device=x.device).unsqueeze(-1)
-            new = tuple(torch.where(active, s_new, s_old) for s_new, s_old in zip(new, state))
-            gates = {k: torch.where(active, v, torch.zeros_like(v)) for k, v in gates.items()}
-            outs[t] = torch.where(active, new[0], torch.zeros_like(new[0]))
-        else:
-            outs[t] = new[0]
         if retain:
+            # on the step's own states, so that .grad sums every use of h_t and c_t (c_t also
+            # feeds h_t of the same step); the rows past a length are ignored by the tests
             for s in new:
                 s.retain_grad()
         rec.h[t] = new[0]
         if len(new) > 1:
             rec.c[t] = new[1]
         rec.gates[t] = gates
+        if lengths is not None:
+            # rows past their length keep their state (forward: the last valid one; reverse:
+            # the initial one, so each sequence's reverse pass starts at its last valid step)
+            active = torch.tensor([t < n for n in lengths], device=x.device).unsqueeze(-1)
+            outs[t] = torch.where(active, new[0], torch.zeros_like(new[0]))
+            new = tuple(torch.where(active, s_new, s_old) for s_new, s_old in zip(new, state))
+        else:
+            outs[t] = new[0]
         state = new
     return torch.stack(outs), state, rec
 

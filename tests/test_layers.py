@@ -144,7 +144,7 @@ def _cases():
         cases.append((kind, layers, bidir, False, 0, mode, True, engine, torch.float64))
     # batch_first x input form x bidirectional x layers
     for kind, mode, bidir, layers, engine in itertools.product(
-            KINDS, ("padded", "packed", "lengths"), (False, True), (1, 2), ENGINES):
+            KINDS, ("padded", "packed", "lengths", "unbatched"), (False, True), (1, 2), ENGINES):
         cases.append((kind, layers, bidir, True, 0, mode, bool(layers - 1), engine,
                       torch.float64))
     # LSTM proj_size x bidirectional x layers x input form x initial state
@@ -183,6 +183,12 @@ def test_matches_torch_without_bias(kind, engine, mode):
     compare(kind, 2, True, False, 0, mode, True, engine, torch.float64, bias=False)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mode", ["padded", "packed", "unbatched"])
+def test_matches_torch_projection_without_bias(engine, mode):
+    compare("lstm", 2, True, False, 2, mode, True, engine, torch.float64, bias=False)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("engine", ENGINES)
 def test_backward_accumulates_into_grad_like_torch(kind, engine):
@@ -201,6 +207,57 @@ def test_backward_accumulates_into_grad_like_torch(kind, engine):
     assert len(set(ptrs)) == len(ptrs), "two parameters share one .grad tensor"
     ours.bias_ih_l0.grad.zero_()
     assert ours.bias_hh_l0.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_lengths_shorter_than_padding_matches_torch(kind, engine, batch_first):
+    """lengths whose maximum is below the padded T: output keeps T steps, zero past each."""
+    ref, ours = build(kind, 2, True, batch_first, engine=engine)
+    lengths = [4, 4, 2, 1]
+    x = torch.randn(*((B, T) if batch_first else (T, B)), I, dtype=torch.float64)
+    h0 = torch.randn(*state_shapes(kind, 2, True, 0, B)[0], dtype=torch.float64)
+    hx = (h0, h0.cos()) if kind == "lstm" else h0
+    out, hid = ours(x, hx, lengths=lengths)
+    r_out, r_hid = ref(pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first),
+                       hx)
+    r_out, _ = pad_packed_sequence(r_out, batch_first=batch_first, total_length=T)
+    assert out.shape == r_out.shape
+    torch.testing.assert_close(out, r_out, atol=1e-10, rtol=0)
+    for a, b in zip(hid if kind == "lstm" else [hid], r_hid if kind == "lstm" else [r_hid]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kind,which", [(k, w) for k in KINDS for w in ("output", "h_n", "c_n")
+                                         if w != "c_n" or k == "lstm"])
+@pytest.mark.parametrize("mode", ["padded", "packed"])
+def test_gradient_from_one_result_only(kind, mode, which):
+    """Only one of output / h_n / c_n feeds the loss; the others get no gradient at all."""
+    ref, ours = build(kind, 2, True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    grads = []
+    for module in (ref, ours):
+        xl = x.clone().requires_grad_()
+        out, hid = run(module, kind, xl, None, mode, False)
+        res = {"output": out, "h_n": hid[0], "c_n": hid[-1]}[which]
+        params = list(module.parameters())
+        grads.append(torch.autograd.grad(res.tanh().sum(), [xl, *params], allow_unused=True))
+    for a, b in zip(*grads):
+        if a is None:
+            assert b is None or b.abs().max() == 0
+        else:
+            torch.testing.assert_close(b, a, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("steps,batch", [(1, 1), (1, 3), (4, 1)])
+def test_single_step_and_single_sequence(engine, steps, batch):
+    ref, ours = build("lstm", 2, True, proj_size=2, engine=engine)
+    x = torch.randn(steps, batch, I, dtype=torch.float64)
+    (o1, (h1, c1)), (o2, (h2, c2)) = ref(x), ours(x)
+    for a, b in ((o1, o2), (h1, h2), (c1, c2)):
+        torch.testing.assert_close(b, a, atol=1e-10, rtol=0)
 
 
 def test_lengths_output_zero_past_each_length():
@@ -267,6 +324,18 @@ def test_dropout_training_runs_and_backprops(engine):
     (out.sum() + c.sum()).backward()
     assert torch.isfinite(x.grad).all()
     assert all(p.grad is not None for p in ours.parameters())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropout_torch_engine_training_equals_torch(kind):
+    """engine="torch" runs torch's kernel, dropout masks included: same seed, same result."""
+    ref, ours = build(kind, 3, True, engine="torch", dropout=0.5)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.manual_seed(7)
+    r_out, _ = ref(x)
+    torch.manual_seed(7)
+    o_out, _ = ours(x)
+    assert torch.equal(o_out, r_out)
 
 
 @pytest.mark.parametrize("kind", KINDS)

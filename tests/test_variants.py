@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+import lstmkit
+
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-import lstmkit  # noqa: E402
 from reference_cells import cell_forward, run_layer, weighted_loss  # noqa: E402
 
 DT = torch.float64
@@ -30,7 +31,8 @@ LSTM_VARIANTS = [
     pytest.param(True, True, id="peephole+coupled"),
 ]
 STACKS = [pytest.param(1, False, id="1layer"), pytest.param(2, True, id="2layer-bidir")]
-LENGTHS = [pytest.param(None, id="full"), pytest.param(SORTED_LENGTHS, id="lengths")]
+LENGTHS = [pytest.param(None, id="full"), pytest.param(SORTED_LENGTHS, id="lengths"),
+           pytest.param((4, 2, 1), id="lengths-below-T")]
 H0 = [pytest.param(False, id="no-h0"), pytest.param(True, id="h0")]
 
 
@@ -87,7 +89,8 @@ def _compare_with_reference(module, x, hx, leaves, lengths=None):
     ("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"}),
     ("lstm", {"bias": False}), ("gru", {"bias": False}),
 ])
-@pytest.mark.parametrize("lengths", [None, (2, 5, 3)], ids=["full", "unsorted-lengths"])
+@pytest.mark.parametrize("lengths", [None, (2, 5, 3), (2, 4, 3)],
+                         ids=["full", "unsorted-lengths", "unsorted-lengths-below-T"])
 def test_reference_matches_torch_nn(kind, kwargs, lengths):
     _seed("ref-torch", kind, str(kwargs), lengths)
     cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]

@@ -61,9 +61,11 @@ class _Recurrent(nn.Module):
                            ("num_layers", num_layers)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not 0 <= dropout <= 1:
             raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
-        if proj_size < 0 or (proj_size and proj_size >= hidden_size):
+        if not isinstance(proj_size, int) or isinstance(proj_size, bool) or proj_size < 0 \
+                or (proj_size and proj_size >= hidden_size):
             raise ValueError(f"{name}: proj_size must be 0 or in 1..hidden_size-1 "
                              f"({hidden_size - 1}), got {proj_size}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -204,6 +206,7 @@ class _Recurrent(nn.Module):
         output, _ = pad_packed_sequence(output, batch_first=self.batch_first, total_length=T)
         if record:
             result.output = output
+            result.pad_time(T)
             return result
         return output, result[1]
 
@@ -214,18 +217,13 @@ class _Recurrent(nn.Module):
         sizes = self.cell.state_sizes
         if hx is None:
             return [x.new_zeros(LD, B, size) for size in sizes]
-        what = ("h_0", "c_0")
-        if self.family == "lstm":
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{name}: expected hx as a tuple (h_0, c_0), got "
-                                f"{type(hx).__name__}")
-            hx = list(hx)
-        else:
-            hx = [hx]
+        hx = checks.check_state_tuple(name, hx, len(sizes), "(h_0, c_0)")
         states = []
-        for s, size, label in zip(hx, sizes, what):
+        for s, size, label in zip(hx, sizes, ("h_0", "c_0")):
             shape = (LD, size) if unbatched else (LD, B, size)
-            s = checks.check_state(name, label, s, shape, x)
+            layout = "(num_layers * num_directions, H)" if unbatched else \
+                "(num_layers * num_directions, N, H)"
+            s = checks.check_state(name, label, s, shape, x, layout)
             s = s.unsqueeze(1) if unbatched else s
             states.append(s if sorted_indices is None else s.index_select(1, sorted_indices))
         return states
@@ -411,11 +409,9 @@ class _StepCell(nn.Module):
         if hx is None:
             states = [x.new_zeros(B, H) for _ in range(n_states)]
         else:
-            hx = list(hx) if n_states == 2 else [hx]
-            if n_states == 2 and len(hx) != 2:
-                raise TypeError(f"{name}: expected hx as a tuple (h, c)")
-            shape = (H,) if unbatched else (B, H)
-            states = [checks.check_state(name, label, s, shape, x).reshape(B, H)
+            hx = checks.check_state_tuple(name, hx, n_states, "(h, c)")
+            shape, layout = ((H,), "(H,) for unbatched input") if unbatched else ((B, H), "(N, H)")
+            states = [checks.check_state(name, label, s, shape, x, layout).reshape(B, H)
                       for s, label in zip(hx, ("h", "c"))]
         _check_engine(name, self.engine, self._standard)
         if self.engine != "python" and self._standard:

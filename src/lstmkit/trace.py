@@ -34,6 +34,7 @@ class StepTrace:
             active = torch.tensor(batch_sizes if not reverse else batch_sizes[::-1])
             self._mask = (torch.arange(batch)[None, :] < active[:, None]).unsqueeze(-1)
         self._unsort = None
+        self._total_length = None                             # pad time to this many steps
 
     def _time_major(self, x: Tensor) -> Tensor:
         """Processing order -> time order, zero past each length, the caller's batch order."""
@@ -44,6 +45,8 @@ class StepTrace:
             x = x.flip(0)
         if self._unsort is not None:
             x = x.index_select(1, self._unsort)
+        if self._total_length is not None and x.shape[0] < self._total_length:
+            x = torch.cat([x, x.new_zeros(self._total_length - x.shape[0], *x.shape[1:])])
         return x
 
     @property
@@ -84,6 +87,12 @@ class Trace:
                                  coupled) for d, rec in enumerate(layer_records)]
                       for layer_records in records]
         self.output = self.h_n = self.c_n = None
+
+    def pad_time(self, total_length: int) -> None:
+        """Report steps up to total_length (a padded input longer than its longest sequence)."""
+        for layer in self.steps:
+            for step in layer:
+                step._total_length = total_length
 
     def finish(self, output, states, unsorted_indices) -> None:
         self.output = output

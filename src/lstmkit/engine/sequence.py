@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Weights, matmul_over_steps
 
@@ -77,6 +78,7 @@ class SequenceFunction(torch.autograd.Function):
         return tuple(hist)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grad_hist):
         cell, bs, packed, record = ctx.cell, ctx.bs, ctx.packed, ctx.record
         k = len(cell.state_sizes)
