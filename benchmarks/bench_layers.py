@@ -71,14 +71,19 @@ def train_step(model, x, grad):
     output_of(model, x).backward(grad)
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()                                                     # warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+def median_ms(*fns, repeats: int, rounds: int = 3) -> list[float]:
+    """Median wall time of each fn in ms. The fns take turns in rounds, so drift of the machine
+    hits all of them alike; within a round each runs `repeats` times in a row after a warm-up
+    call, as a training loop runs one model over and over."""
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, ts in zip(fns, times):
+            fn()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+    return [1e3 * statistics.median(ts) for ts in times]
 
 
 def check_agree(a, b, x, grad, what: str) -> None:
@@ -121,13 +126,15 @@ def bench_size(size, repeats: int) -> list[dict]:
             check_agree(model, ref, x, grad, f"{kind} {size} vs torch.nn")
             check_agree(model, naive[kind], x, grad, f"{kind} {size} vs naive loop")
         row = {"kind": kind, "size": size}
-        row["train"] = median_ms(lambda m=model: train_step(m, x, grad), repeats)
-        row["ref_train"] = median_ms(lambda r=ref: train_step(r, x, grad), repeats)
-        with torch.no_grad():
-            row["infer"] = median_ms(lambda m=model: output_of(m, x), repeats)
-            row["ref_infer"] = median_ms(lambda r=ref: output_of(r, x), repeats)
+        trainers = [lambda m=m: train_step(m, x, grad) for m in (model, ref, naive.get(kind))
+                    if m is not None]
+        times = median_ms(*trainers, repeats=repeats)
+        row["train"], row["ref_train"] = times[:2]
         if kind in naive:
-            row["naive_train"] = median_ms(lambda k=kind: train_step(naive[k], x, grad), repeats)
+            row["naive_train"] = times[2]
+        with torch.no_grad():
+            row["infer"], row["ref_infer"] = median_ms(
+                *[lambda m=m: output_of(m, x) for m in (model, ref)], repeats=repeats)
         rows.append(row)
     return rows
 
@@ -150,7 +157,8 @@ def table(rows, ftz: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per cell (median)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs in a row per round (3 rounds; median of all)")
     parser.add_argument("--sizes", nargs="*", default=None,
                         help="sizes as T,B,input,hidden (default: the five standard sizes)")
     parser.add_argument("--denormals", choices=("ftz", "keep", "both"), default="both",

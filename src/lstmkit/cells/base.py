@@ -16,25 +16,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
-tanh_backward = torch.ops.aten.tanh_backward.grad_input
+sigmoid_backward = torch.ops.aten.sigmoid_backward        # (grad, y) -> grad * y * (1 - y)
+tanh_backward = torch.ops.aten.tanh_backward              # (grad, y) -> grad * (1 - y^2)
 
 
 def sigmoid_backward_(grad: Tensor, y: Tensor) -> Tensor:
     """grad <- grad * y * (1 - y), in place, for y = sigma(a)."""
-    return sigmoid_backward(grad, y, grad_input=grad)
+    return sigmoid_backward.grad_input(grad, y, grad_input=grad)
 
 
 def tanh_backward_(grad: Tensor, y: Tensor) -> Tensor:
     """grad <- grad * (1 - y^2), in place, for y = tanh(a)."""
-    return tanh_backward(grad, y, grad_input=grad)
+    return tanh_backward.grad_input(grad, y, grad_input=grad)
 
 
 @dataclass
 class Weights:
     """One layer-direction's parameters, in torch's layout (``None`` where absent).
 
-    w_ih (G*H, I), w_hh (G*H, P), b_ih / b_hh (G*H,), w_ch (peepholes, (k*H,)), w_hr (P, H).
+    w_ih (G*H, I), w_hh (G*H, P), b_ih / b_hh (G*H,), w_ch (peepholes, (k*H,)), w_hr (P, H),
+    w_hh_t (P, G*H).
     """
 
     w_ih: Tensor
@@ -43,6 +44,7 @@ class Weights:
     b_hh: Tensor | None = None
     w_ch: Tensor | None = None
     w_hr: Tensor | None = None
+    w_hh_t: Tensor | None = None        # set by Cell.prepare
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Grads:
     b_hh: Tensor | None = None
     w_ch: Tensor | None = None
     w_hr: Tensor | None = None
+    w_hh_t: Tensor | None = None        # set by Cell.prepare
 
 
 class Cell:
@@ -80,15 +83,26 @@ class Cell:
             return None
         return w.b_ih + w.b_hh if self.bias_hh_hoisted else w.b_ih
 
+    def blocks(self, t: Tensor) -> tuple[Tensor, ...]:
+        """The views of a (..., G*H) gate tensor that the steps receive as ``gates`` and
+        ``dgates`` (made once per sequence: slicing at every step costs time)."""
+        return (t,)
+
+    def prepare(self, w: Weights) -> None:
+        """Derive, once per sequence, what the steps use from the weights."""
+        w.w_hh_t = w.w_hh.t().contiguous()          # (P, G*H): the faster layout for h W_hh^T
+
     def forward_step(self, w, gates, prev, new, buf) -> None:
-        """gates: (n, G*H) holding W_ih x_t + b on entry; the activated gates on exit.
-        prev: states at t-1; new: where to write the states at t; buf: this step's step_buffers."""
+        """gates: ``blocks`` of the (n, G*H) tensor holding W_ih x_t + b on entry; the step
+        leaves the activated gates there. prev: states at t-1; new: where to write the states
+        at t; buf: this step's step_buffers."""
         raise NotImplementedError
 
     def backward_step(self, w, gates, prev, new, buf, dnew, dgates, gbuf, dprev) -> None:
         """dnew: dL/d(states at t), h entry total, c entry (if any) carrying only what came from
         outside h_t; the step completes it to the total in place. Writes dL/d(pre-activations)
-        into dgates (n, G*H), extra gradients into gbuf, and dL/d(states at t-1) into dprev."""
+        into dgates (``blocks`` of an (n, G*H) tensor), extra gradients into gbuf, and
+        dL/d(states at t-1) into dprev."""
         raise NotImplementedError
 
     def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs) -> Grads:

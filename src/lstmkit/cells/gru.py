@@ -30,32 +30,35 @@ class GRUCellMath(Cell):
         self.grad_buffers = (3 * H,) if reset_after else ()
         self.bias_hh_hoisted = not reset_after
 
+    def blocks(self, t):
+        """(all, r|z, r, z, n) views of a (..., 3H) gate tensor."""
+        return (t, t[..., : 2 * self.hidden_size], *t.split(self.hidden_size, -1))
+
     def forward_step(self, w, gates, prev, new, buf):
         (h_prev,), (h,) = prev, new
         H = self.hidden_size
-        rz = gates[:, : 2 * H]
-        r, z, n = gates.split(H, -1)
+        _, rz, r, z, n = gates
         if self.reset_after:
             hw = buf[0]                                           # W_hh h_prev + b_hh (n, 3H)
             if w.b_hh is None:
-                torch.mm(h_prev, w.w_hh.t(), out=hw)
+                torch.mm(h_prev, w.w_hh_t, out=hw)
             else:
-                torch.addmm(w.b_hh, h_prev, w.w_hh.t(), out=hw)
+                torch.addmm(w.b_hh, h_prev, w.w_hh_t, out=hw)
             rz.add_(hw[:, : 2 * H]).sigmoid_()
             n.addcmul_(r, hw[:, 2 * H :]).tanh_()
         else:
             rh = buf[0]
-            rz.addmm_(h_prev, w.w_hh[: 2 * H].t()).sigmoid_()
+            rz.addmm_(h_prev, w.w_hh_t[:, : 2 * H]).sigmoid_()
             torch.mul(r, h_prev, out=rh)
-            n.addmm_(rh, w.w_hh[2 * H :].t()).tanh_()
+            n.addmm_(rh, w.w_hh_t[:, 2 * H :]).tanh_()
         torch.sub(h_prev, n, out=h)                               # h = n + z * (h_prev - n)
         h.mul_(z).add_(n)
 
     def backward_step(self, w, gates, prev, new, buf, dnew, dgates, gbuf, dprev):
         (h_prev,), (dh,), (dh_prev,) = prev, dnew, dprev
         H = self.hidden_size
-        r, z, n = gates.split(H, -1)
-        dr, dz, dn = dgates.split(H, -1)
+        _, rz, r, z, n = gates
+        _, drz, dr, dz, dn = dgates
         torch.mul(dh, z, out=dh_prev)                             # dh_prev = dh * z + ...
         torch.sub(dh, dh_prev, out=dn)                            # dn = dh * (1 - z)
         tanh_backward_(dn, n)
@@ -64,16 +67,16 @@ class GRUCellMath(Cell):
         if self.reset_after:
             hw, dhw = buf[0], gbuf[0]
             torch.mul(dn, hw[:, 2 * H :], out=dr)                 # dr = dn * (W_hn h_prev + b_hn)
-            sigmoid_backward_(dgates[:, : 2 * H], gates[:, : 2 * H])
-            dhw[:, : 2 * H].copy_(dgates[:, : 2 * H])
+            sigmoid_backward_(drz, rz)
+            dhw[:, : 2 * H].copy_(drz)
             torch.mul(dn, r, out=dhw[:, 2 * H :])                 # d(W_hn h_prev + b_hn) = dn * r
             dh_prev.addmm_(dhw, w.w_hh)
         else:
             drh = dn.mm(w.w_hh[2 * H :])                          # d(r * h_prev)
             torch.mul(drh, h_prev, out=dr)
-            sigmoid_backward_(dgates[:, : 2 * H], gates[:, : 2 * H])
+            sigmoid_backward_(drz, rz)
             dh_prev.addcmul_(drh, r)
-            dh_prev.addmm_(dgates[:, : 2 * H], w.w_hh[: 2 * H])
+            dh_prev.addmm_(drz, w.w_hh[: 2 * H])
 
     def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
         h_prev = hist[0][:-1]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Cell, Grads, matmul_over_steps, sigmoid_backward_, tanh_backward_
+from .base import Cell, Grads, matmul_over_steps, sigmoid_backward_, tanh_backward, tanh_backward_
 
 GATES = ("i", "f", "g", "o")
 COUPLED_GATES = ("f", "g", "o")
@@ -33,35 +33,36 @@ class LSTMCellMath(Cell):
         # tanh(c_t), and m_t = o_t * tanh(c_t) when h_t is its projection
         self.step_buffers = (hidden_size, hidden_size) if proj_size else (hidden_size,)
 
-    def split(self, gates):
-        """(i, f, g, o) views of a (n, G*H) gate tensor; i is None when coupled."""
-        blocks = gates.split(self.hidden_size, -1)
-        return (None, *blocks) if self.coupled else blocks
+    def blocks(self, t):
+        """Views of a (..., G*H) gate tensor that the steps take: (all, the sigma block, then
+        i, f, g, o), without i when coupled. The sigma block is (i|f), or f when coupled."""
+        H = self.hidden_size
+        return (t, t[..., : (1 if self.coupled else 2) * H], *t.split(H, -1))
 
-    def peepholes(self, w):
-        """(p_i, p_f, p_o); p_i is None when coupled."""
-        p = w.w_ch.split(self.hidden_size)
-        return (None, *p) if self.coupled else p
+    def prepare(self, w):
+        super().prepare(w)
+        if self.peephole:
+            p = w.w_ch.split(self.hidden_size)                 # (p_i, p_f, p_o), no p_i if coupled
+            w.peepholes = (None, *p) if self.coupled else p
 
     def forward_step(self, w, gates, prev, new, buf):
         h_prev, c_prev = prev
         h, c = new
         tanh_c = buf[0]
-        i, f, g, o = self.split(gates)
-        gates.addmm_(h_prev, w.w_hh.t())                       # pre-activations (n, G*H)
+        pre, sig, *igfo = gates
+        i, f, g, o = (None, *igfo) if self.coupled else igfo
+        pre.addmm_(h_prev, w.w_hh_t)                           # pre-activations (n, G*H)
         if self.peephole:
-            p_i, p_f, p_o = self.peepholes(w)
+            p_i, p_f, p_o = w.peepholes
             if p_i is not None:
                 i.addcmul_(c_prev, p_i)
             f.addcmul_(c_prev, p_f)
+        sig.sigmoid_()                                         # i, f
+        g.tanh_()
         if self.coupled:
-            f.sigmoid_()
-            g.tanh_()
             torch.sub(c_prev, g, out=c)                        # c = g + f * (c_prev - g)
             c.mul_(f).add_(g)
         else:
-            gates[:, : 2 * self.hidden_size].sigmoid_()        # i, f
-            g.tanh_()
             torch.mul(f, c_prev, out=c)                        # c = f * c_prev + i * g
             c.addcmul_(i, g)
         if self.peephole:
@@ -80,14 +81,16 @@ class LSTMCellMath(Cell):
         dh, dc = dnew                   # dc: dL/dc_t from step t+1 and outside; made total here
         dh_prev, dc_prev = dprev
         tanh_c = buf[0]
-        i, f, g, o = self.split(gates)
-        di, df, dg, do = self.split(dgates)
+        _, sig, *igfo = gates
+        i, f, g, o = (None, *igfo) if self.coupled else igfo
+        dpre, dsig, *digfo = dgates
+        di, df, dg, do = (None, *digfo) if self.coupled else digfo
         dm = dh.mm(w.w_hr) if self.proj_size else dh           # dL/dm_t
         torch.mul(dm, tanh_c, out=do)                          # do = dm * tanh(c)
-        dc.add_(tanh_backward_(dm * o, tanh_c))                # dc += dm * o * (1 - tanh(c)^2)
+        dc.addcmul_(tanh_backward(dm, tanh_c), o)              # dc += dm * o * (1 - tanh(c)^2)
         sigmoid_backward_(do, o)                               # do -> d(o pre-activation)
         if self.peephole:
-            p_i, p_f, p_o = self.peepholes(w)
+            p_i, p_f, p_o = w.peepholes
             dc.addcmul_(do, p_o)                               # o_t saw c_t
         torch.mul(dc, f, out=dc_prev)                          # dc_prev = dc * f
         if self.coupled:
@@ -98,24 +101,24 @@ class LSTMCellMath(Cell):
             torch.mul(dc, g, out=di)                           # di = dc * g
             torch.mul(dc, c_prev, out=df)                      # df = dc * c_prev
             torch.mul(dc, i, out=dg)                           # dg = dc * i
-        sigmoid_backward_(dgates[:, : (1 if self.coupled else 2) * self.hidden_size],
-                          gates[:, : (1 if self.coupled else 2) * self.hidden_size])
+        sigmoid_backward_(dsig, sig)                           # di, df -> pre-activations
         tanh_backward_(dg, g)
         if self.peephole:
             if p_i is not None:
                 dc_prev.addcmul_(di, p_i)                      # i_t and f_t saw c_{t-1}
             dc_prev.addcmul_(df, p_f)
-        torch.mm(dgates, w.w_hh, out=dh_prev)                  # dh_prev = dgates W_hh
+        torch.mm(dpre, w.w_hh, out=dh_prev)                    # dh_prev = dgates W_hh
 
     def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
         hs, cs = hist
         grads = Grads(w_hh=matmul_over_steps(dgates, hs[:-1]))
         if self.peephole:
-            _, df, _, do = self.split(dgates)
+            _, _, *digfo = self.blocks(dgates)
+            di, df, _, do = (None, *digfo) if self.coupled else digfo
             c_prev, c = cs[:-1], cs[1:]
-            dp = [(df * c_prev).sum((0, 1)), (do * c).sum((0, 1))]
-            if not self.coupled:
-                dp.insert(0, (self.split(dgates)[0] * c_prev).sum((0, 1)))
+            dp = [(df * c_prev).sum((0, 1)), (do * c).sum((0, 1))]      # dp_f, dp_o
+            if di is not None:
+                dp.insert(0, (di * c_prev).sum((0, 1)))                 # dp_i
             grads.w_ch = torch.cat(dp)
         if self.proj_size:
             grads.w_hr = matmul_over_steps(dhist[0], bufs[1])  # sum_t dh_t^T m_t

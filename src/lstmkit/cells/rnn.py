@@ -31,17 +31,17 @@ class RNNCellMath(Cell):
         return 1                                              # the pre-activation a_t
 
     def forward_step(self, w, gates, prev, new, buf):
-        (h_prev,), (h,) = prev, new
-        gates.addmm_(h_prev, w.w_hh.t())                      # a_t (n, H)
+        (h_prev,), (h,), (gates,) = prev, new, gates
+        gates.addmm_(h_prev, w.w_hh_t)                      # a_t (n, H)
         if self.nonlinearity == "tanh":
             torch.tanh(gates, out=h)
         else:
             torch.clamp_min(gates, 0, out=h)
 
     def backward_step(self, w, gates, prev, new, buf, dnew, dgates, gbuf, dprev):
-        (h,), (dh,), (dh_prev,) = new, dnew, dprev
+        (h,), (dh,), (dh_prev,), (dgates,) = new, dnew, dprev, dgates
         if self.nonlinearity == "tanh":
-            tanh_backward(dh, h, grad_input=dgates)           # da = dh * (1 - h^2)
+            tanh_backward.grad_input(dh, h, grad_input=dgates)           # da = dh * (1 - h^2)
         else:
             threshold_backward(dh, h, 0, grad_input=dgates)   # da = dh * [h > 0]
         torch.mm(dgates, w.w_hh, out=dh_prev)

@@ -37,6 +37,19 @@ class StepRecord:
         self.gates = self.hist = self.dhist = None
 
 
+def step_views(t: Tensor, bs: list[int]) -> list[Tensor]:
+    """t[s, :bs[s]] for every step s, made once per sequence rather than once per step."""
+    B = t.shape[1]
+    return [v if n == B else v[:n] for v, n in zip(t.unbind(0), bs)]
+
+
+def per_step(tensors, bs: list[int]) -> list[tuple]:
+    """For each step s, the tuple (t[s, :bs[s]] for t in tensors)."""
+    if not tensors:
+        return [()] * len(bs)
+    return list(zip(*[step_views(t, bs) for t in tensors]))
+
+
 class SequenceFunction(torch.autograd.Function):
     """apply(cell, batch_sizes, record, x, *states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
 
@@ -65,12 +78,13 @@ class SequenceFunction(torch.autograd.Function):
             hist.append(h)
         bufs = [alloc(T, B, width, dtype=x.dtype, device=x.device) for width in cell.step_buffers]
 
-        for s in range(T):
-            n = bs[s]
-            cell.forward_step(w, gates[s, :n],
-                              [h[s, :n] for h in hist], [h[s + 1, :n] for h in hist],
-                              [b[s, :n] for b in bufs])
+        cell.prepare(w)
+        steps = zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
+                    per_step([h[1:] for h in hist], bs), per_step(bufs, bs))
+        for gates_t, prev, new, buf in steps:
+            cell.forward_step(w, gates_t, prev, new, buf)
 
+        ctx.set_materialize_grads(False)
         ctx.cell, ctx.bs, ctx.packed, ctx.record = cell, bs, packed, record
         ctx.save_for_backward(x, gates, *hist, *bufs, *args[k:])
         if record is not None:
@@ -90,26 +104,42 @@ class SequenceFunction(torch.autograd.Function):
         w = Weights(*saved[2 + k + nb :])
         T, B, _ = x.shape
         alloc = torch.zeros if packed else torch.empty
+        like = {"dtype": x.dtype, "device": x.device}
 
-        dgates = alloc(gates.shape, dtype=gates.dtype, device=gates.device)   # (T, B, G*H)
-        gbufs = [alloc(T, B, width, dtype=x.dtype, device=x.device) for width in cell.grad_buffers]
-        # dhist[k][s]: total dL/d(state k after step s), filled as BPTT reaches it
-        dhist = [alloc(T, B, size, dtype=x.dtype, device=x.device) for size in cell.state_sizes]
-        carry = [torch.zeros(B, size, dtype=x.dtype, device=x.device) for size in cell.state_sizes]
-        grad_hist = [g if g is not None else torch.zeros_like(h) for g, h in zip(grad_hist, hist)]
+        dgates = alloc(gates.shape, **like)                                  # (T, B, G*H)
+        gbufs = [alloc(T, B, width, **like) for width in cell.grad_buffers]
+        # dhist[k][s]: dL/d(state k after step s). Step s+1 writes its part (through the
+        # recurrence) there; step s adds what came from outside and completes it to the total.
+        dhist = [alloc(T, B, size, **like) for size in cell.state_sizes]
+        for d in dhist:
+            d[-1].zero_()
+        dstates0 = [torch.zeros(B, size, **like) for size in cell.state_sizes]
 
+        dnew_steps = per_step(dhist, bs)
+        dprev_steps = [tuple(d[: bs[0]] for d in dstates0)] + \
+            per_step([d[:-1] for d in dhist], bs[1:])             # where step s writes dL/d(prev)
+        external = [(i, step_views(g[1:], bs)) for i, g in enumerate(grad_hist) if g is not None]
+        cell.prepare(w)
+        steps = list(zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
+                         per_step([h[1:] for h in hist], bs), per_step(bufs, bs), dnew_steps,
+                         per_step(cell.blocks(dgates), bs), per_step(gbufs, bs), dprev_steps))
         for s in range(T - 1, -1, -1):
-            n = bs[s]
-            dnew = [torch.add(g[s + 1, :n], c[:n], out=d[s, :n])
-                    for g, c, d in zip(grad_hist, carry, dhist)]
-            cell.backward_step(w, gates[s, :n],
-                               [h[s, :n] for h in hist], [h[s + 1, :n] for h in hist],
-                               [b[s, :n] for b in bufs], dnew, dgates[s, :n],
-                               [b[s, :n] for b in gbufs], [c[:n] for c in carry])
+            gates_t, prev, new, buf, dnew, dgates_t, gbuf, dprev = steps[s]
+            for i, g in external:
+                dnew[i].add_(g[s])
+            cell.backward_step(w, gates_t, prev, new, buf, dnew, dgates_t, gbuf, dprev)
+            if s and bs[s - 1] < bs[s]:
+                # rows that start at step s (a reverse pass over a packed batch): their dprev
+                # is dL/d(initial state)
+                for d, d0 in zip(dhist, dstates0):
+                    d0[bs[s - 1] : bs[s]] = d[s - 1, bs[s - 1] : bs[s]]
+                    d[s - 1, bs[s - 1] : bs[s]] = 0
 
         need = ctx.needs_input_grad
-        dstates0 = [c + g[0] if need[4 + j] else None
-                    for j, (c, g) in enumerate(zip(carry, grad_hist))]
+        for i, g in enumerate(grad_hist):
+            if g is not None:
+                dstates0[i] += g[0]
+        dstates0 = [d if need[4 + i] else None for i, d in enumerate(dstates0)]
         dx = dgates.reshape(T * B, -1).mm(w.w_ih).view_as(x) if need[3] else None
         dw_ih = matmul_over_steps(dgates, x)
         rec = cell.recurrent_grads(w, hist, bufs, dgates, dhist, gbufs)
