@@ -263,10 +263,10 @@ class _Recurrent(nn.Module):
                 xd = layer_input.flip(0) if d else layer_input
                 hist = run_sequence(self.cell, xd, [s[index] for s in states0],
                                     self.weights(layer, d), (bs[::-1] if d and bs else bs), rec)
-                out = hist[0][1:]                                    # (T, N, H_out)
+                out = hist[0]                                        # (T, N, H_out)
                 outputs.append(out.flip(0) if d else out)
                 for k, h in enumerate(hist):
-                    final = h[lengths, torch.arange(B)] if packed and not d else h[T]
+                    final = h[lengths - 1, torch.arange(B)] if packed and not d else h[T - 1]
                     finals[k].append(final)
                 layer_records.append(rec)
             records.append(layer_records)
@@ -418,7 +418,7 @@ class _StepCell(nn.Module):
             out = self._torch_step(x, states)
         else:
             hist = run_sequence(self.cell, x.unsqueeze(0), states, self.weights())
-            out = [h[1] for h in hist]
+            out = [h[0] for h in hist]
         if unbatched:
             out = [o.squeeze(0) for o in out]
         return tuple(out) if n_states == 2 else out[0]

@@ -88,9 +88,10 @@ class Cell:
         ``dgates`` (made once per sequence: slicing at every step costs time)."""
         return (t,)
 
-    def prepare(self, w: Weights) -> None:
+    def prepare(self, w: Weights, forward: bool) -> None:
         """Derive, once per sequence, what the steps use from the weights."""
-        w.w_hh_t = w.w_hh.t().contiguous()          # (P, G*H): the faster layout for h W_hh^T
+        if forward:
+            w.w_hh_t = w.w_hh.t().contiguous()      # (P, G*H): the faster layout for h W_hh^T
 
     def forward_step(self, w, gates, prev, new, buf) -> None:
         """gates: ``blocks`` of the (n, G*H) tensor holding W_ih x_t + b on entry; the step

@@ -39,8 +39,8 @@ class LSTMCellMath(Cell):
         H = self.hidden_size
         return (t, t[..., : (1 if self.coupled else 2) * H], *t.split(H, -1))
 
-    def prepare(self, w):
-        super().prepare(w)
+    def prepare(self, w, forward):
+        super().prepare(w, forward)
         if self.peephole:
             p = w.w_ch.split(self.hidden_size)                 # (p_i, p_f, p_o), no p_i if coupled
             w.peepholes = (None, *p) if self.coupled else p

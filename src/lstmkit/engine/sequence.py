@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Weights, matmul_over_steps
+from .workspace import scratch
 
 
 def hoisted_input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
@@ -53,9 +54,9 @@ def per_step(tensors, bs: list[int]) -> list[tuple]:
 class SequenceFunction(torch.autograd.Function):
     """apply(cell, batch_sizes, record, x, *states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
 
-    x (T, B, I); states0 the initial states (B, size_k); returns the state histories
-    (T+1, B, size_k), entry 0 the initial state, entry s+1 the state after step s (rows not
-    active at step s hold their last state, or the initial state before they start).
+    x (T, B, I); states0 the initial states (B, size_k); returns for each state the sequence
+    (T, B, size_k) of its values after each step s (rows not active at step s hold their last
+    state, or the initial state before they start).
     batch_sizes: a list of T ints, or None when every sequence runs all T steps.
     """
 
@@ -78,7 +79,7 @@ class SequenceFunction(torch.autograd.Function):
             hist.append(h)
         bufs = [alloc(T, B, width, dtype=x.dtype, device=x.device) for width in cell.step_buffers]
 
-        cell.prepare(w)
+        cell.prepare(w, forward=True)
         steps = zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
                     per_step([h[1:] for h in hist], bs), per_step(bufs, bs))
         for gates_t, prev, new, buf in steps:
@@ -89,7 +90,7 @@ class SequenceFunction(torch.autograd.Function):
         ctx.save_for_backward(x, gates, *hist, *bufs, *args[k:])
         if record is not None:
             record.gates, record.hist = gates, hist
-        return tuple(hist)
+        return tuple(h[1:] for h in hist)
 
     @staticmethod
     @once_differentiable
@@ -103,23 +104,30 @@ class SequenceFunction(torch.autograd.Function):
         bufs = saved[2 + k : 2 + k + nb]
         w = Weights(*saved[2 + k + nb :])
         T, B, _ = x.shape
-        alloc = torch.zeros if packed else torch.empty
-        like = {"dtype": x.dtype, "device": x.device}
+        like = {"dtype": x.dtype, "device": x.device, "zero": packed}   # padding rows: zero
 
-        dgates = alloc(gates.shape, **like)                                  # (T, B, G*H)
-        gbufs = [alloc(T, B, width, **like) for width in cell.grad_buffers]
+        def buffer(name, width, keep=False):        # (T, B, width); keep: it outlives backward
+            if keep:
+                return (torch.zeros if packed else torch.empty)(T, B, width, dtype=x.dtype,
+                                                                 device=x.device)
+            return scratch(name, (T, B, width), **like)
+
+        dgates = buffer("dgates", gates.shape[-1])                            # (T, B, G*H)
+        gbufs = [buffer(f"grad_buffer{i}", width) for i, width in enumerate(cell.grad_buffers)]
         # dhist[k][s]: dL/d(state k after step s). Step s+1 writes its part (through the
         # recurrence) there; step s adds what came from outside and completes it to the total.
-        dhist = [alloc(T, B, size, **like) for size in cell.state_sizes]
+        dhist = [buffer(f"dstate{i}", size, keep=record is not None)
+                 for i, size in enumerate(cell.state_sizes)]
         for d in dhist:
             d[-1].zero_()
-        dstates0 = [torch.zeros(B, size, **like) for size in cell.state_sizes]
+        dstates0 = [torch.zeros(B, size, dtype=x.dtype, device=x.device)
+                    for size in cell.state_sizes]
 
         dnew_steps = per_step(dhist, bs)
         dprev_steps = [tuple(d[: bs[0]] for d in dstates0)] + \
             per_step([d[:-1] for d in dhist], bs[1:])             # where step s writes dL/d(prev)
-        external = [(i, step_views(g[1:], bs)) for i, g in enumerate(grad_hist) if g is not None]
-        cell.prepare(w)
+        external = [(i, step_views(g, bs)) for i, g in enumerate(grad_hist) if g is not None]
+        cell.prepare(w, forward=False)
         steps = list(zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
                          per_step([h[1:] for h in hist], bs), per_step(bufs, bs), dnew_steps,
                          per_step(cell.blocks(dgates), bs), per_step(gbufs, bs), dprev_steps))
@@ -136,9 +144,6 @@ class SequenceFunction(torch.autograd.Function):
                     d[s - 1, bs[s - 1] : bs[s]] = 0
 
         need = ctx.needs_input_grad
-        for i, g in enumerate(grad_hist):
-            if g is not None:
-                dstates0[i] += g[0]
         dstates0 = [d if need[4 + i] else None for i, d in enumerate(dstates0)]
         dx = dgates.reshape(T * B, -1).mm(w.w_ih).view_as(x) if need[3] else None
         dw_ih = matmul_over_steps(dgates, x)
@@ -154,7 +159,8 @@ class SequenceFunction(torch.autograd.Function):
 
 def run_sequence(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,
                  record: StepRecord | None = None) -> tuple[Tensor, ...]:
-    """Run ``cell`` over x (T, B, I) in processing order; returns the state histories."""
+    """Run ``cell`` over x (T, B, I) in processing order; returns each state after each step,
+    (T, B, size_k)."""
     return SequenceFunction.apply(cell, batch_sizes, record, x, *states0, weights.w_ih,
                                   weights.w_hh, weights.b_ih, weights.b_hh, weights.w_ch,
                                   weights.w_hr)
