@@ -11,6 +11,8 @@ For each size (T, B, input, hidden) and each model it checks first that the comp
     peephole  lstmkit.LSTM(peephole=True)              vs torch.nn.LSTM (no fused peephole exists)
     coupled   lstmkit.LSTM(coupled=True)               vs torch.nn.LSTM
     gru       lstmkit.GRU(engine="python")             vs torch.nn.GRU and a naive nn.GRUCell loop
+    lstm, loss at last step: the lstm row with the loss on the last output only, where the
+              gradient shrinks on its way back through time and denormal numbers appear
 
 Times are medians of --repeats runs in this process, in milliseconds; ratio = ours / reference
 (below 1 means lstmkit is faster). Flush-to-zero is set per table with
@@ -66,9 +68,12 @@ def output_of(model, x):
 
 
 def train_step(model, x, grad):
+    """Forward and backward; grad (T, B, H) for a loss on every step's output, or (B, H) for a
+    loss on the last step only (as a sequence classifier has)."""
     model.zero_grad(set_to_none=True)
     x.grad = None
-    output_of(model, x).backward(grad)
+    out = output_of(model, x)
+    (out if grad.dim() == 3 else out[-1]).backward(grad)
 
 
 def median_ms(*fns, repeats: int, rounds: int = 3) -> list[float]:
@@ -118,15 +123,17 @@ def bench_size(size, repeats: int) -> list[dict]:
     T, B, I, H = size
     ours, refs, naive = models_for(T, B, I, H)
     x = torch.randn(T, B, I, requires_grad=True)
-    grad = torch.randn(T, B, H)
+    grad_all, grad_last = torch.randn(T, B, H), torch.randn(B, H)
     rows = []
-    for kind, model in ours.items():
-        ref = refs[kind]
+    for kind, model in [*ours.items(), ("lstm, loss at last step", ours["lstm"])]:
+        grad = grad_last if "last" in kind else grad_all
+        kind_ref = kind.split(",")[0]
+        ref = refs[kind_ref]
         if kind in naive:
             check_agree(model, ref, x, grad, f"{kind} {size} vs torch.nn")
             check_agree(model, naive[kind], x, grad, f"{kind} {size} vs naive loop")
         row = {"kind": kind, "size": size}
-        trainers = [lambda m=m: train_step(m, x, grad) for m in (model, ref, naive.get(kind))
+        trainers = [lambda m=m, g=grad: train_step(m, x, g) for m in (model, ref, naive.get(kind))
                     if m is not None]
         times = median_ms(*trainers, repeats=repeats)
         row["train"], row["ref_train"] = times[:2]
