@@ -1,0 +1,294 @@
+"""The ``lstmkit`` command: parses arguments and calls the library; no logic of its own.
+
+Every failure the user can fix (a missing file, a bad option, a malformed run folder) ends in
+one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .config import RESUMABLE, Config, defaults_for
+from .tasks.models import CELLS
+
+TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (and exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def fail(message: str) -> None:
+    sys.stderr.write(f"lstmkit: error: {message}\n")
+    raise SystemExit(2)
+
+
+# Training options: (flag, Config field, type, help, group). Defaults come from the task.
+TRAIN_OPTIONS = [
+    ("--data-dir", "data_dir", str, "folder holding the data sets (else $LSTMKIT_DATA, else "
+     "the per-user cache)", "data"),
+    ("--path", "path", str, "chars: a UTF-8 text file; forecast: a CSV file; ptb: a folder "
+     "with ptb.train.txt, ptb.valid.txt, ptb.test.txt", "data"),
+    ("--value-column", "value_column", str, "forecast: the CSV column to model (name or index; "
+     "default: the last)", "data"),
+    ("--date-column", "date_column", str, "forecast: the CSV column of dates (optional)", "data"),
+    ("--horizon", "horizon", int, "forecast: points held out for test, and as many for "
+     "validation", "data"),
+    ("--window", "window", int, "forecast: past values the model reads", "data"),
+    ("--length", "length", int, "adding/copy: the time lag T", "data"),
+    ("--train-size", "train_size", int, "names: train on only this many names (0 = all)",
+     "data"),
+    ("--cell", "cell", str, f"recurrent cell: {', '.join(CELLS)}", "model"),
+    ("--hidden", "hidden", int, "hidden units per layer", "model"),
+    ("--layers", "layers", int, "stacked recurrent layers", "model"),
+    ("--embed", "embed", int, "embedding size (names, ptb, chars, copy)", "model"),
+    ("--dropout", "dropout", float, "dropout between layers and before the output", "model"),
+    ("--bidirectional", "bidirectional", "flag", "names: read each name both ways", "model"),
+    ("--tie", "tie", "flag", "language models: the decoder shares the embedding", "model"),
+    ("--init-scale", "init_scale", float, "> 0: every parameter ~ U(-s, s)", "model"),
+    ("--init", "init", str, "default, unit-forget, chrono or orthogonal", "model"),
+    ("--engine", "engine", str, "auto, python or torch (see the README)", "model"),
+    ("--optimizer", "optimizer", str, "adam or sgd", "optimisation"),
+    ("--lr", "lr", float, "learning rate", "optimisation"),
+    ("--momentum", "momentum", float, "sgd momentum", "optimisation"),
+    ("--weight-decay", "weight_decay", float, "L2 penalty", "optimisation"),
+    ("--clip", "clip", float, "clip the gradient norm to this (0 = off)", "optimisation"),
+    ("--epochs", "epochs", int, "passes over the training data", "optimisation"),
+    ("--batch-size", "batch_size", int, "sequences per batch", "optimisation"),
+    ("--bptt", "bptt", int, "language models: steps per truncated-BPTT segment",
+     "optimisation"),
+    ("--steps-per-epoch", "steps_per_epoch", int, "adding/copy: fresh batches per epoch",
+     "optimisation"),
+    ("--lr-decay", "lr_decay", float, "multiply the learning rate by this each epoch ...",
+     "optimisation"),
+    ("--decay-after", "decay_after", int, "... after this many epochs", "optimisation"),
+    ("--plateau", "plateau", "flag", "halve the learning rate when validation stalls",
+     "optimisation"),
+    ("--patience", "patience", int, "stop after this many epochs without improvement (0 = off)",
+     "optimisation"),
+    ("--max-steps", "max_steps", int, "stop after this many steps (0 = no limit)",
+     "optimisation"),
+    ("--time-limit", "time_limit", float, "stop training after this many minutes (0 = none)",
+     "optimisation"),
+    ("--seed", "seed", int, "seed for weights, data order and dropout", "bookkeeping"),
+    ("--checkpoint-every", "checkpoint_every", int, "also checkpoint every N steps",
+     "bookkeeping"),
+    ("--keep-denormals", "keep_denormals", "flag", "do not flush denormal numbers to zero "
+     "while training (slower; see BENCHMARKS.md)", "bookkeeping"),
+    ("--threads", "threads", int, "torch threads (0 = torch's default)", "bookkeeping"),
+]
+
+
+def add_train_parser(sub) -> None:
+    from .config import TASK_DEFAULTS
+
+    epilog = "task defaults (options left out take these, else the listed default):\n" + \
+        "\n".join(f"  {task}: " + ", ".join(f"{k}={v}" for k, v in d.items())
+                  for task, d in TASK_DEFAULTS.items())
+    p = sub.add_parser("train", help="train a model on a task", epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+                           "Train a model on a task into a run folder (config.json, "
+                           "metrics.jsonl, model.safetensors, checkpoint/, plots)."))
+    p.add_argument("task", choices=TASKS, help="what to train")
+    p.add_argument("--out", required=True, help="the run folder to create (or --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the run in --out from its last checkpoint (may change only "
+                   f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)})")
+    groups = {}
+    for flag, dest, kind, text, group in TRAIN_OPTIONS:
+        g = groups.setdefault(group, p.add_argument_group(group))
+        if kind == "flag":
+            g.add_argument(flag, dest=dest, action="store_const", const=True, default=None,
+                           help=text)
+        else:
+            g.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+
+
+def train_command(args) -> None:
+    from .runio import read_json
+    from .train import train
+
+    given = {dest: getattr(args, dest) for _, dest, *_ in TRAIN_OPTIONS
+             if getattr(args, dest) is not None}
+    if args.resume:
+        cfg = Config.from_json(read_json(Path(args.out) / "config.json"))
+        if cfg.task != args.task:
+            fail(f"{args.out} holds a {cfg.task!r} run, not {args.task!r}")
+        fixed = sorted(k for k, v in given.items() if k not in RESUMABLE and getattr(cfg, k) != v)
+        if fixed:
+            fail(f"a resumed run keeps its configuration; cannot change "
+                 f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
+    else:
+        cfg = defaults_for(args.task)
+    cfg = dataclasses.replace(cfg, **given)
+    check_config(cfg)
+    train(cfg, args.out, resume=args.resume)
+
+
+def check_config(cfg: Config) -> None:
+    if cfg.cell not in CELLS:
+        fail(f"--cell must be one of {', '.join(CELLS)}, got {cfg.cell!r}")
+    positive = ("hidden", "layers", "epochs", "batch_size", "bptt", "steps_per_epoch", "length",
+                "window", "horizon")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        fail(f"--lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.dropout < 1:
+        fail(f"--dropout must be in [0, 1), got {cfg.dropout}")
+
+
+# ---------------------------------------------------------------------- using a run
+def load_run(run_dir: str, for_training: bool = False):
+    """(cfg, task, model) of a run folder, the model holding its best weights."""
+    from .runio import load_state_into, read_json, read_tensors
+    from .tasks import make_task
+
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        fail(f"{run_dir} is not a folder; give the --out folder of a `lstmkit train` run")
+    try:
+        cfg = Config.from_json(read_json(folder / "config.json"))
+    except (TypeError, ValueError) as e:
+        fail(f"{folder / 'config.json'}: {e}")
+    task = make_task(cfg, for_training=for_training)
+    model = task.build_model()
+    load_state_into(model, read_tensors(folder / "model.safetensors"),
+                    folder / "model.safetensors")
+    model.eval()
+    return cfg, task, model
+
+
+def evaluate_command(args) -> None:
+    cfg, task, model = load_run(args.run, for_training=True)
+    for split in ("valid", "test"):
+        print(f"{split}: {task.describe(task.evaluate(model, split))}")
+
+
+def predict_command(args) -> None:
+    cfg, task, model = load_run(args.run)
+    if cfg.task != "names":
+        fail(f"predict is for names runs; {args.run} is a {cfg.task!r} run")
+    for name, ranked in zip(args.names, task.predict(model, args.names, args.top)):
+        print(f"{name}: " + ", ".join(f"{lang} {p:.3f}" for lang, p in ranked))
+
+
+def sample_command(args) -> None:
+    cfg, task, model = load_run(args.run)
+    if cfg.task not in ("ptb", "chars"):
+        fail(f"sample is for ptb and chars runs; {args.run} is a {cfg.task!r} run")
+    if args.length < 1:
+        fail(f"--length must be at least 1, got {args.length}")
+    print(task.sample(model, args.prime, args.length, args.temperature, args.seed))
+
+
+def forecast_command(args) -> None:
+    from . import plots
+    from .data import load_series
+
+    cfg, task, model = load_run(args.run)
+    if cfg.task != "forecast":
+        fail(f"forecast is for forecast runs; {args.run} is a {cfg.task!r} run")
+    if args.horizon < 1:
+        fail(f"--horizon must be at least 1, got {args.horizon}")
+    path = args.csv or cfg.path
+    column = args.value_column or (cfg.value_column if path == cfg.path else None)
+    series = load_series(path, column, None, cfg.data_dir, test_size=0, valid_size=0)
+    pred = task.forecast(model, series.values, args.horizon)
+    low, high = task.interval(model, pred)
+    for k, (v, lo, hi) in enumerate(zip(pred.tolist(), low.tolist(), high.tolist()), 1):
+        print(f"+{k}: {v:.2f}  (approx. 95% interval {lo:.2f} .. {hi:.2f})")
+    out = Path(args.out or Path(args.run) / "forecast-ahead.png")
+    values = series.values.float()
+    plots.forecast(values, len(values), pred, low, high, out,
+                   title=f"{series.name}: next {args.horizon}")
+    print(f"plot: {out}")
+
+
+def data_command(args) -> None:
+    from .data import DATASETS, data_dir, fetch, require
+
+    if args.action == "fetch":
+        for name in args.names or sorted(DATASETS):
+            print(f"{name}: {fetch(name, args.data_dir)}")
+        return
+    print(f"data folder: {data_dir(args.data_dir)}")
+    for name in sorted(DATASETS):
+        try:
+            status = f"present in {require(name, args.data_dir)}"
+        except ValueError:
+            status = f"missing (lstmkit data fetch {name})"
+        print(f"  {name}: {status}")
+
+
+# ---------------------------------------------------------------------- entry point
+def build_parser() -> Parser:
+    parser = Parser(prog="lstmkit", description=(
+        "LSTMs and their family with hand-written BPTT: train, evaluate and use models."))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_train_parser(sub)
+
+    p = sub.add_parser("evaluate", help="validation and test metrics of a run")
+    p.add_argument("run", help="a run folder")
+    p.set_defaults(func=evaluate_command)
+
+    p = sub.add_parser("predict", help="languages of surnames (a names run)")
+    p.add_argument("run", help="a names run folder")
+    p.add_argument("names", nargs="+", help="surnames to classify")
+    p.add_argument("--top", type=int, default=3, help="how many languages to list per name")
+    p.set_defaults(func=predict_command)
+
+    p = sub.add_parser("sample", help="generate text (a ptb or chars run)")
+    p.add_argument("run", help="a language-model run folder")
+    p.add_argument("--prime", default="", help="text to start from")
+    p.add_argument("--length", type=int, default=300, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="below 1: safer choices; above 1: more surprising ones")
+    p.add_argument("--seed", type=int, default=0, help="seed for the draws")
+    p.set_defaults(func=sample_command)
+
+    p = sub.add_parser("forecast", help="forecast a series ahead (a forecast run)")
+    p.add_argument("run", help="a forecast run folder")
+    p.add_argument("--csv", help="the series to continue (default: the run's own data)")
+    p.add_argument("--value-column", help="its value column (name or index)")
+    p.add_argument("--horizon", type=int, required=True, help="steps to forecast")
+    p.add_argument("--out", help="the plot to write (default: RUN/forecast-ahead.png)")
+    p.set_defaults(func=forecast_command)
+
+    p = sub.add_parser("data", help="where the data sets are; download them")
+    p.add_argument("action", choices=("fetch", "where"), help="fetch NAME..., or where")
+    p.add_argument("names", nargs="*", help="data sets to fetch (default: all)")
+    p.add_argument("--data-dir", help="folder for the data sets")
+    p.set_defaults(func=data_command)
+    return parser
+
+
+def main(argv=None) -> None:
+    import os
+
+    from .train import TrainingStopped
+
+    args = build_parser().parse_args(argv)
+    func = train_command if args.command == "train" else args.func
+    try:
+        func(args)
+    except TrainingStopped as e:
+        sys.stderr.write(f"lstmkit: {e}\n")
+        raise SystemExit(1) from None
+    except (ValueError, OSError) as e:         # bad input the user can fix: one line
+        if os.environ.get("LSTMKIT_DEBUG"):
+            raise
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted")
+
+
+if __name__ == "__main__":
+    main()

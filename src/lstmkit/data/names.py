@@ -1,0 +1,116 @@
+"""Surnames and their language of origin (the PyTorch char-RNN classification data).
+
+A folder holds one ``<Language>.txt`` per class, one UTF-8 name per line. Names are turned
+into ASCII as the PyTorch tutorial does (Unicode NFD, combining marks dropped, only the 57
+symbols of ``ALPHABET`` kept), so "Ślusàrski" becomes "Slusarski". Every line is one example;
+duplicates are kept (the real data has 20,074 lines).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import DataError
+from .files import read_utf8
+from .store import require
+
+ALPHABET = string.ascii_letters + " .,;'"
+_INDEX = {ch: i for i, ch in enumerate(ALPHABET)}
+_LETTERS = frozenset(string.ascii_letters)
+
+
+def transliterate(name: str) -> str:
+    """name in ASCII: NFD-decomposed, combining marks (category Mn) dropped, then only the
+    characters of ALPHABET kept (so "Ł", "ß" and a no-break space vanish)."""
+    return "".join(ch for ch in unicodedata.normalize("NFD", name)
+                   if unicodedata.category(ch) != "Mn" and ch in _INDEX)
+
+
+def encode_name(name: str) -> Tensor:
+    """The ALPHABET indices of transliterate(name): a LongTensor of shape (L,).
+
+    Raises DataError if no letter is left after transliteration.
+    """
+    ascii_name = transliterate(name)
+    if not _LETTERS.intersection(ascii_name):
+        raise DataError(f"name {name!r} has no letters A-Z/a-z after transliteration to ASCII")
+    return torch.tensor([_INDEX[ch] for ch in ascii_name], dtype=torch.long)
+
+
+@dataclass
+class Names:
+    """Names split into train and test, stratified by language.
+
+    ``languages[label]`` is the language of an example ``(ascii_name, label)``.
+    """
+
+    languages: list[str]
+    train: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+
+    def encode(self, name: str) -> Tensor:
+        """Alphabet indices of a name, (L,) long; see ``encode_name``."""
+        return encode_name(name)
+
+
+def read_name_file(path: str | Path) -> list[str]:
+    """The transliterated names of one language file, one per line, duplicates kept.
+
+    Raises DataError naming the file (and line or byte offset) for a file that is empty, is
+    not UTF-8, or has a line with no letters left after transliteration.
+    """
+    text = read_utf8(path, "names file")
+    lines = text.split("\n")
+    if lines[-1] == "":                                  # the newline that ends the last line
+        lines.pop()
+    names = []
+    for number, line in enumerate(lines, start=1):
+        ascii_name = transliterate(line)
+        if not _LETTERS.intersection(ascii_name):
+            raise DataError(f"names file {path}, line {number}: {line!r} has no letters "
+                            "A-Z/a-z after transliteration to ASCII")
+        names.append(ascii_name)
+    return names
+
+
+def load_name_lists(folder: str | Path, seed: int = 0, test_fraction: float = 0.1) -> Names:
+    """Names from every ``*.txt`` in folder (the stem is the language), split per language.
+
+    Languages are sorted; label i is ``languages[i]``. One ``random.Random(seed)`` shuffles each
+    language's names in turn (in sorted order) and ``round(test_fraction * n)`` of them, at
+    least 1 and at most n - 1, go to test. Examples are grouped by language in both splits.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"names folder {folder} is not a directory")
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise DataError(f"names folder {folder} has no *.txt files (one per language)")
+    rng = random.Random(seed)
+    languages, train, test = [], [], []
+    for label, path in enumerate(files):
+        names = read_name_file(path)
+        if len(names) < 2:
+            raise DataError(f"names file {path} has {len(names)} name; a train/test split "
+                            "needs at least 2 per language")
+        rng.shuffle(names)
+        n_test = min(max(1, round(test_fraction * len(names))), len(names) - 1)
+        languages.append(path.stem)
+        test += [(name, label) for name in names[:n_test]]
+        train += [(name, label) for name in names[n_test:]]
+    return Names(languages, train, test)
+
+
+def load_names(data_dir: str | Path | None = None, seed: int = 0,
+               test_fraction: float = 0.1) -> Names:
+    """The registry's names data set (18 languages, 20,074 names); see ``load_name_lists``."""
+    return load_name_lists(require("names", data_dir), seed=seed, test_fraction=test_fraction)

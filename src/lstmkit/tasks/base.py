@@ -1,0 +1,65 @@
+"""What the trainer needs from a task: its data, its model, one training step, an evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config
+
+
+class Task:
+    """A task built from a Config. ``for_training=False`` rebuilds only what a trained model
+    needs (from ``cfg.meta``) without loading the training data."""
+
+    name: str = ""
+    # the validation metric that picks the best model; lower is better
+    select_by: str = "loss"
+
+    def __init__(self, cfg: Config, for_training: bool = True):
+        self.cfg = cfg
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def train_batches(self, generator: torch.Generator) -> Iterable:
+        """One epoch of training batches, in an order fixed by `generator`."""
+        raise NotImplementedError
+
+    def batches_per_epoch(self) -> int | None:
+        """How many batches train_batches yields (for the progress bar), if known."""
+        return None
+
+    def train_step(self, model: nn.Module, batch, carry) -> tuple[Tensor, object]:
+        """The mean loss of one batch, and what carries over to the next (a recurrent state
+        for truncated BPTT, else None)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Metrics on "valid" or "test", always including "loss"."""
+        raise NotImplementedError
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        """A short line for the progress log."""
+        return f"loss {metrics['loss']:.4f}"
+
+    def figures(self, model: nn.Module, run_dir) -> None:
+        """Task-specific plots written into the run folder (the loss curves are the trainer's)."""
+
+    def carry_tensors(self, carry) -> dict[str, Tensor]:
+        """The carry as named tensors, for a checkpoint taken inside an epoch."""
+        return {}
+
+    def carry_from_tensors(self, tensors: dict[str, Tensor]):
+        return None
+
+
+def detach_state(state):
+    """A recurrent state cut from the graph: BPTT stops at the batch boundary."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()

@@ -1,0 +1,125 @@
+"""Surname -> language of origin: a character-level sequence classifier.
+
+Accuracy is the fraction of test names classified right; macro-averaged accuracy is the mean of
+the per-language accuracies, which the 18 very unequal classes (Russian 9,408 names, Vietnamese
+73) make the harder number.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from .. import plots
+from ..data import ALPHABET, encode_name, load_names
+from .base import Task
+from .models import SequenceClassifier
+
+SPLIT_SEED = 0               # the train/test/valid split is fixed, whatever the training seed
+EVAL_BATCH = 512
+
+
+def collate(names: list[torch.Tensor]):
+    """Tokens (L, N) padded with 0, and lengths (N,)."""
+    return pad_sequence(names), torch.tensor([len(n) for n in names])
+
+
+class NamesTask(Task):
+    name = "names"
+    select_by = "loss"
+
+    def __init__(self, cfg, for_training=True):
+        super().__init__(cfg)
+        if not for_training:
+            self.languages = cfg.meta["languages"]
+            return
+        data = load_names(cfg.data_dir, seed=SPLIT_SEED, test_fraction=0.1)
+        self.languages = data.languages
+        train, valid = self.hold_out(data.train, 0.1)
+        if cfg.train_size:                  # a small slice, for quick runs and tests
+            rng = random.Random(SPLIT_SEED)
+            keep = min(cfg.train_size, len(train)) / len(train)
+            train = rng.sample(train, min(cfg.train_size, len(train)))
+            valid = rng.sample(valid, min(len(valid), max(20, round(keep * len(valid)))))
+        self.splits = {name: ([encode_name(n) for n, _ in items],
+                              torch.tensor([y for _, y in items]))
+                       for name, items in (("train", train), ("valid", valid),
+                                           ("test", data.test))}
+        cfg.meta = {"languages": self.languages, "alphabet": ALPHABET,
+                    "sizes": {k: len(v[1]) for k, v in self.splits.items()}}
+
+    @staticmethod
+    def hold_out(items, fraction):
+        """A stratified validation set from the training names (the test set stays unseen)."""
+        by_label: dict[int, list] = {}
+        for item in items:
+            by_label.setdefault(item[1], []).append(item)
+        rng = random.Random(SPLIT_SEED)
+        train, valid = [], []
+        for label in sorted(by_label):
+            group = by_label[label][:]
+            rng.shuffle(group)
+            k = max(1, round(fraction * len(group)))
+            valid += group[:k]
+            train += group[k:]
+        return train, valid
+
+    def build_model(self):
+        c = self.cfg
+        return SequenceClassifier(len(ALPHABET), len(self.languages), c.cell, c.embed, c.hidden,
+                                  c.layers, c.dropout, c.bidirectional, c.engine)
+
+    def train_batches(self, generator):
+        names, labels = self.splits["train"]
+        order = torch.randperm(len(names), generator=generator).tolist()
+        for start in range(0, len(order), self.cfg.batch_size):
+            idx = order[start : start + self.cfg.batch_size]
+            yield (*collate([names[i] for i in idx]), labels[idx])
+
+    def batches_per_epoch(self):
+        return -(-len(self.splits["train"][1]) // self.cfg.batch_size)
+
+    def train_step(self, model, batch, carry):
+        tokens, lengths, labels = batch
+        return F.cross_entropy(model(tokens, lengths), labels), None
+
+    @torch.no_grad()
+    def scores(self, model, names: list[torch.Tensor]) -> torch.Tensor:
+        """Log-probabilities (N, C) for encoded names, in batches."""
+        model.eval()
+        out = [F.log_softmax(model(*collate(names[i : i + EVAL_BATCH])), -1)
+               for i in range(0, len(names), EVAL_BATCH)]
+        return torch.cat(out)
+
+    def evaluate(self, model, split):
+        names, labels = self.splits[split]
+        logp = self.scores(model, names)
+        pred = logp.argmax(-1)
+        C = len(self.languages)
+        per_class = [(pred[labels == c] == c).float().mean().item()
+                     for c in range(C) if (labels == c).any()]
+        return {"loss": F.nll_loss(logp, labels).item(),
+                "accuracy": (pred == labels).float().mean().item(),
+                "macro_accuracy": sum(per_class) / len(per_class)}
+
+    def describe(self, m):
+        return (f"loss {m['loss']:.4f}  accuracy {m['accuracy']:.3f}  "
+                f"macro {m['macro_accuracy']:.3f}")
+
+    def figures(self, model, run_dir):
+        names, labels = self.splits["test"]
+        pred = self.scores(model, names).argmax(-1)
+        C = len(self.languages)
+        confusion = torch.zeros(C, C, dtype=torch.long)
+        confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+        plots.confusion_matrix(confusion, self.languages, run_dir / "confusion.png")
+
+    def predict(self, model, names: list[str], top: int = 3):
+        """For each name, the `top` most likely languages with probabilities."""
+        logp = self.scores(model, [encode_name(n) for n in names])
+        probs, idx = logp.exp().topk(min(top, len(self.languages)), -1)
+        return [[(self.languages[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
+                for row_i, row_p in zip(idx, probs)]

@@ -1,0 +1,112 @@
+"""The networks the tasks train: a recurrent layer of any cell between an input and an output.
+
+Cells by name: lstm, peephole (LSTM with peepholes), coupled (LSTM with i_t = 1 - f_t), gru,
+rnn (tanh). Shapes: N batch, L sequence length, V vocabulary, H hidden size, C classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from ..layers import GRU, LSTM, RNN
+
+CELLS = ("lstm", "peephole", "coupled", "gru", "rnn")
+
+
+def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
+             bidirectional: bool = False, engine: str = "auto") -> nn.Module:
+    """A time-major recurrent layer of the named cell."""
+    common = dict(num_layers=layers, dropout=dropout if layers > 1 else 0.0,
+                  bidirectional=bidirectional, engine=engine)
+    if cell == "lstm":
+        return LSTM(input_size, hidden, **common)
+    if cell == "peephole":
+        return LSTM(input_size, hidden, peephole=True, **common)
+    if cell == "coupled":
+        return LSTM(input_size, hidden, coupled=True, **common)
+    if cell == "gru":
+        return GRU(input_size, hidden, **common)
+    if cell == "rnn":
+        return RNN(input_size, hidden, **common)
+    raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
+
+
+def final_hidden(h_n, layers: int, directions: int) -> Tensor:
+    """The last layer's final h of each direction, concatenated: (N, D*H)."""
+    h = h_n[0] if isinstance(h_n, tuple) else h_n                  # (layers*D, N, H)
+    return torch.cat([h[(layers - 1) * directions + d] for d in range(directions)], -1)
+
+
+class SequenceClassifier(nn.Module):
+    """Tokens (L, N) with lengths -> class scores (N, C): embedding, RNN, the final hidden
+    state(s), a linear layer."""
+
+    def __init__(self, vocab: int, classes: int, cell: str = "lstm", embed: int = 64,
+                 hidden: int = 128, layers: int = 1, dropout: float = 0.0,
+                 bidirectional: bool = False, engine: str = "auto"):
+        super().__init__()
+        self.layers, self.directions = layers, 2 if bidirectional else 1
+        self.embed = nn.Embedding(vocab, embed)
+        self.rnn = make_rnn(cell, embed, hidden, layers, dropout, bidirectional, engine)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden * self.directions, classes)
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        packed = pack_padded_sequence(self.embed(tokens), lengths.cpu(), enforce_sorted=False)
+        _, h_n = self.rnn(packed)
+        return self.out(self.drop(final_hidden(h_n, self.layers, self.directions)))
+
+
+class LanguageModel(nn.Module):
+    """Tokens (L, N) -> next-token scores (L, N, V), carrying the state between calls (for
+    truncated backpropagation through time)."""
+
+    def __init__(self, vocab: int, cell: str = "lstm", embed: int = 200, hidden: int = 200,
+                 layers: int = 2, dropout: float = 0.0, tie: bool = False, engine: str = "auto"):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.rnn = make_rnn(cell, embed, hidden, layers, dropout, False, engine)
+        self.drop = nn.Dropout(dropout)
+        self.decoder = nn.Linear(hidden, vocab)
+        if tie:
+            if embed != hidden:
+                raise ValueError(f"tied weights need embed == hidden, got {embed} and {hidden}")
+            self.decoder.weight = self.embed.weight
+
+    def forward(self, tokens: Tensor, state=None):
+        out, state = self.rnn(self.drop(self.embed(tokens)), state)
+        return self.decoder(self.drop(out)), state
+
+
+class SequenceRegressor(nn.Module):
+    """Inputs (L, N, F) -> one output vector per sequence (N, out) read from the last step
+    (per_step=False), or one per step (L, N, out)."""
+
+    def __init__(self, features: int, out: int, cell: str = "lstm", hidden: int = 64,
+                 layers: int = 1, dropout: float = 0.0, per_step: bool = False,
+                 engine: str = "auto"):
+        super().__init__()
+        self.per_step = per_step
+        self.rnn = make_rnn(cell, features, hidden, layers, dropout, False, engine)
+        self.out = nn.Linear(hidden, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, _ = self.rnn(x)                                            # (L, N, H)
+        return self.out(h if self.per_step else h[-1])
+
+
+class TokenSequenceModel(nn.Module):
+    """Tokens (L, N) -> scores for a token at every step (L, N, V): the copy task's model."""
+
+    def __init__(self, vocab: int, cell: str = "lstm", embed: int = 16, hidden: int = 128,
+                 layers: int = 1, engine: str = "auto"):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.rnn = make_rnn(cell, embed, hidden, layers, 0.0, False, engine)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h, _ = self.rnn(self.embed(tokens))
+        return self.out(h)

@@ -1,0 +1,191 @@
+"""Each task end to end through the real `lstmkit` command in a subprocess, on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+DATA = os.environ.get("LSTMKIT_DATA")
+needs_data = pytest.mark.skipif(not DATA or not Path(DATA, "names").is_dir(),
+                                reason="needs LSTMKIT_DATA with the shared data sets")
+RUN_FILES = {"config.json", "metrics.jsonl", "model.safetensors", "results.json", "loss.png",
+             "checkpoint"}
+
+
+def lstmkit(*args, check=True, env=None):
+    result = subprocess.run([sys.executable, "-m", "lstmkit", *map(str, args)],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"lstmkit {' '.join(map(str, args))} exited "
+                             f"{result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def valid_losses(run: Path) -> list[float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["valid"]["loss"] for r in records if "valid" in r]
+
+
+def assert_run_folder(run: Path, extra=()):
+    names = {p.name for p in run.iterdir()}
+    assert RUN_FILES | set(extra) <= names, names
+    latest = json.loads((run / "checkpoint" / "latest.json").read_text())
+    assert (run / "checkpoint" / f"{latest['name']}.safetensors").is_file()
+    results = json.loads((run / "results.json").read_text())
+    assert {"valid", "test", "train_seconds", "steps"} <= set(results)
+
+
+@needs_data
+def test_names_end_to_end(tmp_path):
+    run = tmp_path / "names"
+    lstmkit("train", "names", "--out", run, "--train-size", 400, "--epochs", 4, "--hidden", 32,
+            "--layers", 1, "--batch-size", 32, "--lr", 0.01)
+    assert_run_folder(run, extra={"confusion.png"})
+    losses = valid_losses(run)
+    assert losses[-1] < losses[0]
+    out = lstmkit("predict", run, "Dostoevsky", "Nguyen", "--top", 2).stdout.splitlines()
+    assert len(out) == 2 and out[0].startswith("Dostoevsky: ")
+    languages = json.loads((run / "config.json").read_text())["meta"]["languages"]
+    ranked = out[0].split(": ", 1)[1].split(", ")
+    assert len(ranked) == 2 and all(r.split()[0] in languages for r in ranked)
+    probs = [float(r.split()[1]) for r in ranked]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert "test:" in lstmkit("evaluate", run).stdout
+
+
+def tiny_ptb(folder: Path, lines: int = 300) -> Path:
+    """The first lines of real PTB as train; valid and test drawn from those lines."""
+    source = Path(DATA, "ptb", "ptb.train.txt").read_text().splitlines()[:lines]
+    folder.mkdir()
+    (folder / "ptb.train.txt").write_text("\n".join(source) + "\n")
+    (folder / "ptb.valid.txt").write_text("\n".join(source[:30]) + "\n")
+    (folder / "ptb.test.txt").write_text("\n".join(source[30:60]) + "\n")
+    return folder
+
+
+@needs_data
+def test_ptb_end_to_end(tmp_path):
+    run = tmp_path / "ptb"
+    lstmkit("train", "ptb", "--out", run, "--path", tiny_ptb(tmp_path / "corpus"),
+            "--epochs", 3, "--hidden", 32, "--embed", 32, "--bptt", 10, "--batch-size", 8,
+            "--decay-after", 2)
+    assert_run_folder(run)
+    losses = valid_losses(run)
+    assert losses[-1] < losses[0]
+    text = lstmkit("sample", run, "--prime", "the company", "--length", 20).stdout
+    assert text.startswith("the company") and len(text.split()) >= 10
+
+
+def test_chars_end_to_end_and_resume_matches(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 60)
+    common = ["--path", text, "--hidden", 24, "--embed", 8, "--layers", 1, "--bptt", 20,
+              "--batch-size", 4, "--lr", 0.01, "--dropout", 0]
+    full, part = tmp_path / "full", tmp_path / "part"
+    lstmkit("train", "chars", "--out", full, "--epochs", 4, *common)
+    assert_run_folder(full)
+    losses = valid_losses(full)
+    assert losses[-1] < losses[0]
+    assert lstmkit("sample", full, "--prime", "To be", "--length", 30).stdout.startswith("To be")
+    # stopped after two epochs, then resumed: the same weights and results
+    lstmkit("train", "chars", "--out", part, "--epochs", 2, *common)
+    lstmkit("train", "chars", "--out", part, "--epochs", 4, "--resume", *common)
+    a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    results = [json.loads((r / "results.json").read_text()) for r in (full, part)]
+    assert results[0]["test"] == results[1]["test"]
+
+
+def test_resume_inside_an_epoch_continues_the_same_trajectory(tmp_path):
+    """A run stopped mid-epoch at a step checkpoint continues exactly as if never stopped."""
+    common = ["--length", 12, "--hidden", 16, "--steps-per-epoch", 10, "--batch-size", 16,
+              "--epochs", 3, "--checkpoint-every", 5, "--dropout", 0]
+    full, part = tmp_path / "full", tmp_path / "part"
+    lstmkit("train", "adding", "--out", full, *common)
+    lstmkit("train", "adding", "--out", part, "--max-steps", 15, *common)
+    lstmkit("train", "adding", "--out", part, "--resume", "--max-steps", 0, *common)
+
+    def final_weights(run):
+        latest = json.loads((run / "checkpoint" / "latest.json").read_text())["name"]
+        tensors = load_file(run / "checkpoint" / f"{latest}.safetensors")
+        return {k: v for k, v in tensors.items() if k.startswith("model.")}
+
+    a, b = final_weights(full), final_weights(part)
+    assert a.keys() == b.keys() and all(((a[k] - b[k]).abs() < 1e-7).all() for k in a)
+
+
+@needs_data
+def test_forecast_end_to_end(tmp_path):
+    run = tmp_path / "air"
+    lstmkit("train", "forecast", "--out", run, "--epochs", 15, "--hidden", 8, "--patience", 0)
+    assert_run_folder(run, extra={"forecast.png"})
+    results = json.loads((run / "results.json").read_text())
+    assert {"mape", "mape_seasonal_naive", "mape_linear_trend"} <= set(results["test"])
+    out = lstmkit("forecast", run, "--horizon", 6, "--out", tmp_path / "ahead.png").stdout
+    lines = [line for line in out.splitlines() if line.startswith("+")]
+    assert len(lines) == 6 and (tmp_path / "ahead.png").stat().st_size > 1000
+
+
+def test_copy_runs(tmp_path):
+    run = tmp_path / "copy"
+    lstmkit("train", "copy", "--out", run, "--length", 5, "--hidden", 16, "--epochs", 2,
+            "--steps-per-epoch", 5, "--batch-size", 8)
+    assert_run_folder(run)
+
+
+# ---------------------------------------------------------------------- errors: one line, exit 2
+def assert_clear_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_option_is_one_line(tmp_path):
+    assert_clear_error(lstmkit("train", "adding", "--out", tmp_path / "r", "--hiden", 3,
+                               check=False), "unrecognized arguments: --hiden")
+
+
+def test_bad_values_are_one_line(tmp_path):
+    assert_clear_error(lstmkit("train", "adding", "--out", tmp_path / "r", "--cell", "lstn",
+                               check=False), "--cell must be one of")
+    assert_clear_error(lstmkit("train", "adding", "--out", tmp_path / "r", "--hidden", 0,
+                               check=False), "--hidden must be at least 1")
+
+
+def test_missing_data_says_where_it_looked(tmp_path):
+    result = lstmkit("train", "names", "--out", tmp_path / "r", "--data-dir", tmp_path / "none",
+                     check=False)
+    assert_clear_error(result, "lstmkit data fetch names")
+
+
+def test_bad_csv_names_the_row(tmp_path):
+    csv = tmp_path / "s.csv"
+    csv.write_text("t,v\n" + "".join(f"{i},{i + 1}\n" for i in range(40)) + "40,oops\n")
+    result = lstmkit("train", "forecast", "--out", tmp_path / "r", "--path", csv, "--window", 4,
+                     "--horizon", 3, check=False)
+    assert_clear_error(result, "oops")
+
+
+def test_existing_run_needs_resume_and_resume_keeps_config(tmp_path):
+    run = tmp_path / "r"
+    args = ["train", "adding", "--out", run, "--length", 6, "--hidden", 4, "--epochs", 1,
+            "--steps-per-epoch", 2]
+    lstmkit(*args)
+    assert_clear_error(lstmkit(*args, check=False), "already holds a run", "--resume")
+    assert_clear_error(lstmkit(*args, "--resume", "--hidden", 8, check=False),
+                       "cannot change --hidden")
+
+
+def test_using_a_folder_that_is_not_a_run(tmp_path):
+    assert_clear_error(lstmkit("predict", tmp_path, "Smith", check=False), "config.json")
+    assert_clear_error(lstmkit("sample", tmp_path / "nope", check=False), "not a folder")
