@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Install everything (into .venv) and run the main job.
+# Install everything (into .venv), get the names data if it is missing, and run the main job:
+# `lstmkit demo`, which writes its run folders, plots and summary.md into runs/demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python examples/toy_lstm.py "$@"
+if [ -z "${LSTMKIT_DATA:-}" ] && [ -d ../shared/data ]; then
+    export LSTMKIT_DATA="$(cd ../shared/data && pwd)"
+fi
+.venv/bin/lstmkit data fetch names >/dev/null 2>&1 \
+    || echo "(could not download the names data; the demo skips its names part)"
+exec .venv/bin/lstmkit demo --out "${1:-runs/demo}"

@@ -41,6 +41,8 @@ TRAIN_OPTIONS = [
     ("--horizon", "horizon", int, "forecast: points held out for test, and as many for "
      "validation", "data"),
     ("--window", "window", int, "forecast: past values the model reads", "data"),
+    ("--difference", "difference", int, "forecast: model the change over this many steps "
+     "(12: over a year of months; 0: the values themselves)", "data"),
     ("--length", "length", int, "adding/copy: the time lag T", "data"),
     ("--train-size", "train_size", int, "names: train on only this many names (0 = all)",
      "data"),
@@ -202,7 +204,7 @@ def forecast_command(args) -> None:
     column = args.value_column or (cfg.value_column if path == cfg.path else None)
     series = load_series(path, column, None, cfg.data_dir, test_size=0, valid_size=0)
     pred = task.forecast(model, series.values, args.horizon)
-    low, high = task.interval(model, pred)
+    low, high = task.interval(model, series.values, args.horizon)
     for k, (v, lo, hi) in enumerate(zip(pred.tolist(), low.tolist(), high.tolist()), 1):
         print(f"+{k}: {v:.2f}  (approx. 95% interval {lo:.2f} .. {hi:.2f})")
     out = Path(args.out or Path(args.run) / "forecast-ahead.png")
@@ -210,6 +212,12 @@ def forecast_command(args) -> None:
     plots.forecast(values, len(values), pred, low, high, out,
                    title=f"{series.name}: next {args.horizon}")
     print(f"plot: {out}")
+
+
+def demo_command(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, args.data_dir)
 
 
 def data_command(args) -> None:
@@ -261,6 +269,13 @@ def build_parser() -> Parser:
     p.add_argument("--horizon", type=int, required=True, help="steps to forecast")
     p.add_argument("--out", help="the plot to write (default: RUN/forecast-ahead.png)")
     p.set_defaults(func=forecast_command)
+
+    p = sub.add_parser("demo", help="the main job: a worked LSTM unit, RNN vs LSTM on the "
+                       "adding problem, gradient flow, a names classifier")
+    p.add_argument("--out", default="runs/demo", help="folder for run folders, plots and "
+                   "summary.md")
+    p.add_argument("--data-dir", help="folder holding the data sets (for the names part)")
+    p.set_defaults(func=demo_command)
 
     p = sub.add_parser("data", help="where the data sets are; download them")
     p.add_argument("action", choices=("fetch", "where"), help="fetch NAME..., or where")

@@ -21,6 +21,7 @@ class Config:
     date_column: str | None = None
     horizon: int = 12                  # forecast: months held out for test (and for valid)
     window: int = 24                   # forecast: past values the model reads
+    difference: int = 12               # forecast: model y_t vs y_{t-d} (0 = the values)
     length: int = 100                  # adding / copy: the time lag T
     train_size: int = 0                # names: use only this many training names (0 = all)
     # model

@@ -1,9 +1,12 @@
 """Time-series forecasting from a CSV column (airline passengers by default).
 
-The series is log-transformed when positive, then standardised with the training mean and
-deviation. The model reads the last ``window`` values and predicts the next one; a forecast of
-h steps feeds each prediction back as input. The last ``horizon`` points are the test period,
-the ``horizon`` before them validation; the rest trains. MAPE = mean |y - y_hat| / |y| in %.
+Transform: u_t = log y_t when every value is positive (else y_t); with ``difference`` d > 0
+(default 12, a season of months) the model sees d_t = u_t - u_{t-d}, the change over one
+season; then d_t is standardised with the training mean and deviation (z_t). The model reads
+the last ``window`` values of z and predicts the next; a forecast of h steps feeds each
+prediction back and undoes the transform (u_t = d_t + u_{t-d}, y_t = exp u_t). The last
+``horizon`` points are the test period, the ``horizon`` before them validation; the rest
+trains. MAPE = mean |y - y_hat| / |y| in %.
 
 Baselines computed beside the model: seasonal naive (the value one season, 12 steps, earlier)
 and a linear trend fitted by least squares to everything before the forecast period.
@@ -22,27 +25,38 @@ from .models import SequenceRegressor
 SEASON = 12
 
 
-class Scaler:
-    """y -> (log y - mean) / std, and back; log only when every training value is positive."""
+class Transform:
+    """y (original units) <-> z (what the model reads), see the module docstring."""
 
-    def __init__(self, log: bool, mean: float, std: float):
-        self.log, self.mean, self.std = log, mean, std
+    def __init__(self, log: bool, difference: int, mean: float = 0.0, std: float = 1.0):
+        self.log, self.difference, self.mean, self.std = log, difference, mean, std
 
     @classmethod
-    def fit(cls, values: torch.Tensor) -> Scaler:
-        log = bool((values > 0).all())
-        v = values.log() if log else values
-        return cls(log, float(v.mean()), float(v.std()) or 1.0)
+    def fit(cls, train: torch.Tensor, difference: int) -> Transform:
+        t = cls(bool((train > 0).all()), difference)
+        d = t.changes(t.units(train))
+        t.mean, t.std = float(d.mean()), float(d.std()) or 1.0
+        return t
 
-    def forward(self, y):
-        return ((y.log() if self.log else y) - self.mean) / self.std
+    def units(self, y):                       # y -> u
+        return y.log() if self.log else y
 
-    def inverse(self, z):
-        y = z * self.std + self.mean
-        return y.exp() if self.log else y
+    def changes(self, u):                     # u -> d (len(u) - difference values)
+        return u[self.difference :] - u[: len(u) - self.difference] if self.difference else u
+
+    def forward(self, y):                     # y -> z
+        return (self.changes(self.units(y)) - self.mean) / self.std
+
+    def continue_units(self, u, z_next):      # the next u from the history u and a new z
+        d = z_next * self.std + self.mean
+        return d + u[len(u) - self.difference] if self.difference else d
+
+    def to_y(self, u):
+        return u.exp() if self.log else u
 
     def to_json(self):
-        return {"log": self.log, "mean": self.mean, "std": self.std}
+        return {"log": self.log, "difference": self.difference, "mean": self.mean,
+                "std": self.std}
 
 
 def mape(y: torch.Tensor, y_hat: torch.Tensor) -> float:
@@ -68,21 +82,22 @@ class ForecastTask(Task):
     def __init__(self, cfg, for_training=True):
         super().__init__(cfg)
         if not for_training:
-            self.scaler = Scaler(**cfg.meta["scaler"])
+            self.transform = Transform(**cfg.meta["transform"])
             return
         s = load_series(cfg.path, cfg.value_column, cfg.date_column, cfg.data_dir,
                         test_size=cfg.horizon, valid_size=cfg.horizon)
-        if len(s.train) <= cfg.window + 1:
+        if len(s.train) <= cfg.window + cfg.difference + 1:
             raise DataError(f"{len(s.train)} training points are too few for a window of "
-                            f"{cfg.window}; lower --window or --horizon")
+                            f"{cfg.window} after a difference of {cfg.difference}; lower "
+                            "--window, --difference or --horizon")
         self.series = s
         self.values = s.values.float()
         self.n_train, self.n_valid = len(s.train), len(s.valid)
-        self.scaler = Scaler.fit(self.values[: self.n_train])
-        z = self.scaler.forward(self.values[: self.n_train])
+        self.transform = Transform.fit(self.values[: self.n_train], cfg.difference)
+        z = self.transform.forward(self.values[: self.n_train])
         windows = z.unfold(0, cfg.window + 1, 1)                  # (n, window + 1)
         self.inputs, self.targets = windows[:, :-1], windows[:, -1]
-        cfg.meta = {"scaler": self.scaler.to_json(), "name": s.name,
+        cfg.meta = {"transform": self.transform.to_json(), "name": s.name,
                     "points": {"train": self.n_train, "valid": self.n_valid,
                                "test": len(s.test)}}
 
@@ -104,19 +119,30 @@ class ForecastTask(Task):
         return F.mse_loss(model(x)[:, 0], y), None
 
     @torch.no_grad()
-    def forecast(self, model, history: torch.Tensor, steps: int) -> torch.Tensor:
-        """The next `steps` values after `history` (original units), each fed back in."""
-        if len(history) < self.cfg.window:
-            raise DataError(f"forecasting needs at least {self.cfg.window} past values "
-                            f"(the model's window), got {len(history)}")
+    def forecast(self, model, history: torch.Tensor, steps: int, spread: float = 0.0):
+        """The next `steps` values after `history` (original units), each prediction fed
+        back in. With spread s > 0, the values at z +- s * sqrt(h) at step h instead: a
+        (low, high) band."""
+        t, window = self.transform, self.cfg.window
+        if len(history) < window + t.difference:
+            raise DataError(f"forecasting needs at least {window + t.difference} past values "
+                            f"(window {window} + difference {t.difference}), got "
+                            f"{len(history)}")
         model.eval()
-        z = list(self.scaler.forward(history.float())[-self.cfg.window :])
-        out = []
-        for _ in range(steps):
-            x = torch.stack(z[-self.cfg.window :])[:, None, None]     # (window, 1, 1)
-            out.append(model(x)[0, 0])
-            z.append(out[-1])
-        return self.scaler.inverse(torch.stack(out))
+        history = history.float()
+        z = list(t.forward(history)[-window:])
+        u = list(t.units(history))
+        bands = [list(u) for _ in (-1, 1)] if spread else None
+        for h in range(1, steps + 1):
+            z_next = model(torch.stack(z[-window:])[:, None, None])[0, 0]   # (window, 1, 1)
+            z.append(z_next)
+            u.append(t.continue_units(u, z_next))
+            if bands:
+                for sign, band in zip((-1, 1), bands):
+                    band.append(t.continue_units(band, z_next + sign * spread * h ** 0.5))
+        if bands:
+            return tuple(t.to_y(torch.stack(b[len(history):])) for b in bands)
+        return t.to_y(torch.stack(u[len(history):]))
 
     def one_step_residual_std(self, model) -> float:
         """Deviation of one-step-ahead errors on the training windows (scaled units)."""
@@ -130,7 +156,8 @@ class ForecastTask(Task):
         steps = self.n_valid if split == "valid" else len(self.values) - start
         history, actual = self.values[:start], self.values[start : start + steps]
         pred = self.forecast(model, history, steps)
-        return {"loss": F.mse_loss(self.scaler.forward(pred), self.scaler.forward(actual)).item(),
+        units = self.transform.units                  # log units when the series is positive
+        return {"loss": F.mse_loss(units(pred), units(actual)).item(),
                 "mape": mape(actual, pred),
                 "mape_seasonal_naive": mape(actual, seasonal_naive(history, steps)),
                 "mape_linear_trend": mape(actual, linear_trend(history, steps))}
@@ -139,18 +166,17 @@ class ForecastTask(Task):
         return (f"loss {m['loss']:.4f}  MAPE {m['mape']:.2f}%  (seasonal naive "
                 f"{m['mape_seasonal_naive']:.2f}%, linear trend {m['mape_linear_trend']:.2f}%)")
 
-    def interval(self, model, forecast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """An approximate 95% band: +-1.96 sigma sqrt(h) in scaled units around step h."""
+    def interval(self, model, history, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An approximate 95% band: z +- 1.96 sigma sqrt(h) at step h, sigma the deviation of
+        one-step errors on the training windows (model-based, not a calibrated interval)."""
         sigma = self.cfg.meta.get("residual_std") or self.one_step_residual_std(model)
-        z = self.scaler.forward(forecast)
-        spread = 1.96 * sigma * torch.arange(1, len(forecast) + 1).sqrt()
-        return self.scaler.inverse(z - spread), self.scaler.inverse(z + spread)
+        return self.forecast(model, history, steps, spread=1.96 * sigma)
 
     def figures(self, model, run_dir):
         start = self.n_train + self.n_valid
         pred = self.forecast(model, self.values[:start], len(self.values) - start)
         self.cfg.meta["residual_std"] = self.one_step_residual_std(model)
-        low, high = self.interval(model, pred)
+        low, high = self.interval(model, self.values[:start], len(pred))
         plots.forecast(self.values, start, pred, low, high, run_dir / "forecast.png",
                        title=f"{self.series.name}: test period")
 

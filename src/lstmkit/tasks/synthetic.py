@@ -67,7 +67,7 @@ class AddingTask(SyntheticTask):
         return {"loss": mse, "mse": mse, "solved": float(mse < SOLVED_MSE)}
 
     def describe(self, m):
-        return f"test MSE {m['mse']:.4f} (predicting 1: 0.167; solved below {SOLVED_MSE})"
+        return f"MSE {m['mse']:.4f} (predicting 1: 0.167; solved below {SOLVED_MSE})"
 
 
 class CopyTask(SyntheticTask):
@@ -97,5 +97,5 @@ class CopyTask(SyntheticTask):
                 / (self.cfg.length + 2 * COPY_LENGTH)}
 
     def describe(self, m):
-        return (f"test cross-entropy {m['loss']:.4f} (memoryless {m['baseline_loss']:.4f}), "
+        return (f"cross-entropy {m['loss']:.4f} (memoryless {m['baseline_loss']:.4f}), "
                 f"copied symbols right {m['accuracy']:.3f}")
