@@ -189,3 +189,26 @@ def test_existing_run_needs_resume_and_resume_keeps_config(tmp_path):
 def test_using_a_folder_that_is_not_a_run(tmp_path):
     assert_clear_error(lstmkit("predict", tmp_path, "Smith", check=False), "config.json")
     assert_clear_error(lstmkit("sample", tmp_path / "nope", check=False), "not a folder")
+
+
+# ---------------------------------------------------------------------- the theory commands
+def test_explain_prints_the_worked_unit():
+    out = lstmkit("explain").stdout
+    assert "(1 x 2.70) + (1 x 1.63) + 1.62 = 5.95" in out
+    assert "Prediction for day 5: 0.006" in out and "Prediction for day 5: 0.969" in out
+
+
+def test_gradflow_table_and_plot(tmp_path):
+    out = lstmkit("gradflow", "--length", 20, "--hidden", 8, "--out", tmp_path).stdout
+    assert "| rnn | mean norm dL/dh_{T-k} |" in out and "| lstm | mean norm dL/dc_{T-k} |" in out
+    assert (tmp_path / "gradflow.png").stat().st_size > 1000
+    assert (tmp_path / "gradflow.md").read_text().startswith("Gradient flow")
+
+
+def test_demo_quick_writes_its_summary(tmp_path):
+    lstmkit("demo", "--quick", "--out", tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    for part in ("One LSTM unit", "adding problem", "Gradient reaching back",
+                 "Surnames to languages"):
+        assert part in summary
+    assert (tmp_path / "gradient-flow.png").is_file() and (tmp_path / "adding-lstm").is_dir()

@@ -214,10 +214,54 @@ def forecast_command(args) -> None:
     print(f"plot: {out}")
 
 
+def explain_command(args) -> None:
+    from .analysis import worked_unit
+
+    print(worked_unit.explain())
+    if args.train:
+        r = worked_unit.train_unit(seed=args.seed)
+        print(f"\nTrained from random weights (seed {args.seed}, {r['steps']} Adam steps): "
+              f"company A -> {r['predictions']['A']:.3f}, company B -> "
+              f"{r['predictions']['B']:.3f}, loss {r['loss']:.2e}. Weights found "
+              "(short-term weight, input weight, bias):")
+        for gate, w in r["weights"].items():
+            print(f"  {gate}: " + ", ".join(f"{k} {v:.2f}" for k, v in w.items()))
+
+
+def gradflow_command(args) -> None:
+    from .analysis.gradflow import compare_cells, exploding_demo, format_table
+    from .runio import atomic_write_bytes
+
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    if args.length < 2:
+        fail(f"--length must be at least 2, got {args.length}")
+    result = compare_cells(cells, length=args.length, hidden=args.hidden, seed=args.seed)
+    table = format_table(result)
+    boom = exploding_demo(hidden=args.hidden, length=args.length, seed=args.seed)
+    lines = [f"Gradient flow in freshly initialised cells (T = {args.length}, hidden "
+             f"{args.hidden}, loss = sum of h_T), mean over a batch, k steps back:", "", table,
+             "", f"Exploding case: tanh RNN with W_hh = 3 x orthogonal: |dL/dh| grows "
+             f"{boom['rate']:.2f}x per step back; the gradient norm {boom['total_norm']:.3g} "
+             f"becomes {boom['clipped_norm']:.3g} after clip_grad_norm_(max_norm="
+             f"{boom['max_norm']:g}), direction kept (cosine {boom['cosine']:.4f})."]
+    print("\n".join(lines))
+    if args.out:
+        from . import plots
+
+        out = Path(args.out)
+        series = {f"{name} {key}": curve for name, curves in result["cells"].items()
+                  for key, curve in curves.items() if key != "jacobian"}
+        series["rnn, W_hh = 3 x orthogonal"] = boom["grad_h"]
+        plots.curves(series, out / "gradflow.png", "steps back k", "mean gradient norm",
+                     f"dL/dh_(T-k), dL/dc_(T-k); fresh cells, T = {args.length}", log_y=True)
+        atomic_write_bytes(out / "gradflow.md", ("\n".join(lines) + "\n").encode())
+        print(f"\nwrote {out / 'gradflow.png'} and {out / 'gradflow.md'}")
+
+
 def demo_command(args) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, args.data_dir)
+    run_demo(args.out, args.data_dir, quick=args.quick)
 
 
 def data_command(args) -> None:
@@ -270,11 +314,27 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="the plot to write (default: RUN/forecast-ahead.png)")
     p.set_defaults(func=forecast_command)
 
+    p = sub.add_parser("explain", help="the classic one-unit LSTM worked by hand, in numbers")
+    p.add_argument("--train", action="store_true",
+                   help="also train the unit from random weights and show what it finds")
+    p.add_argument("--seed", type=int, default=0, help="seed for --train")
+    p.set_defaults(func=explain_command)
+
+    p = sub.add_parser("gradflow", help="vanishing and exploding gradients, measured")
+    p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")
+    p.add_argument("--length", type=int, default=100, help="sequence length T")
+    p.add_argument("--hidden", type=int, default=32, help="hidden units")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    p.add_argument("--out", help="folder for gradflow.png and gradflow.md")
+    p.set_defaults(func=gradflow_command)
+
     p = sub.add_parser("demo", help="the main job: a worked LSTM unit, RNN vs LSTM on the "
                        "adding problem, gradient flow, a names classifier")
     p.add_argument("--out", default="runs/demo", help="folder for run folders, plots and "
                    "summary.md")
     p.add_argument("--data-dir", help="folder holding the data sets (for the names part)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny budgets: checks that every part runs; the numbers mean nothing")
     p.set_defaults(func=demo_command)
 
     p = sub.add_parser("data", help="where the data sets are; download them")

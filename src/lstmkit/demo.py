@@ -30,6 +30,7 @@ ADDING = dict(length=50, hidden=64, lr=3e-3, epochs=15, steps_per_epoch=100, pat
 NAMES = dict(hidden=128, layers=1, bidirectional=False, dropout=0.0, epochs=3, lr=3e-3,
              patience=0)
 EXAMPLES = ("Dostoevsky", "Nguyen", "Schmidt", "O'Brien", "Rossi", "Tanaka", "Kowalski")
+QUICK = dict(epochs=2, steps_per_epoch=20), dict(epochs=1, train_size=500)   # a smoke run
 
 
 def trained_model(run: Path, cfg):
@@ -38,8 +39,9 @@ def trained_model(run: Path, cfg):
     return model.eval()
 
 
-def run_demo(out: str | Path, data_dir: str | None = None, log=print) -> str:
-    """Run the demo into folder `out`; returns the summary (also written to summary.md)."""
+def run_demo(out: str | Path, data_dir: str | None = None, log=print, quick: bool = False) -> str:
+    """Run the demo into folder `out`; returns the summary (also written to summary.md).
+    quick: tiny budgets, to check that every part runs (the results mean nothing then)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -53,7 +55,8 @@ def run_demo(out: str | Path, data_dir: str | None = None, log=print) -> str:
     log("\n== 2. The adding problem, T = 50: tanh RNN against LSTM ==\n")
     results, models = {}, {}
     for cell in ("rnn", "lstm"):
-        cfg = dataclasses.replace(defaults_for("adding"), cell=cell, **ADDING)
+        cfg = dataclasses.replace(defaults_for("adding"), cell=cell,
+                                  **{**ADDING, **(QUICK[0] if quick else {})})
         run = out / f"adding-{cell}"
         log(f"-- {cell}: {cfg.epochs * cfg.steps_per_epoch} Adam steps, batch {cfg.batch_size}, "
             f"hidden {cfg.hidden} -> {run}")
@@ -94,7 +97,8 @@ def run_demo(out: str | Path, data_dir: str | None = None, log=print) -> str:
         md += ["## 4. Surnames to languages", "", "Skipped: the names data is not present "
                "(`lstmkit data fetch names`).", ""]
     else:
-        cfg = dataclasses.replace(defaults_for("names"), data_dir=data_dir, **NAMES)
+        cfg = dataclasses.replace(defaults_for("names"), data_dir=data_dir,
+                                  **{**NAMES, **(QUICK[1] if quick else {})})
         run = out / "names"
         r = train(cfg, run, log=log)
         task = make_task(cfg, for_training=False)
