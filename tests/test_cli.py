@@ -212,3 +212,19 @@ def test_demo_quick_writes_its_summary(tmp_path):
                  "Surnames to languages"):
         assert part in summary
     assert (tmp_path / "gradient-flow.png").is_file() and (tmp_path / "adding-lstm").is_dir()
+
+
+def test_lags_experiment_tabulates_every_run(tmp_path):
+    out = lstmkit("experiment", "lags", "--cells", "rnn,lstm", "--lengths", "8,12", "--steps",
+                  100, "--hidden", 8, "--out", tmp_path).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "cell" not in line]
+    assert len(rows) == 4 and {r.split("|")[2].strip() for r in rows} == {"rnn", "lstm"}
+    assert (tmp_path / "adding-lags.md").is_file() and (tmp_path / "adding-T12.png").is_file()
+
+
+@needs_data
+def test_jsb_runs_and_scores_nll_per_step(tmp_path):
+    run = tmp_path / "jsb"
+    lstmkit("train", "jsb", "--out", run, "--epochs", 2, "--hidden", 8)
+    results = json.loads((run / "results.json").read_text())
+    assert 0 < results["test"]["nll_per_step"] < 88 * 0.7    # below a coin flip per key

@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import RESUMABLE, Config, defaults_for
 from .tasks.models import CELLS
 
-TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy")
+TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy", "jsb")
 
 
 class Parser(argparse.ArgumentParser):
@@ -258,6 +258,18 @@ def gradflow_command(args) -> None:
         print(f"\nwrote {out / 'gradflow.png'} and {out / 'gradflow.md'}")
 
 
+def experiment_command(args) -> None:
+    from .experiments import lags
+
+    cells = tuple(c.strip() for c in args.cells.split(","))
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown:
+        fail(f"--cells: unknown {unknown}; expected some of {', '.join(CELLS)}")
+    lengths = tuple(int(v) for v in args.lengths.split(","))
+    print(lags(args.out, args.task, cells, lengths, args.steps, args.hidden, args.init,
+               args.seed))
+
+
 def demo_command(args) -> None:
     from .demo import run_demo
 
@@ -327,6 +339,20 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     p.add_argument("--out", help="folder for gradflow.png and gradflow.md")
     p.set_defaults(func=gradflow_command)
+
+    p = sub.add_parser("experiment", help="grids of runs: long time lags")
+    p.add_argument("name", choices=("lags",), help="lags: cells x time lags on adding or copy")
+    p.add_argument("--task", choices=("adding", "copy"), default="adding")
+    p.add_argument("--cells", default="rnn,lstm,gru,peephole,coupled",
+                   help="comma-separated cells")
+    p.add_argument("--lengths", default="50,100,200,400", help="comma-separated time lags T")
+    p.add_argument("--steps", type=int, default=3000, help="Adam steps per run")
+    p.add_argument("--hidden", type=int, default=128, help="hidden units (every cell)")
+    p.add_argument("--init", default="default", help="default, unit-forget, chrono or "
+                   "orthogonal")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/lags", help="folder for the runs and the report")
+    p.set_defaults(func=experiment_command)
 
     p = sub.add_parser("demo", help="the main job: a worked LSTM unit, RNN vs LSTM on the "
                        "adding problem, gradient flow, a names classifier")

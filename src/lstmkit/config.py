@@ -89,6 +89,9 @@ TASK_DEFAULTS: dict[str, dict] = {
                      window=24, horizon=12, clip=1.0, patience=60),
     "adding": dict(cell="lstm", hidden=128, lr=1e-3, epochs=30, batch_size=64,
                    steps_per_epoch=100, length=100, clip=1.0),
+    # JSB Chorales, frame-level NLL; about 20k parameters as in Chung et al. 2014
+    "jsb": dict(cell="lstm", hidden=36, lr=1e-3, epochs=100, batch_size=16, clip=1.0,
+                patience=15),
     "copy": dict(cell="lstm", hidden=128, embed=16, lr=1e-3, epochs=30, batch_size=64,
                  steps_per_epoch=100, length=100, clip=1.0),
 }

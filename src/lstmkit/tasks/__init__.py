@@ -7,10 +7,11 @@ from .base import Task
 from .classify import NamesTask
 from .forecast import ForecastTask
 from .language_model import CharsTask, PTBTask
+from .music import JSBTask
 from .synthetic import AddingTask, CopyTask
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (NamesTask, PTBTask, CharsTask, ForecastTask,
-                                                   AddingTask, CopyTask)}
+                                                   AddingTask, CopyTask, JSBTask)}
 
 
 def make_task(cfg: Config, for_training: bool = True) -> Task:

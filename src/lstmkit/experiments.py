@@ -1,0 +1,67 @@
+"""Experiment grids that run the trainer many times and tabulate what they measured.
+
+``lags``: the adding problem (or the copy task) at several time lags T for several cells of
+the same size and the same budget: test MSE (cross-entropy) against steps, and the first
+evaluation at which each run solved the task (adding: MSE below 0.01).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from . import plots
+from .config import defaults_for
+from .runio import atomic_write_bytes
+from .tasks.synthetic import SOLVED_MSE
+from .train import read_metrics, train
+
+
+def solved_at(records: list[dict], task: str) -> int | None:
+    """The first step at which validation reached the solved mark (adding: MSE < 0.01; copy:
+    every copied symbol right), else None."""
+    for r in records:
+        v = r.get("valid")
+        if v and (v["loss"] < SOLVED_MSE if task == "adding" else v.get("accuracy", 0) >= 1.0):
+            return r["step"]
+    return None
+
+
+def lags(out: str | Path, task: str = "adding", cells=("rnn", "lstm", "gru", "peephole",
+         "coupled"), lengths=(50, 100, 200, 400), steps: int = 3000, hidden: int = 128,
+         init: str = "default", seed: int = 0, log=print) -> str:
+    """Run the grid into `out` (one run folder per cell and T); returns a markdown report."""
+    out = Path(out)
+    epochs = max(1, steps // 100)
+    rows, curves = [], {}
+    for T in lengths:
+        for cell in cells:
+            run = out / f"{task}-T{T}-{cell}"
+            if not (run / "results.json").exists():
+                cfg = dataclasses.replace(defaults_for(task), cell=cell, length=T, hidden=hidden,
+                                          epochs=epochs, steps_per_epoch=100, init=init,
+                                          seed=seed, patience=0)
+                log(f"-- {task} T={T} {cell}: {steps} steps -> {run}")
+                train(cfg, run, log=log)
+            records = read_metrics(run / "metrics.jsonl")
+            results = json.loads((run / "results.json").read_text())
+            valid = [(r["step"], r["valid"]["loss"]) for r in records if "valid" in r]
+            curves[f"T={T} {cell}"] = valid
+            rows.append((T, cell, results["test"]["loss"], solved_at(records, task),
+                         results["train_seconds"]))
+    metric = "MSE" if task == "adding" else "cross-entropy"
+    lines = [f"| T | cell | test {metric} (best model) | solved at step | training time |",
+             "|---:|---|---:|---:|---:|"]
+    lines += [f"| {T} | {cell} | {loss:.4f} | {solved or 'not solved'} | {secs:.1f} s |"
+              for T, cell, loss, solved, secs in rows]
+    report = (f"{task}, hidden {hidden}, {steps} Adam steps of batch 64, init {init}, "
+              f"seed {seed}\n\n" + "\n".join(lines) + "\n")
+    for T in lengths:
+        series = {k.split(" ", 1)[1]: [v for _, v in c] for k, c in curves.items()
+                  if k.startswith(f"T={T} ")}
+        x = [s for s, _ in curves[f"T={T} {cells[0]}"]]
+        plots.curves(series, out / f"{task}-T{T}.png", "step", f"test {metric}",
+                     f"{task}, T = {T}", log_y=True, x=x)
+    atomic_write_bytes(out / f"{task}-lags.md", report.encode())
+    return report
