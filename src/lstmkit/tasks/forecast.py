@@ -8,8 +8,9 @@ prediction back and undoes the transform (u_t = d_t + u_{t-d}, y_t = exp u_t). T
 ``horizon`` points are the test period, the ``horizon`` before them validation; the rest
 trains. MAPE = mean |y - y_hat| / |y| in %.
 
-Baselines computed beside the model: seasonal naive (the value one season, 12 steps, earlier)
-and a linear trend fitted by least squares to everything before the forecast period.
+Baselines computed beside the model: seasonal naive (the value one season, 12 steps, earlier),
+a linear trend fitted by least squares to everything before the forecast period, and (with a
+difference) the mean change: the transform alone with z = 0, i.e. seasonal naive with drift.
 """
 
 from __future__ import annotations
@@ -157,14 +158,29 @@ class ForecastTask(Task):
         history, actual = self.values[:start], self.values[start : start + steps]
         pred = self.forecast(model, history, steps)
         units = self.transform.units                  # log units when the series is positive
-        return {"loss": F.mse_loss(units(pred), units(actual)).item(),
-                "mape": mape(actual, pred),
-                "mape_seasonal_naive": mape(actual, seasonal_naive(history, steps)),
-                "mape_linear_trend": mape(actual, linear_trend(history, steps))}
+        metrics = {"loss": F.mse_loss(units(pred), units(actual)).item(),
+                   "mape": mape(actual, pred),
+                   "mape_seasonal_naive": mape(actual, seasonal_naive(history, steps)),
+                   "mape_linear_trend": mape(actual, linear_trend(history, steps))}
+        if self.transform.difference:             # the transform alone: z = 0 at every step
+            metrics["mape_mean_change"] = mape(actual, self.mean_change(history, steps))
+        return metrics
+
+    def mean_change(self, history: torch.Tensor, steps: int) -> torch.Tensor:
+        """The forecast that predicts z = 0 throughout: each value is the one a difference
+        earlier times the mean training change (seasonal naive with drift)."""
+        t = self.transform
+        u = list(t.units(history.float()))
+        for _ in range(steps):
+            u.append(t.continue_units(u, torch.tensor(0.0)))
+        return t.to_y(torch.stack(u[len(history):]))
 
     def describe(self, m):
+        drift = (f", mean change {m['mape_mean_change']:.2f}%" if "mape_mean_change" in m
+                 else "")
         return (f"loss {m['loss']:.4f}  MAPE {m['mape']:.2f}%  (seasonal naive "
-                f"{m['mape_seasonal_naive']:.2f}%, linear trend {m['mape_linear_trend']:.2f}%)")
+                f"{m['mape_seasonal_naive']:.2f}%, linear trend {m['mape_linear_trend']:.2f}%"
+                f"{drift})")
 
     def interval(self, model, history, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """An approximate 95% band: z +- 1.96 sigma sqrt(h) at step h, sigma the deviation of
