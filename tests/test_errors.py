@@ -227,7 +227,8 @@ def test_torch_engine_rejects_variants_at_construction(cls, kw):
 @pytest.mark.parametrize("cls", [*LAYERS, "LSTMCell", "GRUCell", "RNNCell"])
 @pytest.mark.parametrize("engine", ["cuda", "Python", ""])
 def test_unknown_engine(cls, engine):
-    with pytest.raises(ValueError, match=rf"engine must be one of \('auto', 'python', 'torch'\), "
+    with pytest.raises(ValueError, match=rf"engine must be one of \('auto', 'python', 'torch', "
+                       rf"'compiled'\), "
                        rf"got {engine!r}"):
         getattr(lstmkit, cls)(I, H, engine=engine)
 

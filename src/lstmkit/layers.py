@@ -13,6 +13,7 @@ so ``load_state_dict`` works both ways with torch.nn modules. The variants add w
 peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-gate rows).
 
 ``engine``: "python" walks time with the hand-written BPTT of ``lstmkit.engine.sequence``;
+"compiled" runs the same BPTT in C++ (``lstmkit.engine.compiled``, every configuration);
 "torch" calls torch's fused kernels (standard configurations only); "auto" takes torch's
 kernels when the configuration is standard and nothing needs the hand-written engine.
 """
@@ -31,10 +32,11 @@ from .cells.base import Cell, Weights
 from .cells.gru import GRUCellMath
 from .cells.lstm import LSTMCellMath
 from .cells.rnn import RNNCellMath
+from .engine.compiled import run_sequence_compiled
 from .engine.sequence import StepRecord, run_sequence
 from .trace import Trace
 
-ENGINES = ("auto", "python", "torch")
+ENGINES = ("auto", "python", "torch", "compiled")
 
 
 def _check_engine(name: str, engine: str, standard: bool) -> None:
@@ -141,7 +143,7 @@ class _Recurrent(nn.Module):
 
     def _engine_for(self, record: bool) -> str:
         _check_engine(type(self).__name__, self.engine, self._standard)
-        if record or self.engine == "python" or not self._standard:
+        if record or self.engine in ("python", "compiled") or not self._standard:
             return "python"
         return "torch"
 
@@ -255,14 +257,15 @@ class _Recurrent(nn.Module):
         finals = [[] for _ in states0]
         records = []
         layer_input = x
+        run = run_sequence_compiled if self.engine == "compiled" else run_sequence
         for layer in range(self.num_layers):
             outputs, layer_records = [], []
             for d in range(D):
                 index = layer * D + d
                 rec = StepRecord() if record else None
                 xd = layer_input.flip(0) if d else layer_input
-                hist = run_sequence(self.cell, xd, [s[index] for s in states0],
-                                    self.weights(layer, d), (bs[::-1] if d and bs else bs), rec)
+                hist = run(self.cell, xd, [s[index] for s in states0], self.weights(layer, d),
+                           (bs[::-1] if d and bs else bs), rec)
                 out = hist[0]                                        # (T, N, H_out)
                 outputs.append(out.flip(0) if d else out)
                 for k, h in enumerate(hist):
@@ -414,10 +417,11 @@ class _StepCell(nn.Module):
             states = [checks.check_state(name, label, s, shape, x, layout).reshape(B, H)
                       for s, label in zip(hx, ("h", "c"))]
         _check_engine(name, self.engine, self._standard)
-        if self.engine != "python" and self._standard:
+        if self.engine not in ("python", "compiled") and self._standard:
             out = self._torch_step(x, states)
         else:
-            hist = run_sequence(self.cell, x.unsqueeze(0), states, self.weights())
+            run = run_sequence_compiled if self.engine == "compiled" else run_sequence
+            hist = run(self.cell, x.unsqueeze(0), states, self.weights())
             out = [h[0] for h in hist]
         if unbatched:
             out = [o.squeeze(0) for o in out]

@@ -1,0 +1,122 @@
+"""engine="compiled" (the C++ BPTT engine) against torch.nn and against engine="python":
+training step (forward + backward) and inference.
+
+Usage:
+    .venv/bin/python benchmarks/bench_compiled.py [--repeats 5] [--sizes 35,20,200,200 ...]
+        [--models lstm gru peephole coupled] [--out BENCH_COMPILED.md]
+
+For each size (T, B, input, hidden) and model it first checks that the compared models agree
+(same weights, same input: outputs and all gradients within float32 tolerance), then times.
+Rows:
+
+    lstm      lstmkit.LSTM(engine="compiled")  vs torch.nn.LSTM and lstmkit.LSTM(engine="python")
+    gru       lstmkit.GRU(engine="compiled")   vs torch.nn.GRU and lstmkit.GRU(engine="python")
+    peephole  LSTM(peephole=True), compiled    vs torch.nn.LSTM (same size; no fused peephole
+              kernel exists) and the python engine
+    coupled   LSTM(coupled=True), compiled     vs torch.nn.LSTM and the python engine
+
+Times are medians (bench_layers.median_ms: 3 rounds, the models taking turns) in milliseconds,
+flush-to-zero on (torch.set_flush_denormal(True)); ratio = compiled / reference (below 1 the
+compiled engine is faster). The first run builds the extension (a minute or two).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from bench_layers import SIZES, check_agree, median_ms, output_of, train_step
+from torch import nn
+
+import lstmkit
+from lstmkit.engine import compiled
+
+MODELS = ("lstm", "gru", "peephole", "coupled")
+
+
+def models_for(kind: str, I: int, H: int):
+    """(compiled, torch.nn reference, python engine), the reference's weights where they share
+    a layout."""
+    torch.manual_seed(0)
+    if kind == "gru":
+        ref = nn.GRU(I, H)
+        ours = [lstmkit.GRU(I, H, engine=e) for e in ("compiled", "python")]
+    else:
+        ref = nn.LSTM(I, H)
+        kw = {"peephole": kind == "peephole", "coupled": kind == "coupled"}
+        ours = [lstmkit.LSTM(I, H, engine=e, **kw) for e in ("compiled", "python")]
+    if kind in ("lstm", "gru"):
+        for m in ours:
+            m.load_state_dict(ref.state_dict())
+    else:
+        ours[1].load_state_dict(ours[0].state_dict())
+    return ours[0], ref, ours[1]
+
+
+def bench_size(size, models, repeats: int) -> list[dict]:
+    T, B, I, H = size
+    x = torch.randn(T, B, I, requires_grad=True)
+    grad = torch.randn(T, B, H)
+    rows = []
+    for kind in models:
+        comp, ref, python = models_for(kind, I, H)
+        if kind in ("lstm", "gru"):
+            check_agree(comp, ref, x, grad, f"{kind} {size} compiled vs torch.nn")
+        check_agree(comp, python, x, grad, f"{kind} {size} compiled vs python engine")
+        row = {"kind": kind, "size": size}
+        row["train"], row["ref_train"], row["py_train"] = median_ms(
+            *[lambda m=m: train_step(m, x, grad) for m in (comp, ref, python)], repeats=repeats)
+        with torch.no_grad():
+            row["infer"], row["ref_infer"], row["py_infer"] = median_ms(
+                *[lambda m=m: output_of(m, x) for m in (comp, ref, python)], repeats=repeats)
+        rows.append(row)
+    return rows
+
+
+def table(rows) -> str:
+    head = ("flush-to-zero on; ms, medians; ratio = compiled / reference\n\n"
+            "| model | T, B, in, hidden | compiled train | torch.nn train | ratio | python train "
+            "| ratio | compiled infer | torch.nn infer | ratio | python infer | ratio |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for r in rows:
+        cells = []
+        for mode in ("train", "infer"):
+            ours, ref, py = r[mode], r[f"ref_{mode}"], r[f"py_{mode}"]
+            cells += [f"{ours:.2f}", f"{ref:.2f}", f"{ours / ref:.2f}", f"{py:.2f}",
+                      f"{ours / py:.2f}"]
+        lines.append(f"| {r['kind']} | {', '.join(map(str, r['size']))} | " + " | ".join(cells)
+                     + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs in a row per round (3 rounds; median of all)")
+    parser.add_argument("--sizes", nargs="*", default=None,
+                        help="sizes as T,B,input,hidden (default: the five standard sizes)")
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS,
+                        help="which rows to run")
+    parser.add_argument("--out", default=None, help="also write the table to this file")
+    args = parser.parse_args()
+    sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
+    if not compiled.available():
+        raise SystemExit(f"the compiled engine is unavailable: {compiled.build_error()}")
+    ext = compiled._state["ext"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, extension "
+          f"built for {ext.capability()} (vectorised: {ext.vectorized()})\n")
+    torch.set_flush_denormal(True)
+    try:
+        rows = [row for size in sizes for row in bench_size(size, args.models, args.repeats)]
+    finally:
+        torch.set_flush_denormal(False)
+    text = table(rows)
+    print(text, flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The compiled CPU engine: ``SequenceFunction``'s whole time loop, forward and backward, in C++.
+
+Same contract as ``lstmkit.engine.sequence``: same inputs (cell, batch_sizes in processing order,
+x (T, B, I), initial states, weights), same outputs (each state after each step, (T, B, size)),
+same gradients, same ``StepRecord`` filling for traces, same packed-batch rules. What changes is
+where the loop runs: per step one recurrent matrix product (``at::addmm``) and one fused,
+vectorised pass over the gate pre-activations (``at::vec::Vectorized``), with flush-to-zero and
+denormals-are-zero set for the engine's own loops and the caller's setting restored afterwards.
+The sources are ``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family.
+
+The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under
+``$XDG_CACHE_HOME/lstmkit/extensions`` (``~/.cache/lstmkit/extensions``), one directory per torch
+version, CPU capability and hash of sources and flags. Without a C++ compiler, or when the build
+fails, ``engine="compiled"`` warns once and runs the python engine. float32 and float64 on the
+CPU run compiled; other dtypes (bfloat16) and devices run the python engine. CPU autocast does
+not apply inside the engine: it computes in the dtype of its inputs and weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..cells.base import Cell, Weights
+from ..cells.gru import GRUCellMath
+from ..cells.lstm import LSTMCellMath
+from ..cells.rnn import RNNCellMath
+from .sequence import StepRecord, run_sequence
+from .workspace import scratch
+
+CSRC = Path(__file__).with_name("csrc")
+DTYPES = (torch.float32, torch.float64)
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "ext": None, "error": None}
+_warned: set[str] = set()
+
+
+# ------------------------------------------------------------------ building
+def cache_dir() -> Path:
+    """Where built extensions live: $XDG_CACHE_HOME/lstmkit/extensions or
+    ~/.cache/lstmkit/extensions."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "lstmkit" / "extensions"
+
+
+def capability_flags() -> tuple[str, list[str]]:
+    """The CPU capability torch's own kernels use here, and the compiler flags that make
+    ``at::vec::Vectorized`` its SIMD form (without ``CPU_CAPABILITY_*`` it is a scalar loop)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "DEFAULT", []
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap.startswith("AVX512"):
+        return "AVX512", ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512", "-mavx512f",
+                          "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
+    if cap == "AVX2":
+        return "AVX2", ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma",
+                        "-mf16c"]
+    return "DEFAULT", []
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """torch runs ``ninja`` from PATH; a venv that is not activated has it beside its python
+    (the ``ninja`` package from PyPI)."""
+    if shutil.which("ninja"):
+        yield
+        return
+    dirs = [str(Path(sys.executable).parent)]
+    with contextlib.suppress(ImportError, AttributeError):
+        import ninja
+
+        dirs.append(str(ninja.BIN_DIR))
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([*dirs, old])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
+def _build():
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"no C++ compiler ({cxx!r} not found)")
+    from torch.utils import cpp_extension
+
+    cap, flags = capability_flags()
+    cflags = ["-O3", "-fopenmp", *flags]
+    sources = sorted(CSRC.glob("*.cpp"))
+    digest = hashlib.sha256(" ".join([torch.__version__, *cflags]).encode())
+    for path in sorted(CSRC.glob("*.[ch]*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    key = digest.hexdigest()[:16]
+    build_dir = cache_dir() / f"torch-{torch.__version__}-{cap.lower()}-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with _ninja_on_path():
+        return cpp_extension.load(
+            name=f"lstmkit_compiled_{key}", sources=[str(p) for p in sources],
+            extra_cflags=cflags, extra_ldflags=["-fopenmp"], build_directory=str(build_dir),
+            verbose=bool(os.environ.get("LSTMKIT_BUILD_VERBOSE")))
+
+
+def _load():
+    """The extension module, built or loaded from the cache at the first call; None if that
+    failed (``build_error()`` says why)."""
+    with _lock:
+        if not _state["tried"]:
+            _state["tried"] = True
+            try:
+                _state["ext"] = _build()
+            except Exception as e:                    # no compiler, compile error, no ninja
+                _state["error"] = f"{type(e).__name__}: {e}"
+        return _state["ext"]
+
+
+def available() -> bool:
+    """True when the compiled engine is built (building it now if it was not)."""
+    return _load() is not None
+
+
+def build_error() -> str | None:
+    """Why the extension could not be built or loaded (None if it was, or was not tried)."""
+    return _state["error"]
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+# ------------------------------------------------------------------ the autograd.Function
+def _spec(cell: Cell) -> list[int] | None:
+    """The cell as the C++ side takes it: family, H, P, peephole, coupled, reset_after, relu."""
+    H = cell.hidden_size
+    if isinstance(cell, LSTMCellMath):
+        return [0, H, cell.proj_size or H, int(cell.peephole), int(cell.coupled), 1, 0]
+    if isinstance(cell, GRUCellMath):
+        return [1, H, H, 0, 0, int(cell.reset_after), 0]
+    if isinstance(cell, RNNCellMath):
+        return [2, H, H, 0, 0, 1, int(cell.nonlinearity == "relu")]
+    return None
+
+
+class CompiledSequenceFunction(torch.autograd.Function):
+    """apply(cell, spec, batch_sizes, record, x, *states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
+
+    ``SequenceFunction``'s contract (see ``lstmkit.engine.sequence``), run by the extension.
+    """
+
+    @staticmethod
+    def forward(ctx, cell: Cell, spec, batch_sizes, record, x, *args):
+        k = len(cell.state_sizes)
+        weights = args[k:]
+        gates, hist, bufs = _state["ext"].forward(spec, batch_sizes or [], x, list(args[:k]),
+                                                  *weights)
+        ctx.set_materialize_grads(False)
+        ctx.cell, ctx.spec, ctx.batch_sizes, ctx.record = cell, spec, batch_sizes, record
+        ctx.counts = (k, len(bufs))
+        ctx.save_for_backward(x, gates, *hist, *bufs, *weights)
+        if record is not None:
+            record.gates, record.hist = gates, hist
+        return tuple(h[1:] for h in hist)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_hist):
+        cell, record, packed = ctx.cell, ctx.record, ctx.batch_sizes is not None
+        k, nb = ctx.counts
+        saved = ctx.saved_tensors
+        x, gates = saved[0], saved[1]
+        hist, bufs, weights = saved[2 : 2 + k], saved[2 + k : 2 + k + nb], saved[2 + k + nb :]
+        T, B = x.shape[:2]
+        like = {"dtype": x.dtype, "device": x.device}
+        # inactive rows of dgates and the grad buffers must be zero (they enter sums over steps)
+        dgates = scratch("dgates", (T, B, gates.shape[-1]), **like, zero=packed)
+        gbufs = [scratch(f"grad_buffer{i}", (T, B, width), **like, zero=packed)
+                 for i, width in enumerate(cell.grad_buffers)]
+        if record is not None:                        # the trace keeps them
+            dhist = [torch.empty(T, B, size, **like) for size in cell.state_sizes]
+        else:                                         # the extension fills them entirely
+            dhist = [scratch(f"dstate{i}", (T, B, size), **like, zero=False)
+                     for i, size in enumerate(cell.state_sizes)]
+        grads = _state["ext"].backward(ctx.spec, ctx.batch_sizes or [], x, gates, list(hist),
+                                       list(bufs), *weights, list(grad_hist), dgates, gbufs,
+                                       dhist, list(ctx.needs_input_grad[4:]))
+        if record is not None:
+            record.dhist = dhist
+        return (None, None, None, None, *grads)
+
+
+def _unsupported(cell: Cell, x: Tensor) -> str | None:
+    """Why this call cannot run compiled (None if it can)."""
+    if x.device.type != "cpu":
+        return f"engine='compiled' runs on the CPU only; {x.device.type} runs the python engine"
+    if x.dtype not in DTYPES:
+        return (f"engine='compiled' runs float32 and float64; {x.dtype} runs the python engine "
+                "for now")
+    if _spec(cell) is None:
+        return f"engine='compiled' has no kernels for {type(cell).__name__}"
+    return None
+
+
+def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,
+                          record: StepRecord | None = None) -> tuple[Tensor, ...]:
+    """``run_sequence`` on the compiled engine; the python engine (after one warning) where the
+    extension is unavailable or the call is one it does not handle."""
+    reason = _unsupported(cell, x)
+    if reason is None and not available():
+        reason = ("lstmkit: the compiled engine is unavailable "
+                  f"({(build_error() or '').splitlines()[0][:300]}); engine='compiled' runs the "
+                  "python engine (lstmkit.engine.compiled.build_error() has the details)")
+    if reason is not None:
+        _warn_once(reason.split(";")[0], reason)
+        return run_sequence(cell, x, states0, weights, batch_sizes, record)
+    return CompiledSequenceFunction.apply(cell, _spec(cell), batch_sizes, record, x, *states0,
+                                          weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh,
+                                          weights.w_ch, weights.w_hr)

@@ -1,0 +1,191 @@
+// LSTM: one time step forward and backward, with the peephole and coupled-gate variants and the
+// projection (lstmkit/cells/lstm.py in C++).
+//
+//     i_t = sigma(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi [+ p_i * c_{t-1}])
+//     f_t = sigma(W_if x_t + b_if + W_hf h_{t-1} + b_hf [+ p_f * c_{t-1}])
+//     g_t = tanh (W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+//     c_t = f_t * c_{t-1} + i_t * g_t             coupled: i_t = 1 - f_t, c_t = g + f (c_{t-1} - g)
+//     o_t = sigma(W_io x_t + b_io + W_ho h_{t-1} + b_ho [+ p_o * c_t])
+//     m_t = o_t * tanh(c_t),  h_t = m_t  (h_t = W_hr m_t with proj_size)
+//
+// Gate layout (i|f|g|o), coupled (f|g|o); peepholes (p_i|p_f|p_o), coupled (p_f|p_o).
+// Step buffers: tanh(c_t), and m_t with a projection.
+#include "common.h"
+
+namespace lstmkit {
+namespace {
+
+template <class T>
+class LSTMKernels final : public CellKernels {
+ public:
+  explicit LSTMKernels(const Spec& spec)
+      : H_(spec.H), P_(spec.P), G_(spec.coupled ? 3 : 4), peephole_(spec.peephole),
+        coupled_(spec.coupled), proj_(spec.P != spec.H) {}
+
+  std::vector<int64_t> state_sizes() const override { return {P_, H_}; }
+  std::vector<int64_t> step_buffers() const override {
+    return proj_ ? std::vector<int64_t>{H_, H_} : std::vector<int64_t>{H_};
+  }
+  int64_t gate_width() const override { return G_ * H_; }
+
+  void prepare(Sequence& q, bool forward) override {
+    if (proj_) {
+      w_hr_t_ = q.w.w_hr.t();                                   // (H, P)
+      if (!forward) dm_ = at::empty({q.B, H_}, q.x.options());  // dL/dm_t of one step
+    }
+  }
+
+  void forward_step(Sequence& q, int64_t s, int64_t n) override {
+    const int64_t B = q.B, H = H_, GH = G_ * H_;
+    rows(q.gates, s, n).addmm_(rows(q.hist[0], s, n), q.w.w_hh_t);  // pre-activations (n, G*H)
+    T* gates = ptr<T>(q.gates) + s * B * GH;
+    const T* c_prev = ptr<T>(q.hist[1]) + s * B * H;
+    T* c = ptr<T>(q.hist[1]) + (s + 1) * B * H;
+    T* tanh_c = ptr<T>(q.bufs[0]) + s * B * H;
+    // m_t = o_t * tanh(c_t): the step buffer with a projection, else h_t itself (P == H)
+    T* m = proj_ ? ptr<T>(q.bufs[1]) + s * B * H : ptr<T>(q.hist[0]) + (s + 1) * B * H;
+    const T* p = ptr<T>(q.w.w_ch);
+    const T* p_i = peephole_ && !coupled_ ? p : nullptr;
+    const T* p_f = peephole_ ? p + (coupled_ ? 0 : H) : nullptr;
+    const T* p_o = peephole_ ? p_f + H : nullptr;
+    const bool peephole = peephole_, coupled = coupled_;
+
+    for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
+      T* gi = gates + r * GH;               // unused when coupled
+      T* gf = gi + (coupled ? 0 : H);
+      T* gg = gf + H;
+      T* go = gg + H;
+      const T* cp = c_prev + r * H;
+      T* cr = c + r * H;
+      T* tcr = tanh_c + r * H;
+      T* mr = m + r * H;
+      for_vectors<T>(j0, j1, [&](int64_t j, int64_t k) {
+        const Vec<T> c_prev_v = load(cp, j, k);
+        Vec<T> f = load(gf, j, k);
+        if (peephole) f = at::vec::fmadd(load(p_f, j, k), c_prev_v, f);
+        f = sigmoid(f);
+        const Vec<T> g = tanh(load(gg, j, k));
+        Vec<T> cv;
+        if (coupled) {
+          cv = (c_prev_v - g) * f + g;                              // c = g + f (c_prev - g)
+        } else {
+          Vec<T> i = load(gi, j, k);
+          if (peephole) i = at::vec::fmadd(load(p_i, j, k), c_prev_v, i);
+          i = sigmoid(i);
+          store(gi, j, k, i);
+          cv = f * c_prev_v + i * g;                                // c = f c_prev + i g
+        }
+        Vec<T> o = load(go, j, k);
+        if (peephole) o = at::vec::fmadd(load(p_o, j, k), cv, o);  // o_t sees c_t
+        o = sigmoid(o);
+        const Vec<T> tc = tanh(cv);
+        store(gf, j, k, f);
+        store(gg, j, k, g);
+        store(go, j, k, o);
+        store(cr, j, k, cv);
+        store(tcr, j, k, tc);
+        store(mr, j, k, o * tc);
+      });
+    });
+    if (proj_) mm_into(rows(q.hist[0], s + 1, n), rows(q.bufs[1], s, n), w_hr_t_);  // h = W_hr m
+  }
+
+  void backward_step(Sequence& q, int64_t s, int64_t n,
+                     const std::vector<Tensor>& dprev) override {
+    const int64_t B = q.B, H = H_, GH = G_ * H_;
+    const T* dm = ptr<T>(q.dhist[0]) + s * B * H;  // dL/dm_t = dL/dh_t without a projection
+    if (proj_) {
+      mm_into(dm_.narrow(0, 0, n), rows(q.dhist[0], s, n), q.w.w_hr);  // dm = dh W_hr
+      dm = ptr<T>(dm_);
+    }
+    T* dc = ptr<T>(q.dhist[1]) + s * B * H;  // from outside and step s+1; made total here
+    T* dc_prev = ptr<T>(dprev[1]);
+    const T* gates = ptr<T>(q.gates) + s * B * GH;
+    T* dgates = ptr<T>(q.dgates) + s * B * GH;
+    const T* c_prev = ptr<T>(q.hist[1]) + s * B * H;
+    const T* tanh_c = ptr<T>(q.bufs[0]) + s * B * H;
+    const T* p = ptr<T>(q.w.w_ch);
+    const T* p_i = peephole_ && !coupled_ ? p : nullptr;
+    const T* p_f = peephole_ ? p + (coupled_ ? 0 : H) : nullptr;
+    const T* p_o = peephole_ ? p_f + H : nullptr;
+    const bool peephole = peephole_, coupled = coupled_;
+
+    for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
+      const int64_t off = (coupled ? 0 : H);
+      const T* gi = gates + r * GH;
+      const T* gf = gi + off;
+      const T* gg = gf + H;
+      const T* go = gg + H;
+      T* di_r = dgates + r * GH;
+      T* df_r = di_r + off;
+      T* dg_r = df_r + H;
+      T* do_r = dg_r + H;
+      const T* dmr = dm + r * H;
+      T* dcr = dc + r * H;
+      T* dcp = dc_prev + r * H;
+      const T* cp = c_prev + r * H;
+      const T* tcr = tanh_c + r * H;
+      const Vec<T> one(T(1));
+      for_vectors<T>(j0, j1, [&](int64_t j, int64_t k) {
+        const Vec<T> dmv = load(dmr, j, k), tc = load(tcr, j, k), o = load(go, j, k);
+        const Vec<T> f = load(gf, j, k), g = load(gg, j, k), c_prev_v = load(cp, j, k);
+        Vec<T> dcv = load(dcr, j, k) + dmv * o * (one - tc * tc);  // dc += dm o (1 - tanh^2 c)
+        const Vec<T> do_pre = dmv * tc * o * (one - o);           // do = dm tanh(c), through sigma
+        if (peephole) dcv = at::vec::fmadd(do_pre, load(p_o, j, k), dcv);  // o_t saw c_t
+        store(dcr, j, k, dcv);
+        Vec<T> dcp_v = dcv * f;                                     // dc_prev = dc f
+        Vec<T> df, dg;
+        if (coupled) {
+          df = dcv * (c_prev_v - g);
+          dg = dcv - dcp_v;                                         // dc (1 - f)
+        } else {
+          const Vec<T> i = load(gi, j, k);
+          const Vec<T> di_pre = dcv * g * i * (one - i);
+          store(di_r, j, k, di_pre);
+          if (peephole) dcp_v = at::vec::fmadd(di_pre, load(p_i, j, k), dcp_v);
+          df = dcv * c_prev_v;
+          dg = dcv * i;
+        }
+        const Vec<T> df_pre = df * f * (one - f);
+        if (peephole) dcp_v = at::vec::fmadd(df_pre, load(p_f, j, k), dcp_v);  // f_t saw c_{t-1}
+        store(df_r, j, k, df_pre);
+        store(dg_r, j, k, dg * (one - g * g));
+        store(do_r, j, k, do_pre);
+        store(dcp, j, k, load(dcp, j, k) + dcp_v);
+      });
+    });
+    dprev[0].addmm_(rows(q.dgates, s, n), q.w.w_hh);  // dh_prev += dgates W_hh
+  }
+
+  RecurrentGrads recurrent_grads(Sequence& q) override {
+    const int64_t T_ = q.T, H = H_;
+    RecurrentGrads g;
+    g.w_hh = flat(q.dgates).t().mm(flat(q.hist[0].narrow(0, 0, T_)));  // sum_t dgates_t^T h_{t-1}
+    if (peephole_) {
+      const Tensor c_prev = q.hist[1].narrow(0, 0, T_), c = q.hist[1].narrow(0, 1, T_);
+      auto block = [&](int64_t k) { return q.dgates.narrow(2, k * H, H); };
+      const int64_t f = coupled_ ? 0 : 1;
+      std::vector<Tensor> dp;
+      if (!coupled_) dp.push_back((block(0) * c_prev).sum({0, 1}));   // dp_i
+      dp.push_back((block(f) * c_prev).sum({0, 1}));                  // dp_f
+      dp.push_back((block(f + 2) * c).sum({0, 1}));                   // dp_o
+      g.w_ch = at::cat(dp);
+    }
+    if (proj_) g.w_hr = flat(q.dhist[0]).t().mm(flat(q.bufs[1]));     // sum_t dh_t^T m_t
+    return g;
+  }
+
+ private:
+  int64_t H_, P_, G_;
+  bool peephole_, coupled_, proj_;
+  Tensor w_hr_t_, dm_;
+};
+
+}  // namespace
+
+std::unique_ptr<CellKernels> make_lstm(const Spec& spec, at::ScalarType dtype) {
+  if (dtype == at::kDouble) return std::make_unique<LSTMKernels<double>>(spec);
+  return std::make_unique<LSTMKernels<float>>(spec);
+}
+
+}  // namespace lstmkit

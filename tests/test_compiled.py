@@ -1,0 +1,385 @@
+"""engine="compiled" (the C++ BPTT engine) against engine="python": outputs, final states and
+every gradient for every cell and variant, gradcheck per family, the trace, the caller's
+flush-to-zero setting, and the fallback to the python engine when the extension is unavailable.
+
+The extension is built (or loaded from the user's cache) once per session by the ``ext`` fixture;
+the first build takes a minute or two. Skipped only when there is no C++ compiler.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import gradcheck
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import lstmkit
+from lstmkit.engine import compiled
+
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
+
+ATOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+I, H, P, T, B = 3, 5, 2, 6, 4
+LENGTHS = [3, 6, 1, 4]                     # unsorted on purpose; max == T
+HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
+@pytest.fixture(scope="module")
+def ext():
+    """The built extension (one build per session, then the user's cache)."""
+    if not HAS_COMPILER:
+        pytest.skip("no C++ compiler: the compiled engine cannot be built here")
+    assert compiled.available(), f"the compiled engine did not build: {compiled.build_error()}"
+    return compiled._state["ext"]
+
+
+def _seed(*parts) -> None:
+    torch.manual_seed(zlib.crc32(repr(parts).encode()))
+
+
+# name -> (class, keyword arguments); every cell and variant the engine has
+CONFIGS = {
+    "lstm": (lstmkit.LSTM, {}),
+    "lstm-peephole": (lstmkit.LSTM, {"peephole": True}),
+    "lstm-coupled": (lstmkit.LSTM, {"coupled": True}),
+    "lstm-peephole-coupled": (lstmkit.LSTM, {"peephole": True, "coupled": True}),
+    "lstm-proj": (lstmkit.LSTM, {"proj_size": P}),
+    "lstm-peephole-proj": (lstmkit.LSTM, {"peephole": True, "proj_size": P}),
+    "lstm-coupled-proj": (lstmkit.LSTM, {"coupled": True, "proj_size": P}),
+    "lstm-peephole-coupled-proj": (lstmkit.LSTM, {"peephole": True, "coupled": True,
+                                                  "proj_size": P}),
+    "gru": (lstmkit.GRU, {}),
+    "gru-reset_before": (lstmkit.GRU, {"reset_after": False}),
+    "rnn-tanh": (lstmkit.RNN, {"nonlinearity": "tanh"}),
+    "rnn-relu": (lstmkit.RNN, {"nonlinearity": "relu"}),
+}
+
+
+def _pair(config, dtype=torch.float64, **kw):
+    """The same layer twice, engine="python" and engine="compiled", with the same weights
+    (perturbed away from the default init so that every gate matters)."""
+    cls, ckw = CONFIGS[config]
+    _seed(config, repr(kw))
+    python = cls(I, H, dtype=dtype, engine="python", **ckw, **kw)
+    with torch.no_grad():
+        for p in python.parameters():
+            p.uniform_(-0.6, 0.6)
+    comp = cls(I, H, dtype=dtype, engine="compiled", **ckw, **kw)
+    comp.load_state_dict(python.state_dict())
+    return python, comp
+
+
+def _initial(module, batch=B, dtype=torch.float64):
+    L = module.num_layers * module.num_directions
+    sizes = module.cell.state_sizes
+    states = [torch.randn(L, batch, s, dtype=dtype) for s in sizes]
+    return states
+
+
+def _run_and_grads(module, x, h0, mode, batch_first=False, lengths=tuple(LENGTHS)):
+    """Forward in the given mode, a loss on the output and every final state; returns
+    (output, final states, [dx, dh0...], {name: grad})."""
+    xl = x.clone().requires_grad_()
+    hl = [h.clone().requires_grad_() for h in h0] if h0 is not None else None
+    hx = None if hl is None else (tuple(hl) if len(hl) == 2 else hl[0])
+    if mode == "packed":
+        out, hidden = module(pack_padded_sequence(xl, torch.tensor(lengths),
+                                                  batch_first=batch_first, enforce_sorted=False),
+                             hx)
+        out = out.data
+    elif mode == "lengths":
+        out, hidden = module(xl, hx, lengths=sorted(lengths, reverse=True))
+    else:
+        out, hidden = module(xl, hx)
+    states = list(hidden) if isinstance(hidden, tuple) else [hidden]
+    gen = torch.Generator().manual_seed(3)
+    loss = (out * torch.randn(out.shape, generator=gen, dtype=out.dtype)).sum()
+    for s in states:
+        loss = loss + (s.sin() * torch.randn(s.shape, generator=gen, dtype=s.dtype)).sum()
+    leaves = [xl] + (hl or [])
+    params = dict(module.named_parameters())
+    grads = torch.autograd.grad(loss, leaves + list(params.values()))
+    return out, states, list(grads[: len(leaves)]), dict(zip(params, grads[len(leaves):]))
+
+
+def _close(got, want, atol, what):
+    torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=lambda m: f"{what}: {m}")
+
+
+def _assert_same(a, b, atol):
+    (o1, s1, g1, p1), (o2, s2, g2, p2) = a, b
+    _close(o2, o1, atol, "output")
+    for i, (u, v) in enumerate(zip(s1, s2)):
+        _close(v, u, atol, f"final state {i}")
+    for i, (u, v) in enumerate(zip(g1, g2)):
+        _close(v, u, atol, f"input gradient {i}")
+    assert p1.keys() == p2.keys()
+    for name in p1:
+        _close(p2[name], p1[name], atol, name)
+
+
+def _compare(config, layers, bidir, mode, dtype, with_h0=True, batch_first=False, bias=True):
+    python, comp = _pair(config, dtype, num_layers=layers, bidirectional=bidir,
+                         batch_first=batch_first, bias=bias)
+    x = torch.randn(*((B, T) if batch_first else (T, B)), I, dtype=dtype)
+    h0 = _initial(python, dtype=dtype) if with_h0 else None
+    _assert_same(_run_and_grads(python, x, h0, mode, batch_first),
+                 _run_and_grads(comp, x, h0, mode, batch_first), ATOL[dtype])
+
+
+def _cases():
+    cases = [(c, layers, bidir, mode, torch.float64)
+             for c, layers, bidir, mode in itertools.product(CONFIGS, (1, 2), (False, True),
+                                                             ("padded", "packed"))]
+    cases += [(c, 2, True, mode, torch.float32)
+              for c, mode in itertools.product(CONFIGS, ("padded", "packed"))]
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("config,layers,bidir,mode,dtype", CASES,
+                         ids=[f"{c}-L{n}-{'bi' if b else 'uni'}-{m}-{str(d)[6:]}"
+                              for c, n, b, m, d in CASES])
+def test_matches_python_engine(ext, config, layers, bidir, mode, dtype):
+    _compare(config, layers, bidir, mode, dtype)
+
+
+@pytest.mark.parametrize("config", ["lstm-peephole-coupled-proj", "lstm", "gru",
+                                    "gru-reset_before", "rnn-relu"])
+@pytest.mark.parametrize("mode", ["padded", "packed"])
+def test_matches_python_engine_long_sequence(ext, config, mode):
+    """T = 20 steps: the engine copies W_hh^T to a contiguous layout from 16 steps on (below it
+    it multiplies by the transposed view)."""
+    python, comp = _pair(config, num_layers=1, bidirectional=True)
+    x = torch.randn(20, B, I, dtype=torch.float64)
+    h0 = _initial(python)
+    lengths = (13, 20, 2, 17)
+    _assert_same(_run_and_grads(python, x, h0, mode, lengths=lengths),
+                 _run_and_grads(comp, x, h0, mode, lengths=lengths), 1e-10)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_matches_python_engine_lengths_batch_first_no_h0(ext, config):
+    _compare(config, 2, True, "lengths", torch.float64, with_h0=False, batch_first=True)
+
+
+@pytest.mark.parametrize("config", ["lstm-peephole-coupled-proj", "gru", "gru-reset_before",
+                                    "rnn-relu"])
+@pytest.mark.parametrize("mode", ["padded", "packed"])
+def test_matches_python_engine_without_bias(ext, config, mode):
+    _compare(config, 2, True, mode, torch.float64, bias=False)
+
+
+@pytest.mark.parametrize("config", ["lstm", "lstm-peephole-proj", "gru", "rnn-tanh"])
+def test_unbatched_and_single_step(ext, config):
+    python, comp = _pair(config, num_layers=2, bidirectional=True)
+    for x in (torch.randn(T, I, dtype=torch.float64), torch.randn(1, 1, I, dtype=torch.float64)):
+        for a, b in zip(python(x), comp(x)):
+            for u, v in zip(a if isinstance(a, tuple) else [a], b if isinstance(b, tuple) else [b]):
+                torch.testing.assert_close(v, u, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("cls,kw", [(lstmkit.LSTMCell, {}), (lstmkit.LSTMCell, {"peephole": True}),
+                                    (lstmkit.LSTMCell, {"coupled": True}), (lstmkit.GRUCell, {}),
+                                    (lstmkit.GRUCell, {"reset_after": False}),
+                                    (lstmkit.RNNCell, {"nonlinearity": "relu"})])
+def test_step_cells(ext, cls, kw):
+    torch.manual_seed(0)
+    python = cls(I, H, dtype=torch.float64, engine="python", **kw)
+    comp = cls(I, H, dtype=torch.float64, engine="compiled", **kw)
+    comp.load_state_dict(python.state_dict())
+    x = torch.randn(B, I, dtype=torch.float64)
+    results = []
+    for m in (python, comp):
+        xl = x.clone().requires_grad_()
+        out = m(xl)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        grads = torch.autograd.grad(sum(o.sin().sum() for o in outs), [xl, *m.parameters()])
+        results.append(outs + list(grads))
+    for u, v in zip(*results):
+        torch.testing.assert_close(v, u, atol=1e-10, rtol=0)
+
+
+def test_backward_twice_accumulates(ext):
+    python, comp = _pair("lstm-peephole", num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    for module in (python, comp):
+        for _ in range(2):
+            out, (h, c) = module(x)
+            (out.pow(2).sum() + h.sum() + c.sum()).backward()
+    for (name, p), q in zip(python.named_parameters(), comp.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-10, rtol=0, msg=name)
+
+
+# ------------------------------------------------------------------ gradcheck
+GRADCHECK = ["lstm", "lstm-peephole-coupled-proj", "lstm-peephole-proj", "gru",
+             "gru-reset_before", "rnn-tanh", "rnn-relu"]
+
+
+@pytest.mark.parametrize("config", GRADCHECK)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_gradcheck(ext, config, packed):
+    """Finite differences in float64 w.r.t. x, the initial states and every parameter, through
+    two bidirectional layers (a packed batch exercises rows joining late in the reverse pass)."""
+    cls, ckw = CONFIGS[config]
+    _seed("gradcheck", config, packed)
+    module = cls(2, 3, num_layers=2, bidirectional=True, dtype=torch.float64, engine="compiled",
+                 **ckw)
+    names = [n for n, _ in module.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in module.parameters())
+    states = tuple(s.requires_grad_() for s in _initial(module, batch=3))
+    k = len(states)
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *rest):
+        st, values = rest[:k], rest[k:]
+        hx = tuple(st) if k == 2 else st[0]
+        inp = pack_padded_sequence(x, torch.tensor([2, 4, 1]), enforce_sorted=False) \
+            if packed else x
+        out, hidden = functional_call(module, dict(zip(names, values)), (inp, hx))
+        out = out.data if packed else out
+        return (out, *hidden) if isinstance(hidden, tuple) else (out, hidden)
+
+    assert gradcheck(f, (x, *states, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ trace
+@pytest.mark.parametrize("config", ["lstm", "lstm-peephole-coupled", "lstm-peephole-proj",
+                                    "gru", "gru-reset_before", "rnn-tanh", "rnn-relu"])
+@pytest.mark.parametrize("lengths", [None, (6, 4, 3, 1)], ids=["full", "lengths"])
+def test_trace_matches_python_engine(ext, config, lengths):
+    python, comp = _pair(config, num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = _initial(python)
+    hx = tuple(h0) if len(h0) == 2 else h0[0]
+    traces = []
+    for module in (python, comp):
+        tr = module.trace(x, hx, lengths=lengths)
+        loss = tr.output.pow(2).sum() + tr.h_n.sin().sum()
+        if tr.c_n is not None:
+            loss = loss + tr.c_n.cos().sum()
+        loss.backward()
+        traces.append(tr)
+    a, b = traces
+    torch.testing.assert_close(b.output, a.output, atol=1e-10, rtol=0)
+    for layer in range(2):
+        for d in range(2):
+            sa, sb = a.steps[layer][d], b.steps[layer][d]
+            where = f"layer {layer} direction {d}"
+            for what in ("h", "c", "grad_h", "grad_c"):
+                u, v = getattr(sa, what), getattr(sb, what)
+                assert (u is None) == (v is None), f"{what}, {where}"
+                if u is not None:
+                    _close(v, u, 1e-10, f"{what}, {where}")
+            assert sa.gates.keys() == sb.gates.keys()
+            for name in sa.gates:
+                _close(sb.gates[name], sa.gates[name], 1e-10, f"gate {name}, {where}")
+
+
+# ------------------------------------------------------------------ denormals
+def _flushes() -> bool:
+    """Does this thread flush float32 denormal results to zero right now?"""
+    tiny = torch.tensor([1e-30], dtype=torch.float32)
+    return bool((tiny * 1e-10 == 0).item())
+
+
+@pytest.mark.parametrize("ftz", [False, True])
+def test_callers_flush_to_zero_setting_is_unchanged(ext, ftz):
+    if not torch.set_flush_denormal(ftz):
+        pytest.skip("this CPU has no flush-to-zero control")
+    try:
+        assert _flushes() == ftz
+        python, comp = _pair("lstm-peephole", dtype=torch.float32)
+        x = torch.randn(T, B, I, requires_grad=True)
+        out, (h, c) = comp(x)
+        assert _flushes() == ftz, "forward changed the caller's flush-to-zero setting"
+        (out.sum() + c.sum()).backward()
+        assert _flushes() == ftz, "backward changed the caller's flush-to-zero setting"
+    finally:
+        torch.set_flush_denormal(False)
+
+
+# ------------------------------------------------------------------ build and fallback
+def test_extension_is_vectorised_for_this_cpu(ext):
+    """Built for the CPU capability torch uses, so Vectorized is SIMD, not its scalar loop."""
+    cap, _ = compiled.capability_flags()
+    assert ext.capability() == cap
+    if cap != "DEFAULT":
+        assert ext.vectorized()
+
+
+def test_float32_tanh_within_two_ulp(ext):
+    """The engine's float32 tanh (one exp and a Taylor core instead of SLEEF's tanh) against the
+    float64 tanh, over a dense sweep of [-12, 12] and tiny to large magnitudes."""
+    x = torch.cat([torch.linspace(-12, 12, 2_000_001), torch.logspace(-30, 1.2, 200_001),
+                   -torch.logspace(-30, 1.2, 200_001),
+                   torch.tensor([0.0, -0.0, 0.34657359, -0.34657359, 50.0, -50.0])])
+    got = ext.tanh_float(x).double()
+    want = torch.tanh(x.double())
+    ulp = torch.from_numpy(np.spacing(want.abs().float().numpy())).double()
+    err = ((got - want).abs() / ulp).max().item()
+    assert err <= 2.1, f"max error {err:.2f} ulp"
+    nan = ext.tanh_float(torch.tensor([float("nan"), float("inf"), -float("inf")]))
+    assert nan[0].isnan() and nan[1] == 1 and nan[2] == -1
+
+
+def test_cache_directory_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compiled.cache_dir() == tmp_path / "lstmkit" / "extensions"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert str(compiled.cache_dir()).endswith(os.path.join(".cache", "lstmkit", "extensions"))
+
+
+def test_fallback_when_extension_unavailable(monkeypatch):
+    """No extension (no compiler, failed build): one warning, then the python engine."""
+    monkeypatch.setattr(compiled, "_state",
+                        {"tried": True, "ext": None, "error": "RuntimeError: simulated failure"})
+    monkeypatch.setattr(compiled, "_warned", set())
+    assert not compiled.available()
+    python, comp = _pair("gru-reset_before", num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="compiled engine is unavailable.*simulated failure"):
+        out = _run_and_grads(comp, x, None, "packed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # only one warning per process
+        out2 = _run_and_grads(comp, x, None, "padded")
+    _assert_same(_run_and_grads(python, x, None, "packed"), out, 1e-12)
+    _assert_same(_run_and_grads(python, x, None, "padded"), out2, 1e-12)
+
+
+def test_bfloat16_runs_python_engine_with_one_warning(monkeypatch):
+    monkeypatch.setattr(compiled, "_warned", set())
+    python, comp = _pair("lstm-coupled", dtype=torch.bfloat16)
+    x = torch.randn(T, B, I, dtype=torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match="float32 and float64"):
+        out, _ = comp(x)
+    torch.testing.assert_close(out, python(x)[0], atol=0, rtol=0)
+
+
+def test_cpu_autocast_does_not_apply_inside(ext):
+    """Under CPU autocast the engine computes in its inputs' dtype (float32), as outside it."""
+    python, comp = _pair("lstm-peephole", dtype=torch.float32, num_layers=2)
+    x = torch.randn(T, B, I)
+    want = comp(x)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = comp(x)[0]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_compiled_engine_accepted_for_every_configuration():
+    for cls, kw in CONFIGS.values():
+        assert cls(I, H, engine="compiled", **kw).engine == "compiled"
+    for cls, kw in [(lstmkit.LSTMCell, {"peephole": True}), (lstmkit.GRUCell, {}),
+                    (lstmkit.RNNCell, {})]:
+        assert cls(I, H, engine="compiled", **kw).engine == "compiled"
