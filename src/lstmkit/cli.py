@@ -65,6 +65,8 @@ TRAIN_OPTIONS = [
     ("--batch-size", "batch_size", int, "sequences per batch", "optimisation"),
     ("--bptt", "bptt", int, "language models: steps per truncated-BPTT segment",
      "optimisation"),
+    ("--sum-over-steps", "sum_over_steps", "flag", "language models: backpropagate the loss "
+     "summed over the segment's steps (Zaremba et al.; ptb's default)", "optimisation"),
     ("--steps-per-epoch", "steps_per_epoch", int, "adding/copy: fresh batches per epoch",
      "optimisation"),
     ("--lr-decay", "lr_decay", float, "multiply the learning rate by this each epoch ...",

@@ -44,6 +44,8 @@ class Config:
     epochs: int = 10
     batch_size: int = 32
     bptt: int = 35                     # language models: steps per truncated BPTT segment
+    sum_over_steps: bool = False       # language models: backpropagate the loss summed over
+                                       # the segment's steps (Zaremba et al.), not its mean
     steps_per_epoch: int = 100         # synthetic tasks: fresh batches per epoch
     lr_decay: float = 1.0              # multiply the learning rate by this each epoch ...
     decay_after: int = 0               # ... after this many epochs
@@ -81,7 +83,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     # Zaremba et al. 2014, small: 2x200 LSTM, no dropout, SGD lr 1 halved each epoch after 4
     "ptb": dict(cell="lstm", embed=200, hidden=200, layers=2, optimizer="sgd", lr=1.0,
                 init_scale=0.1, clip=5.0, epochs=13, batch_size=20, bptt=20, lr_decay=0.5,
-                decay_after=4),
+                decay_after=4, sum_over_steps=True),
     # character model of a text (Tiny Shakespeare by default)
     "chars": dict(cell="lstm", embed=64, hidden=512, layers=2, dropout=0.25, lr=2e-3,
                   epochs=20, batch_size=64, bptt=100, clip=1.0),

@@ -232,7 +232,7 @@ def run_epochs(cfg, out, task, model, optimizer, st: TrainState, carry, log) -> 
                                       f"stopping (last good checkpoint in {out}/checkpoint); "
                                       "a lower --lr or --clip may help")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * task.loss_weight(batch)).backward()
             if cfg.clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()

@@ -37,6 +37,10 @@ class Task:
         for truncated BPTT, else None)."""
         raise NotImplementedError
 
+    def loss_weight(self, batch) -> float:
+        """What the trainer multiplies a batch's mean loss by before backpropagating it."""
+        return 1.0
+
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """Metrics on "valid" or "test", always including "loss"."""
         raise NotImplementedError

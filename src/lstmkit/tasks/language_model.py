@@ -71,6 +71,11 @@ class LanguageModelTask(Task):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         return loss, detach_state(state)
 
+    def loss_weight(self, batch):
+        # Zaremba et al. sum the loss over the unrolled steps (mean over the batch): with SGD
+        # at lr 1 that scale is part of the recipe
+        return float(batch[0].shape[0]) if self.cfg.sum_over_steps else 1.0
+
     def carry_tensors(self, carry):
         if carry is None:
             return {}
