@@ -75,6 +75,7 @@ def test_ptb_end_to_end(tmp_path):
     run = tmp_path / "ptb"
     lstmkit("train", "ptb", "--out", run, "--path", tiny_ptb(tmp_path / "corpus"),
             "--epochs", 3, "--hidden", 32, "--embed", 32, "--bptt", 10, "--batch-size", 8,
+            "--lr", 0.2,
             "--decay-after", 2)
     assert_run_folder(run)
     losses = valid_losses(run)
