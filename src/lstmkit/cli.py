@@ -108,7 +108,7 @@ def add_train_parser(sub) -> None:
     for flag, dest, kind, text, group in TRAIN_OPTIONS:
         g = groups.setdefault(group, p.add_argument_group(group))
         if kind == "flag":
-            g.add_argument(flag, dest=dest, action="store_const", const=True, default=None,
+            g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
                            help=text)
         else:
             g.add_argument(flag, dest=dest, type=kind, default=None, help=text)
