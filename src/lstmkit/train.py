@@ -263,9 +263,10 @@ def run_epochs(cfg, out, task, model, optimizer, st: TrainState, carry, log) -> 
         valid = task.evaluate(model, "valid")
         append_metrics(out / "metrics.jsonl", {"step": st.step, "epoch": epoch + 1, "lr": lr,
                                                "valid": valid, "train_seconds": st.train_seconds})
-        improved = valid[task.select_by] < st.best_valid
+        score = task.selection_score(valid)
+        improved = score < st.best_valid
         if improved:
-            st.best_valid, st.best_metrics, st.bad_epochs = valid[task.select_by], valid, 0
+            st.best_valid, st.best_metrics, st.bad_epochs = score, valid, 0
             atomic_save_tensors(out / "model.safetensors", model.state_dict())
         else:
             st.bad_epochs += 1

@@ -15,14 +15,20 @@ class Task:
     needs (from ``cfg.meta``) without loading the training data."""
 
     name: str = ""
-    # the validation metric that picks the best model; lower is better
+    # the validation metric that picks the best model, and whether higher is better
     select_by: str = "loss"
+    higher_is_better: bool = False
 
     def __init__(self, cfg: Config, for_training: bool = True):
         self.cfg = cfg
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
+
+    def selection_score(self, metrics: dict) -> float:
+        """The validation score the trainer minimises when it picks the model to keep."""
+        value = metrics[self.select_by]
+        return -value if self.higher_is_better else value
 
     def train_batches(self, generator: torch.Generator) -> Iterable:
         """One epoch of training batches, in an order fixed by `generator`."""

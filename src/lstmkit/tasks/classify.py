@@ -29,7 +29,10 @@ def collate(names: list[torch.Tensor]):
 
 class NamesTask(Task):
     name = "names"
-    select_by = "loss"
+    # accuracy is the target; the validation loss turns up (over-confidence) while accuracy
+    # still climbs
+    select_by = "accuracy"
+    higher_is_better = True
 
     def __init__(self, cfg, for_training=True):
         super().__init__(cfg)

@@ -67,8 +67,7 @@ class LanguageModelTask(Task):
 
     def train_step(self, model, batch, carry):
         x, y = batch
-        logits, state = model(x, carry)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss, state = model.loss(x, y, carry)
         return loss, detach_state(state)
 
     def loss_weight(self, batch):
@@ -94,9 +93,8 @@ class LanguageModelTask(Task):
         model.eval()
         total, count, state = 0.0, 0, None
         for x, y in segments(self.eval_data[split], self.cfg.bptt):
-            logits, state = model(x, state)
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                     reduction="sum").item()
+            loss, state = model.loss(x, y, state)
+            total += loss.item() * y.numel()
             count += y.numel()
         loss = total / count
         return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2)}

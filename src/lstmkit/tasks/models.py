@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..layers import GRU, LSTM, RNN
+from ..losses import linear_cross_entropy
 
 CELLS = ("lstm", "peephole", "coupled", "gru", "rnn")
 
@@ -78,6 +79,14 @@ class LanguageModel(nn.Module):
     def forward(self, tokens: Tensor, state=None):
         out, state = self.rnn(self.drop(self.embed(tokens)), state)
         return self.decoder(self.drop(out)), state
+
+    def loss(self, tokens: Tensor, targets: Tensor, state=None):
+        """Mean cross-entropy (nats per token) of predicting targets (L, N) from tokens (L, N),
+        and the final state; the decoder and the loss run as one step (lstmkit.losses)."""
+        out, state = self.rnn(self.drop(self.embed(tokens)), state)
+        h = self.drop(out).reshape(-1, out.shape[-1])
+        return linear_cross_entropy(h, self.decoder.weight, self.decoder.bias,
+                                    targets.reshape(-1)), state
 
 
 class SequenceRegressor(nn.Module):
