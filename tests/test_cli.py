@@ -229,3 +229,17 @@ def test_jsb_runs_and_scores_nll_per_step(tmp_path):
     lstmkit("train", "jsb", "--out", run, "--epochs", 2, "--hidden", 8)
     results = json.loads((run / "results.json").read_text())
     assert 0 < results["test"]["nll_per_step"] < 88 * 0.7    # below a coin flip per key
+
+
+def test_chars_bf16_trains_and_evaluates_in_float32(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 60)
+    run = tmp_path / "bf16"
+    lstmkit("train", "chars", "--out", run, "--epochs", 3, "--path", text, "--hidden", 24,
+            "--embed", 8, "--layers", 2, "--bptt", 20, "--batch-size", 4, "--lr", 0.01,
+            "--dropout", 0, "--bf16")
+    assert json.loads((run / "config.json").read_text())["bf16"] is True
+    losses = valid_losses(run)
+    assert losses[-1] < losses[0]
+    assert {str(t.dtype) for t in load_file(run / "model.safetensors").values()} == \
+        {"torch.float32"}

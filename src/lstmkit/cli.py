@@ -80,6 +80,9 @@ TRAIN_OPTIONS = [
      "optimisation"),
     ("--time-limit", "time_limit", float, "stop training after this many minutes (0 = none)",
      "optimisation"),
+    ("--bf16", "bf16", "flag", "run the training forward passes under torch.autocast('cpu', "
+     "bfloat16): matrix products in bfloat16, weights, optimiser and loss in float32, "
+     "evaluation in float32", "optimisation"),
     ("--seed", "seed", int, "seed for weights, data order and dropout", "bookkeeping"),
     ("--checkpoint-every", "checkpoint_every", int, "also checkpoint every N steps",
      "bookkeeping"),

@@ -53,6 +53,7 @@ class Config:
     patience: int = 0                  # stop after this many epochs without improvement; 0 off
     max_steps: int = 0                 # stop after this many optimiser steps; 0 = no limit
     time_limit: float = 0.0            # stop training after this many minutes; 0 = no limit
+    bf16: bool = False                 # training forward passes under bfloat16 autocast
     # bookkeeping
     seed: int = 0
     checkpoint_every: int = 0          # also checkpoint every N steps within an epoch

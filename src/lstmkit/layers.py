@@ -225,6 +225,9 @@ class _Recurrent(nn.Module):
             shape = (LD, size) if unbatched else (LD, B, size)
             layout = "(num_layers * num_directions, H)" if unbatched else \
                 "(num_layers * num_directions, N, H)"
+            if (isinstance(s, Tensor) and s.dtype != x.dtype and s.is_floating_point()
+                    and torch.is_autocast_enabled(x.device.type)):
+                s = s.to(x.dtype)           # a state autocast left in bfloat16, as torch takes
             s = checks.check_state(name, label, s, shape, x, layout)
             s = s.unsqueeze(1) if unbatched else s
             states.append(s if sorted_indices is None else s.index_select(1, sorted_indices))

@@ -23,6 +23,7 @@ from torch import Tensor
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)   # autocast: float32
     def forward(ctx, h, weight, bias, target):
         z = torch.addmm(bias, h, weight.t())                                # (N, V)
         # in place: the row kernel reads each row before writing it, and a fresh (N, V)
@@ -35,6 +36,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
         h, weight, dz = ctx.saved_tensors
         scale = grad / len(h)                     # the 1/N of the mean, times dL/dloss

@@ -3,10 +3,10 @@
     train(cfg, out_dir)        start a run in out_dir (a new folder, or an empty one)
     train(cfg, out_dir, resume=True)   continue it from its last checkpoint
 
-A run folder holds config.json, metrics.jsonl (one JSON record per log line), model.safetensors
-(the best model by validation loss), checkpoint/ (model, optimiser, schedule, random-number
-states and the position in the data, at each epoch end and every --checkpoint-every steps),
-results.json and PNG plots. A resumed run reaches the same weights as one never stopped.
+A run folder holds config.json, metrics.jsonl (one JSON record per log line),
+model.safetensors (the best model by the task's validation score), checkpoint/ (model,
+optimiser, schedule, random-number states and the position in the data, at each epoch end and
+every --checkpoint-every steps), results.json and PNG plots. A resumed run reaches the same weights as one never stopped.
 
 Denormal numbers: while training, torch.set_flush_denormal(True) is on unless
 cfg.keep_denormals (a shrinking gradient otherwise slows recurrent backward passes several
@@ -226,7 +226,8 @@ def run_epochs(cfg, out, task, model, optimizer, st: TrainState, carry, log) -> 
         for i, batch in enumerate(task.train_batches(generator)):
             if i < st.batch_in_epoch:                       # resumed inside this epoch
                 continue
-            loss, carry = task.train_step(model, batch, carry)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss, carry = task.train_step(model, batch, carry)
             if not torch.isfinite(loss):
                 raise TrainingStopped(f"the loss became {loss.item()} at step {st.step + 1}; "
                                       f"stopping (last good checkpoint in {out}/checkpoint); "

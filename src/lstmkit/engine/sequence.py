@@ -61,6 +61,7 @@ class SequenceFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)   # autocast: float32
     def forward(ctx, cell: Cell, batch_sizes, record, x, *args):
         k = len(cell.state_sizes)
         states0, w = args[:k], Weights(*args[k:])
@@ -94,6 +95,7 @@ class SequenceFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, *grad_hist):
         cell, bs, packed, record = ctx.cell, ctx.bs, ctx.packed, ctx.record
         k = len(cell.state_sizes)

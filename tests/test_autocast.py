@@ -1,0 +1,72 @@
+"""Under torch.autocast("cpu", bfloat16): the hand-written engines run in float32 (exactly as
+without autocast); the torch engine runs torch's bfloat16 kernels (close, not equal)."""
+
+import pytest
+import torch
+
+import lstmkit
+from lstmkit.engine.compiled import available as compiled_available
+from lstmkit.losses import linear_cross_entropy
+
+ENGINES = ["python", "torch"] + (["compiled"] if compiled_available() else [])
+LAYERS = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}
+
+
+def run(model, x, autocast):
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out, _ = model(x)
+    out.float().pow(2).sum().backward()
+    return out, {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", LAYERS)
+def test_engines_under_autocast(engine, kind):
+    torch.manual_seed(0)
+    model = LAYERS[kind](8, 16, num_layers=2, engine=engine)
+    x = torch.randn(6, 3, 8)
+    ref, ref_grads = run(model, x, False)
+    out, grads = run(model, x, True)
+    if engine == "torch":
+        if out.dtype == torch.bfloat16:                        # torch's own bf16 kernels
+            torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+        return
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for k in ref_grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0)
+
+
+def test_fused_loss_under_autocast_is_float32():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(12, 8, generator=g, requires_grad=True)
+    w = torch.randn(30, 8, generator=g, requires_grad=True)
+    b = torch.randn(30, generator=g, requires_grad=True)
+    y = torch.randint(30, (12,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(h, w, b, y)
+    loss.backward()
+    grads = [t.grad.clone() for t in (h, w, b)]
+    for t in (h, w, b):
+        t.grad = None
+    ref = linear_cross_entropy(h, w, b, y)
+    ref.backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=0, atol=0)
+    for got, t in zip(grads, (h, w, b)):
+        torch.testing.assert_close(got, t.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_bfloat16_state_is_taken_under_autocast(engine):
+    """Truncated BPTT under autocast carries the state the previous segment returned."""
+    torch.manual_seed(0)
+    model = lstmkit.LSTM(8, 16, num_layers=2, engine=engine)
+    x = torch.randn(6, 3, 8)
+    state = tuple(torch.randn(2, 3, 16).bfloat16() for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = model(x, state)
+    assert out.shape == (6, 3, 16)
+    with pytest.raises(TypeError, match="dtype"):
+        model(x, state)                                   # outside autocast: a clear error
