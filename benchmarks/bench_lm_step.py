@@ -12,6 +12,7 @@ update, as in Zaremba et al.'s small Penn Treebank configuration (the default si
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lstmkit.runtime import keep_freed_memory
 from lstmkit.tasks.models import LanguageModel
 
 
@@ -60,7 +62,11 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="let glibc keep freed memory (what `lstmkit train` does) for both models")
     a = p.parse_args(argv)
+    if a.keep_freed_memory and not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory: not available here (needs glibc)")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
@@ -79,21 +85,26 @@ def main(argv=None):
     if abs(first["lstmkit"] - first["plain PyTorch"]) > 1e-5 * abs(first["plain PyTorch"]):
         raise SystemExit(f"the two models disagree before timing: {first}")
     times: dict[str, list[float]] = {k: [] for k in steps}
+    faults = dict.fromkeys(steps, 0)
     for _ in range(a.rounds):                               # models take turns between rounds
         for name, step in steps.items():
             step()
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for _ in range(a.repeat):
                 t = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - t)
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     print(f"LM training step, V={V} H={H} layers={a.layers} bptt={a.bptt} batch={a.batch}, "
           f"{torch.get_num_threads()} threads, flush-to-zero on; ms, medians of "
-          f"{a.rounds * a.repeat}")
-    print("| model | step (ms) | ratio to plain |")
-    print("|---|---:|---:|")
+          f"{a.rounds * a.repeat}; glibc keeps freed memory: "
+          f"{'yes' if a.keep_freed_memory else 'no (its default)'}")
+    print("| model | step (ms) | ratio to plain | page faults per step |")
+    print("|---|---:|---:|---:|")
     for k in steps:
-        print(f"| {k} | {med[k]:.1f} | {med[k] / med['plain PyTorch']:.2f} |")
+        print(f"| {k} | {med[k]:.1f} | {med[k] / med['plain PyTorch']:.2f} | "
+              f"{faults[k] / (a.rounds * a.repeat):.0f} |")
 
 
 if __name__ == "__main__":

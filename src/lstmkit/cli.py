@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -83,6 +84,8 @@ TRAIN_OPTIONS = [
     ("--bf16", "bf16", "flag", "run the training forward passes under torch.autocast('cpu', "
      "bfloat16): matrix products in bfloat16, weights, optimiser and loss in float32, "
      "evaluation in float32", "optimisation"),
+    ("--max-nonfinite", "max_nonfinite", int, "a step with a non-finite loss or gradient is "
+     "skipped and counted; stop after this many in a row", "optimisation"),
     ("--seed", "seed", int, "seed for weights, data order and dropout", "bookkeeping"),
     ("--checkpoint-every", "checkpoint_every", int, "also checkpoint every N steps",
      "bookkeeping"),
@@ -107,6 +110,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run in --out from its last checkpoint (may change only "
                    f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)})")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training in N processes on this machine (runs torchrun "
+                   "--standalone --nproc_per_node=N -m lstmkit train ...); each takes "
+                   "1/N of every batch")
     groups = {}
     for flag, dest, kind, text, group in TRAIN_OPTIONS:
         g = groups.setdefault(group, p.add_argument_group(group))
@@ -117,13 +124,38 @@ def add_train_parser(sub) -> None:
             g.add_argument(flag, dest=dest, type=kind, default=None, help=text)
 
 
+def launch_distributed(nproc: int, argv: list[str]) -> None:
+    """Run this same train command under torchrun in nproc processes; exit with its code."""
+    import signal
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "lstmkit", *rest]
+    child = subprocess.Popen(cmd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C reaches the workers directly
+    raise SystemExit(child.wait())
+
+
 def train_command(args) -> None:
     from .runio import read_json
     from .train import train
 
+    if args.nproc < 1:
+        fail(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        launch_distributed(args.nproc, args.argv)
+
     given = {dest: getattr(args, dest) for _, dest, *_ in TRAIN_OPTIONS
              if getattr(args, dest) is not None}
-    if args.resume:
+    if args.resume and (Path(args.out) / "config.json").exists():
         cfg = Config.from_json(read_json(Path(args.out) / "config.json"))
         if cfg.task != args.task:
             fail(f"{args.out} holds a {cfg.task!r} run, not {args.task!r}")
@@ -146,6 +178,8 @@ def check_config(cfg: Config) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.max_nonfinite < 1:
+        fail(f"--max-nonfinite must be at least 1, got {cfg.max_nonfinite}")
     if cfg.lr <= 0:
         fail(f"--lr must be positive, got {cfg.lr}")
     if not 0 <= cfg.dropout < 1:
@@ -377,17 +411,23 @@ def build_parser() -> Parser:
 
 
 def main(argv=None) -> None:
-    import os
+    from .train import Interrupted, TrainingStopped
 
-    from .train import TrainingStopped
-
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     func = train_command if args.command == "train" else args.func
     try:
         func(args)
     except TrainingStopped as e:
         sys.stderr.write(f"lstmkit: {e}\n")
         raise SystemExit(1) from None
+    except Interrupted as e:
+        if os.environ.get("RANK", "0") == "0":
+            sys.stderr.write(f"lstmkit: stopped by {e}; checkpoint saved in "
+                             f"{Path(args.out) / 'checkpoint'}. Continue with: lstmkit train "
+                             f"{args.task} --out {args.out} --resume\n")
+        raise SystemExit(128 + e.signum) from None
     except (ValueError, OSError) as e:         # bad input the user can fix: one line
         if os.environ.get("LSTMKIT_DEBUG"):
             raise

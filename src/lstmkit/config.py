@@ -54,6 +54,7 @@ class Config:
     max_steps: int = 0                 # stop after this many optimiser steps; 0 = no limit
     time_limit: float = 0.0            # stop training after this many minutes; 0 = no limit
     bf16: bool = False                 # training forward passes under bfloat16 autocast
+    max_nonfinite: int = 10            # stop after this many non-finite steps in a row
     # bookkeeping
     seed: int = 0
     checkpoint_every: int = 0          # also checkpoint every N steps within an epoch
@@ -75,7 +76,8 @@ class Config:
 
 
 # Options a resumed run may change; everything else is fixed by its config.json.
-RESUMABLE = ("epochs", "max_steps", "time_limit", "checkpoint_every", "threads")
+RESUMABLE = ("epochs", "max_steps", "time_limit", "checkpoint_every", "threads",
+             "max_nonfinite")
 
 TASK_DEFAULTS: dict[str, dict] = {
     # surname -> language: a bidirectional 2-layer LSTM over character embeddings

@@ -6,7 +6,11 @@
 A run folder holds config.json, metrics.jsonl (one JSON record per log line),
 model.safetensors (the best model by the task's validation score), checkpoint/ (model,
 optimiser, schedule, random-number states and the position in the data, at each epoch end and
-every --checkpoint-every steps), results.json and PNG plots. A resumed run reaches the same weights as one never stopped.
+every --checkpoint-every steps), results.json and PNG plots. A resumed run reaches the same
+weights as one never stopped. A step whose loss or gradient is not finite is skipped and counted
+(the run stops after cfg.max_nonfinite in a row); SIGINT or SIGTERM checkpoints and stops.
+
+Memory: the trainer asks glibc to keep freed memory for reuse (lstmkit.runtime).
 
 Denormal numbers: while training, torch.set_flush_denormal(True) is on unless
 cfg.keep_denormals (a shrinking gradient otherwise slows recurrent backward passes several
@@ -18,15 +22,18 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from . import plots
+from . import distributed, plots
 from .config import Config
 from .runio import (
     RunError,
@@ -40,6 +47,7 @@ from .runio import (
     read_tensors,
     save_checkpoint,
 )
+from .runtime import keep_freed_memory
 from .tasks import Task, make_task
 
 LOG_EVERY = 50                       # optimiser steps between train-loss records
@@ -60,6 +68,11 @@ class TrainState:
     best_valid: float = math.inf
     best_metrics: dict = field(default_factory=dict)
     bad_epochs: int = 0              # epochs since validation last improved
+    skipped: int = 0                 # steps whose loss or gradient was not finite
+    records: int = 0                 # lines in metrics.jsonl
+    loss_sum: float = 0.0            # this epoch's training losses so far, and their number
+    loss_count: int = 0
+    bad_in_row: int = 0              # ... of them in a row, up to now
     train_seconds: float = 0.0
     python_random: list = field(default_factory=list)
 
@@ -68,13 +81,16 @@ class TrainState:
 class Progress:
     """A one-line progress bar on a terminal; plain lines now and then otherwise."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, enabled: bool = True):
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        self.tty = self.stream.isatty() and enabled
+        self.enabled = enabled
         self.last = 0.0
 
     def update(self, epoch: int, epochs: int, done: int, total: int | None, loss: float,
                rate: float) -> None:
+        if not self.enabled:
+            return
         now = time.monotonic()
         if now - self.last < (0.2 if self.tty else 30.0) and done != total:
             return
@@ -143,18 +159,20 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
-def append_metrics(path: Path, record: dict) -> None:
+def append_metrics(path: Path, record: dict, st: TrainState | None = None) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+    if st is not None:
+        st.records += 1
 
 
 # ---------------------------------------------------------------------- checkpoints
-def checkpoint(out: Path, model, optimizer, task: Task, st: TrainState, carry) -> None:
+def checkpoint(out: Path, model, optimizer, carry_tensors: dict, st: TrainState) -> None:
     st.python_random = list(random.getstate()[1])
     opt_tensors, opt_meta = optimizer_to_files(optimizer)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
-    tensors.update(task.carry_tensors(carry))
+    tensors.update(carry_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"state": st.__dict__, "optimizer": opt_meta}
     save_checkpoint(out, st.step, tensors, meta)
@@ -171,17 +189,76 @@ def restore(out: Path, model, optimizer, task: Task):
     return st, task.carry_from_tensors(tensors)
 
 
+def gradient_norm(params: list, clip: float) -> float:
+    """The gradients' total 2-norm, after clipping it to `clip` when clip > 0."""
+    if clip > 0:
+        return float(nn.utils.clip_grad_norm_(params, clip))
+    return float(nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+
+class SignalStop:
+    """While active, the first SIGINT / SIGTERM only sets .signal (the loop then checkpoints and
+    stops at the end of the step); a second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal, self._old = 0, {}
+
+    def _handle(self, signum, frame):
+        if self.signal:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
 # ---------------------------------------------------------------------- the loop
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, log=print) -> dict:
-    """Train cfg's task into out_dir; returns the final results (also in results.json)."""
-    out = Path(out_dir)
+    """Train cfg's task into out_dir; returns the final results (also in results.json).
+    Under torchrun, one rank of a data-parallel run (lstmkit.distributed)."""
+    group = distributed.setup()
+    try:
+        return _train(cfg, Path(out_dir), resume, log if group.main else _quiet, group)
+    finally:
+        distributed.teardown(group)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) -> dict:
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; give a folder for the run")
-    if not resume and (out / "config.json").exists():
+    fresh_after_kill = resume and not (out / "checkpoint" / "latest.json").exists()
+    if fresh_after_kill:
+        log(f"{out} has no checkpoint yet (stopped before the first one); starting it afresh")
+        resume = False
+    elif not resume and (out / "config.json").exists():
         raise RunError(f"{out} already holds a run; pass --resume to continue it, or choose "
                        "another --out")
+    if group.active and cfg.batch_size % group.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} does not split evenly over "
+                         f"{group.world} processes")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()                 # no page faults for the same buffers every step
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
@@ -193,95 +270,186 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, log=print) -> 
     st, carry = TrainState(), None
     if resume:
         st, carry = restore(out, model, optimizer, task)
-        kept = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= st.step
-                and not r.get("final")]
-        atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        if group.active and carry is not None:
+            carry = task.carry_from_tensors(distributed.shard_tensors(
+                task.carry_tensors(carry), task.carry_dim, group))
+        distributed.barrier(group)                  # every rank has read before rank 0 writes
+        if group.main:
+            kept = read_metrics(metrics_path)[:st.records]     # those the checkpoint knew
+            atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         log(f"resumed {out} at epoch {st.epoch + 1}, step {st.step}")
-    else:
+    elif group.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", cfg.to_json())
         atomic_write_bytes(metrics_path, b"")
+    if group.active:
+        log(f"data parallel over {group.world} processes: {cfg.batch_size // group.world} of "
+            f"each batch of {cfg.batch_size} per process")
 
     torch.set_flush_denormal(not cfg.keep_denormals)
     try:
-        stopped = run_epochs(cfg, out, task, model, optimizer, st, carry, log)
+        with SignalStop() as stop:
+            run = Run(cfg, out, task, model, optimizer, st, log, group, stop)
+            stopped = run.epochs(carry)
     finally:
         torch.set_flush_denormal(False)
+    if not group.main:
+        return {}
     return finish(cfg, out, task, model, st, stopped, log)
 
 
-def run_epochs(cfg, out, task, model, optimizer, st: TrainState, carry, log) -> str:
-    """Train until the epochs, the step budget or the time limit run out, or validation stops
-    improving; returns why it stopped."""
-    progress = Progress()
-    total = task.batches_per_epoch()
-    for epoch in range(st.epoch, cfg.epochs):
+class Run:
+    """The training loop of one process; in a data-parallel run every rank runs it in step."""
+
+    def __init__(self, cfg, out, task, model, optimizer, st, log, group, stop):
+        self.cfg, self.out, self.task, self.model, self.optimizer = cfg, out, task, model, \
+            optimizer
+        self.st, self.log, self.group, self.stop = st, log, group, stop
+        # the module that trains: wrapped so that backward averages gradients over ranks
+        self.net = DistributedDataParallel(model) if group.active else model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def epochs(self, carry) -> str:
+        """Train until the epochs, the step budget or the time limit run out, or validation
+        stops improving; returns why it stopped. SIGINT / SIGTERM: checkpoint, then raise
+        Interrupted."""
+        cfg, st = self.cfg, self.st
+        for epoch in range(st.epoch, cfg.epochs):
+            reason, carry = self.epoch(epoch, carry)
+            if self.end_of_epoch(epoch, reason, carry):
+                return reason or f"no improvement for {cfg.patience} epochs"
+        return f"completed {cfg.epochs} epochs"
+
+    def epoch(self, epoch: int, carry):
+        cfg, st, task, group = self.cfg, self.st, self.task, self.group
         lr = epoch_lr(cfg, epoch, st)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.lr = lr
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        model.train()
-        started = counted = time.monotonic()          # rate; train_seconds counted up to
-        running, count, reason = 0.0, 0, ""
+        self.model.train()
+        progress = Progress(enabled=group.main)
+        total = task.batches_per_epoch()
+        started = self.counted = time.monotonic()    # rate; train_seconds counted up to
+        reason, first = "", st.batch_in_epoch
+        if first == 0:
+            st.loss_sum, st.loss_count = 0.0, 0
         for i, batch in enumerate(task.train_batches(generator)):
             if i < st.batch_in_epoch:                       # resumed inside this epoch
                 continue
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss, carry = task.train_step(model, batch, carry)
-            if not torch.isfinite(loss):
-                raise TrainingStopped(f"the loss became {loss.item()} at step {st.step + 1}; "
-                                      f"stopping (last good checkpoint in {out}/checkpoint); "
-                                      "a lower --lr or --clip may help")
-            optimizer.zero_grad(set_to_none=True)
-            (loss * task.loss_weight(batch)).backward()
-            if cfg.clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            st.step += 1
+            if group.active:
+                if distributed.batch_rows(batch, task.batch_dims) < group.world:
+                    st.batch_in_epoch = i + 1               # too small to split: left out
+                    continue
+                batch = distributed.shard(batch, task.batch_dims, group)
+            carry = self.step(batch, carry, epoch)
             st.batch_in_epoch = i + 1
-            running += loss.item()
-            count += 1
             now = time.monotonic()
-            progress.update(epoch, cfg.epochs, i + 1, total, running / count,
-                            count / (now - started))
+            train_loss = st.loss_sum / max(st.loss_count, 1)
+            progress.update(epoch, cfg.epochs, i + 1, total, train_loss,
+                            (i + 1 - first) / max(now - started, 1e-9))
             if st.step % LOG_EVERY == 0:
-                append_metrics(out / "metrics.jsonl", {"step": st.step, "epoch": epoch + 1,
-                                                       "train_loss": running / count, "lr": lr})
+                self.record({"step": st.step, "epoch": epoch + 1, "train_loss": train_loss,
+                             "lr": lr, "skipped": st.skipped})
+            time_up = bool(cfg.time_limit) and \
+                st.train_seconds + now - self.counted >= 60 * cfg.time_limit
+            signalled = bool(self.stop.signal)
+            if group.active:                         # every rank stops at the same step
+                time_up, signalled = distributed.any_rank([time_up, signalled], group)
+            if signalled:
+                st.train_seconds += time.monotonic() - self.counted
+                self.checkpoint(carry)
+                raise Interrupted(self.stop.signal or signal.SIGTERM, st.step)
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
-                st.train_seconds += now - counted
-                checkpoint(out, model, optimizer, task, st, carry)
-                counted = time.monotonic()
+                st.train_seconds += now - self.counted
+                self.checkpoint(carry)
+                self.counted = time.monotonic()
             if cfg.max_steps and st.step >= cfg.max_steps:
                 reason = f"reached --max-steps {cfg.max_steps}"
-            if cfg.time_limit and st.train_seconds + now - counted >= 60 * cfg.time_limit:
+            if time_up:
                 reason = f"reached --time-limit {cfg.time_limit:g} min"
             if reason:
                 break
         progress.close()
-        st.train_seconds += time.monotonic() - counted
+        st.train_seconds += time.monotonic() - self.counted
         if not reason:
             st.epoch, st.batch_in_epoch, carry = epoch + 1, 0, None
-        valid = task.evaluate(model, "valid")
-        append_metrics(out / "metrics.jsonl", {"step": st.step, "epoch": epoch + 1, "lr": lr,
-                                               "valid": valid, "train_seconds": st.train_seconds})
+        return reason, carry
+
+    def step(self, batch, carry, epoch: int):
+        """One optimiser step on a batch (this rank's slice of it); returns the new carry."""
+        cfg, st, task, group = self.cfg, self.st, self.task, self.group
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, carry = task.train_step(self.net, batch, carry)
+        self.optimizer.zero_grad(set_to_none=True)
+        value, share = loss.item(), 1.0
+        if group.active:
+            # the global mean loss, and this rank's share of it: DDP averages the gradients of
+            # share * local mean over ranks, which is the gradient of the global mean
+            units = task.batch_units(batch)
+            total, all_units = distributed.all_sum([value * units, units], group)
+            value, share = total / all_units, units * group.world / all_units
+        norm = math.nan
+        if math.isfinite(value):
+            (loss * (task.loss_weight(batch) * share)).backward()
+            norm = gradient_norm(self.params, cfg.clip)
+        st.step += 1
+        if math.isfinite(norm):
+            self.optimizer.step()
+            st.bad_in_row = 0
+            st.loss_sum += value
+            st.loss_count += 1
+            return carry
+        self.optimizer.zero_grad(set_to_none=True)     # skip the update, count it, maybe stop
+        st.skipped += 1
+        st.bad_in_row += 1
+        what = "gradient" if math.isfinite(value) else "loss"
+        self.log(f"step {st.step}: non-finite {what}; update skipped ({st.skipped} so far)")
+        if st.bad_in_row >= cfg.max_nonfinite:
+            raise TrainingStopped(
+                f"{st.bad_in_row} steps in a row had a non-finite loss or gradient (the last at "
+                f"step {st.step}); stopping. The last good checkpoint is in "
+                f"{self.out / 'checkpoint'}; a lower --lr or --clip may help")
+        return None                                    # a non-finite state is not carried on
+
+    def end_of_epoch(self, epoch: int, reason: str, carry) -> bool:
+        """Validate, keep the best model, checkpoint; True if training should stop."""
+        cfg, st, task = self.cfg, self.st, self.task
+        valid = task.evaluate(self.model, "valid")   # every rank: the same weights, same numbers
+        self.record({"step": st.step, "epoch": epoch + 1, "lr": self.lr, "valid": valid,
+                     "train_seconds": st.train_seconds})
         score = task.selection_score(valid)
         improved = score < st.best_valid
         if improved:
             st.best_valid, st.best_metrics, st.bad_epochs = score, valid, 0
-            atomic_save_tensors(out / "model.safetensors", model.state_dict())
+            if self.group.main:
+                atomic_save_tensors(self.out / "model.safetensors", self.model.state_dict())
         else:
             st.bad_epochs += 1
             if cfg.plateau:
                 st.lr_scale *= 0.5
-        log(f"epoch {epoch + 1}/{cfg.epochs}  step {st.step}  lr {lr:.3g}  "
-            f"valid {task.describe(valid)}{'' if improved else '  (no improvement)'}  "
-            f"[{format_seconds(st.train_seconds)} training]")
-        checkpoint(out, model, optimizer, task, st, carry)
-        if reason:
-            return reason
-        if cfg.patience and st.bad_epochs >= cfg.patience:
-            return f"no improvement for {cfg.patience} epochs"
-    return f"completed {cfg.epochs} epochs"
+        self.log(f"epoch {epoch + 1}/{cfg.epochs}  step {st.step}  lr {self.lr:.3g}  "
+                 f"valid {task.describe(valid)}{'' if improved else '  (no improvement)'}  "
+                 f"[{format_seconds(st.train_seconds)} training]")
+        self.checkpoint(carry)
+        signalled = bool(self.stop.signal)
+        if self.group.active:
+            signalled = distributed.any_rank([signalled], self.group)[0]
+        if signalled:
+            raise Interrupted(self.stop.signal or signal.SIGTERM, st.step)
+        return bool(reason) or bool(cfg.patience and st.bad_epochs >= cfg.patience)
+
+    def record(self, record: dict) -> None:
+        if self.group.main:
+            append_metrics(self.out / "metrics.jsonl", record, self.st)
+
+    def checkpoint(self, carry) -> None:
+        carry_tensors = self.task.carry_tensors(carry)
+        if self.group.active and carry_tensors:                 # every rank's streams
+            carry_tensors = distributed.gather_rows(carry_tensors, self.task.carry_dim,
+                                                    self.group)
+        if self.group.main:
+            checkpoint(self.out, self.model, self.optimizer, carry_tensors, self.st)
 
 
 def finish(cfg, out: Path, task: Task, model, st: TrainState, stopped: str, log) -> dict:
@@ -289,8 +457,8 @@ def finish(cfg, out: Path, task: Task, model, st: TrainState, stopped: str, log)
     load_state_into(model, read_tensors(out / "model.safetensors"), out / "model.safetensors")
     test = task.evaluate(model, "test")
     results = {"task": cfg.task, "stopped": stopped, "steps": st.step, "epochs": st.epoch,
-               "train_seconds": round(st.train_seconds, 1), "valid": st.best_metrics,
-               "test": test}
+               "train_seconds": round(st.train_seconds, 1), "skipped_steps": st.skipped,
+               "valid": st.best_metrics, "test": test}
     append_metrics(out / "metrics.jsonl", {"step": st.step, "final": True, "test": test})
     task.figures(model, out)
     atomic_write_json(out / "config.json", cfg.to_json())       # figures may add to meta

@@ -18,6 +18,10 @@ class Task:
     # the validation metric that picks the best model, and whether higher is better
     select_by: str = "loss"
     higher_is_better: bool = False
+    # the batch dimension of each tensor of a training batch, and of a carried state (for
+    # splitting a batch over processes in distributed training)
+    batch_dims: tuple[int, ...] = (1, 0)
+    carry_dim: int = 1
 
     def __init__(self, cfg: Config, for_training: bool = True):
         self.cfg = cfg
@@ -42,6 +46,10 @@ class Task:
         """The mean loss of one batch, and what carries over to the next (a recurrent state
         for truncated BPTT, else None)."""
         raise NotImplementedError
+
+    def batch_units(self, batch) -> float:
+        """How many terms a batch's mean loss averages over (examples, tokens or frames)."""
+        return next(t.shape[d] for t, d in zip(batch, self.batch_dims) if isinstance(t, Tensor))
 
     def loss_weight(self, batch) -> float:
         """What the trainer multiplies a batch's mean loss by before backpropagating it."""

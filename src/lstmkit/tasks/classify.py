@@ -33,6 +33,7 @@ class NamesTask(Task):
     # still climbs
     select_by = "accuracy"
     higher_is_better = True
+    batch_dims = (1, 0, 0)                  # tokens (L, N), lengths (N,), labels (N,)
 
     def __init__(self, cfg, for_training=True):
         super().__init__(cfg)

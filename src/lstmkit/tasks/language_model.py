@@ -38,6 +38,7 @@ def segments(data: torch.Tensor, bptt: int):
 class LanguageModelTask(Task):
     select_by = "loss"
     tokens_name = "token"
+    batch_dims = (1, 1)                     # inputs and targets (L, N)
 
     def __init__(self, cfg, for_training=True):
         super().__init__(cfg)
@@ -67,8 +68,11 @@ class LanguageModelTask(Task):
 
     def train_step(self, model, batch, carry):
         x, y = batch
-        loss, state = model.loss(x, y, carry)
+        loss, state = model(x, carry, targets=y)       # through forward: DDP sees it
         return loss, detach_state(state)
+
+    def batch_units(self, batch):
+        return batch[1].numel()
 
     def loss_weight(self, batch):
         # Zaremba et al. sum the loss over the unrolled steps (mean over the batch): with SGD

@@ -76,17 +76,20 @@ class LanguageModel(nn.Module):
                 raise ValueError(f"tied weights need embed == hidden, got {embed} and {hidden}")
             self.decoder.weight = self.embed.weight
 
-    def forward(self, tokens: Tensor, state=None):
+    def forward(self, tokens: Tensor, state=None, targets: Tensor | None = None):
+        """Scores (L, N, V) and the final state; given targets (L, N), instead the mean
+        cross-entropy (nats per token) of predicting them, with the decoder and the loss run as
+        one step (lstmkit.losses)."""
         out, state = self.rnn(self.drop(self.embed(tokens)), state)
-        return self.decoder(self.drop(out)), state
+        h = self.drop(out)
+        if targets is None:
+            return self.decoder(h), state
+        return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.decoder.weight,
+                                    self.decoder.bias, targets.reshape(-1)), state
 
     def loss(self, tokens: Tensor, targets: Tensor, state=None):
-        """Mean cross-entropy (nats per token) of predicting targets (L, N) from tokens (L, N),
-        and the final state; the decoder and the loss run as one step (lstmkit.losses)."""
-        out, state = self.rnn(self.drop(self.embed(tokens)), state)
-        h = self.drop(out).reshape(-1, out.shape[-1])
-        return linear_cross_entropy(h, self.decoder.weight, self.decoder.bias,
-                                    targets.reshape(-1)), state
+        """(mean cross-entropy of targets (L, N), final state)."""
+        return self(tokens, state, targets)
 
 
 class SequenceRegressor(nn.Module):

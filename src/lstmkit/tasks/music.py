@@ -74,6 +74,11 @@ class JSBTask(Task):
         for start in range(0, len(order), self.cfg.batch_size):
             yield batch_of([train[i] for i in order[start : start + self.cfg.batch_size]])
 
+    batch_dims = (1, 1, 0)                  # inputs, targets (L, N, 88), lengths (N,)
+
+    def batch_units(self, batch):
+        return int(batch[2].sum())          # the loss is a mean over frames
+
     def train_step(self, model, batch, carry):
         total, frames = nll_sum(model, batch)
         return total / frames, None

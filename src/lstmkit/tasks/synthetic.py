@@ -72,6 +72,10 @@ class AddingTask(SyntheticTask):
 
 class CopyTask(SyntheticTask):
     name = "copy"
+    batch_dims = (1, 1)                     # symbols and targets (T, N)
+
+    def batch_units(self, batch):
+        return batch[1].numel()
 
     def make(self, batch, generator):
         return copy_task(batch, self.cfg.length, generator, COPY_SYMBOLS, COPY_LENGTH)
