@@ -8,7 +8,115 @@ needs to rebuild its model (vocabulary, class names, scaling).
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
+
+OPTIMIZERS = ("adam", "sgd")
+INITS = ("default", "unit-forget", "chrono", "orthogonal")
+INT_MAX = 2**31 - 1                 # sizes and counts end up as C ints in torch
+MAX_THREADS = 1024
+# integer fields and their least value; the others may be any integer from 0 up
+AT_LEAST_ONE = ("hidden", "layers", "embed", "epochs", "batch_size", "bptt", "steps_per_epoch",
+                "length", "window", "horizon", "max_nonfinite")
+# float fields that must be > 0 (the others must be >= 0); dropout is in [0, 1)
+POSITIVE_FLOATS = ("lr", "lr_decay")
+# what a task needs in meta to rebuild its model without its training data
+REBUILD_META = {"names": "languages", "ptb": "vocab", "chars": "vocab", "forecast": "transform"}
+_MISSING = object()
+
+
+def _show(value) -> str:
+    """A value for an error message: its repr, cut short, and its JSON-ish type."""
+    if value is _MISSING:
+        return "nothing"
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+    return f"{text} ({kind})"
+
+
+class ConfigError(ValueError):
+    """A configuration value of the wrong type or out of range.
+
+    ``field`` names it (``meta.transform.std`` for an entry of meta), ``expected`` says what it
+    must be; the message is "<field> must be <expected>, got <value> (<type>)".
+    """
+
+    def __init__(self, field: str, expected: str, got=_MISSING):
+        self.field, self.expected, self.value, self.got = field, expected, got, _show(got)
+        super().__init__(f"{field} must be {expected}, got {self.got}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _matches(value, hint) -> bool:
+    """value has the annotated type; an int is a float, a bool is not an int."""
+    if isinstance(hint, types.UnionType):
+        return any(_matches(value, h) for h in hint.__args__)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return _is_number(value)
+    if hint is int:
+        return _is_int(value)
+    return isinstance(value, hint)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               dict: "an object"}
+
+
+def _type_name(hint) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join("null" if h is type(None) else _TYPE_NAMES[h] for h in hint.__args__)
+    return _TYPE_NAMES[hint]
+
+
+def _check_meta(task: str, meta: dict, rebuild: bool) -> None:
+    """The entries of meta that rebuild a task's model (see REBUILD_META), when present or,
+    with rebuild, always."""
+    def nonempty_strings(key):
+        value = meta[key]
+        if not isinstance(value, list) or not value or \
+                not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"meta.{key}", "a non-empty list of strings", value)
+
+    needed = REBUILD_META.get(task)
+    if rebuild and needed and needed not in meta:
+        raise ConfigError(f"meta.{needed}", f"present (the {task} task rebuilds its model from "
+                          "it; a run folder's config.json written by `lstmkit train` has it)")
+    if task == "names" and "languages" in meta:
+        nonempty_strings("languages")
+    if task in ("ptb", "chars") and "vocab" in meta:
+        nonempty_strings("vocab")
+    if task == "forecast":
+        if "transform" in meta:
+            t = meta["transform"]
+            keys = ["difference", "log", "mean", "std"]
+            if not isinstance(t, dict) or sorted(t) != keys:
+                raise ConfigError("meta.transform", f"an object with keys {', '.join(keys)}",
+                                  t)
+            if not isinstance(t["log"], bool):
+                raise ConfigError("meta.transform.log", "true or false", t["log"])
+            if not _is_int(t["difference"]) or not 0 <= t["difference"] <= INT_MAX:
+                raise ConfigError("meta.transform.difference", f"an integer in 0..{INT_MAX}",
+                                  t["difference"])
+            if not _is_number(t["mean"]) or not math.isfinite(t["mean"]):
+                raise ConfigError("meta.transform.mean", "a finite number", t["mean"])
+            if not _is_number(t["std"]) or not (math.isfinite(t["std"]) and t["std"] > 0):
+                raise ConfigError("meta.transform.std", "a finite number > 0", t["std"])
+        r = meta.get("residual_std")
+        if "residual_std" in meta and not (_is_number(r) and math.isfinite(r) and r >= 0):
+            raise ConfigError("meta.residual_std", "a finite number >= 0", r)
 
 
 @dataclass
@@ -65,14 +173,66 @@ class Config:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self, rebuild: bool = False) -> None:
+        """Raise ConfigError for the first field whose type does not match its annotation or
+        whose value is out of range. With ``rebuild``, meta must also hold what the task needs
+        to rebuild its model (a run folder's config.json)."""
+        from .layers import ENGINES
+        from .tasks.models import CELLS
+
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _matches(value, hints[f.name]):
+                raise ConfigError(f.name, _type_name(hints[f.name]), value)
+        choices = {"task": tuple(TASK_DEFAULTS), "cell": CELLS, "optimizer": OPTIMIZERS,
+                   "init": INITS, "engine": ENGINES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"one of {', '.join(allowed)}", getattr(self, name))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hints[f.name] is int:
+                low = 1 if f.name in AT_LEAST_ONE else 0
+                high = MAX_THREADS if f.name == "threads" else INT_MAX
+                if not low <= value <= high:
+                    raise ConfigError(f.name, f"at least {low}" if value < low
+                                      else f"at most {high}", value)
+            elif hints[f.name] is float:
+                if f.name == "dropout":
+                    ok, expected = 0 <= value < 1, "in [0, 1)"
+                elif f.name in POSITIVE_FLOATS:
+                    ok, expected = value > 0, "positive"
+                else:
+                    ok, expected = value >= 0, "at least 0"
+                if not math.isfinite(value):
+                    ok, expected = False, "a finite number"
+                if not ok:
+                    raise ConfigError(f.name, expected, value)
+        _check_meta(self.task, self.meta, rebuild)
+
     @classmethod
-    def from_json(cls, obj: dict) -> Config:
+    def from_json(cls, obj) -> Config:
+        """The Config of a run folder's config.json (parsed), validated with ``rebuild``.
+
+        Raises ValueError (ConfigError for a bad value) naming the field, what it must be and
+        what it is.
+        """
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a JSON object of configuration fields, got "
+                             f"{_show(obj)}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(obj) - names)
-        if unknown or "task" not in obj:
-            raise ValueError(f"config.json: unknown keys {unknown}" if unknown
-                             else "config.json: no task")
-        return cls(**obj)
+        if unknown:
+            shown = ", ".join(_show(k).removesuffix(" (string)") for k in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise ValueError(f"unknown fields {shown}{more}; expected only the fields "
+                             "lstmkit writes")
+        if "task" not in obj:
+            raise ConfigError("task", f"present, one of {', '.join(TASK_DEFAULTS)}")
+        cfg = cls(**obj)
+        cfg.validate(rebuild=True)
+        return cfg
 
 
 # Options a resumed run may change; everything else is fixed by its config.json.
@@ -89,7 +249,7 @@ TASK_DEFAULTS: dict[str, dict] = {
                 decay_after=4, sum_over_steps=True),
     # character model of a text (Tiny Shakespeare by default)
     "chars": dict(cell="lstm", embed=64, hidden=512, layers=2, dropout=0.25, lr=2e-3,
-                  epochs=20, batch_size=64, bptt=100, clip=1.0),
+                  epochs=20, batch_size=64, bptt=100, clip=1.0, lr_decay=0.85, decay_after=4),
     "forecast": dict(cell="lstm", hidden=32, layers=1, lr=5e-3, epochs=300, batch_size=16,
                      window=24, horizon=12, clip=1.0, patience=60),
     "adding": dict(cell="lstm", hidden=128, lr=1e-3, epochs=30, batch_size=64,

@@ -30,7 +30,8 @@ def solved_at(records: list[dict], task: str) -> int | None:
 
 def lags(out: str | Path, task: str = "adding", cells=("rnn", "lstm", "gru", "peephole",
          "coupled"), lengths=(50, 100, 200, 400), steps: int = 3000, hidden: int = 128,
-         init: str = "default", seed: int = 0, log=print) -> str:
+         init: str = "default", seed: int = 0, engine: str = "auto", threads: int = 0,
+         log=print) -> str:
     """Run the grid into `out` (one run folder per cell and T); returns a markdown report."""
     out = Path(out)
     epochs = max(1, steps // 100)
@@ -41,7 +42,8 @@ def lags(out: str | Path, task: str = "adding", cells=("rnn", "lstm", "gru", "pe
             if not (run / "results.json").exists():
                 cfg = dataclasses.replace(defaults_for(task), cell=cell, length=T, hidden=hidden,
                                           epochs=epochs, steps_per_epoch=100, init=init,
-                                          seed=seed, patience=0)
+                                          seed=seed, patience=0, engine=engine,
+                                          threads=threads)
                 log(f"-- {task} T={T} {cell}: {steps} steps -> {run}")
                 train(cfg, run, log=log)
             records = read_metrics(run / "metrics.jsonl")
