@@ -200,9 +200,13 @@ def test_explain_prints_the_worked_unit():
 
 
 def test_gradflow_table_and_plot(tmp_path):
-    out = lstmkit("gradflow", "--length", 20, "--hidden", 8, "--out", tmp_path).stdout
+    out = lstmkit("gradflow", "--length", 20, "--hidden", 8, "--train-steps", 30, "--out",
+                  tmp_path).stdout
     assert "| rnn | mean norm dL/dh_{T-k} |" in out and "| lstm | mean norm dL/dc_{T-k} |" in out
-    assert (tmp_path / "gradflow.png").stat().st_size > 1000
+    assert "after 30 Adam steps on the adding problem" in out
+    assert out.count("| gru | mean spectral norm dh_T/dh_{T-k} |") == 2     # fresh and trained
+    for name in ("gradflow.png", "gradflow-trained.png"):
+        assert (tmp_path / name).stat().st_size > 1000
     assert (tmp_path / "gradflow.md").read_text().startswith("Gradient flow")
 
 

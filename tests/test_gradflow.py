@@ -197,3 +197,21 @@ def test_errors_are_plain():
         gradflow.lstm_cell_path_product(lstmkit.GRU(I, H, dtype=DT), x, 0)
     with pytest.raises(ValueError, match="unknown cells"):
         gradflow.compare_cells(cells=("lstm", "transformer"))
+
+
+def test_trained_cells_measure_the_task_loss_gradient():
+    """After training, the curves follow the task's own loss back; training changes them."""
+    from lstmkit.analysis.gradflow import trained_cells
+
+    trained = trained_cells(("rnn", "lstm"), length=12, hidden=8, steps=40, batch=16)
+    assert set(trained["cells"]) == {"rnn", "lstm"} and set(trained["mse"]) == {"rnn", "lstm"}
+    for name, curves in trained["cells"].items():
+        assert curves["grad_h"].shape == (13,) and (curves["grad_h"] > 0).all()
+        assert 0 < trained["mse"][name] < 1.0
+    assert "grad_c" in trained["cells"]["lstm"] and "grad_c" not in trained["cells"]["rnn"]
+    with pytest.raises(ValueError, match="unknown cells"):
+        trained_cells(("transformer",), length=4, steps=1)
+    untrained = trained_cells(("lstm",), length=12, hidden=8, steps=0, batch=16)
+    assert untrained["mse"]["lstm"] != trained["mse"]["lstm"]
+    assert not np.allclose(untrained["cells"]["lstm"]["jacobian"],
+                           trained["cells"]["lstm"]["jacobian"])

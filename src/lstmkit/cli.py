@@ -26,6 +26,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> None:
+    # one line even when a path or a value from a hostile file holds line breaks
+    message = " ".join(part.strip() for part in message.splitlines())
     sys.stderr.write(f"lstmkit: error: {message}\n")
     raise SystemExit(2)
 
@@ -156,13 +158,19 @@ def train_command(args) -> None:
     given = {dest: getattr(args, dest) for _, dest, *_ in TRAIN_OPTIONS
              if getattr(args, dest) is not None}
     if args.resume and (Path(args.out) / "config.json").exists():
-        cfg = Config.from_json(read_json(Path(args.out) / "config.json"))
+        path = Path(args.out) / "config.json"
+        obj = read_json(path)                    # its errors name the file
+        try:
+            cfg = Config.from_json(obj)
+        except ValueError as e:
+            fail(f"{path}: {e}")
         if cfg.task != args.task:
             fail(f"{args.out} holds a {cfg.task!r} run, not {args.task!r}")
         fixed = sorted(k for k, v in given.items() if k not in RESUMABLE and getattr(cfg, k) != v)
         if fixed:
             fail(f"a resumed run keeps its configuration; cannot change "
                  f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
+        check_checkpoint(cfg, Path(args.out))
     else:
         cfg = defaults_for(args.task)
     cfg = dataclasses.replace(cfg, **given)
@@ -171,38 +179,89 @@ def train_command(args) -> None:
 
 
 def check_config(cfg: Config) -> None:
-    if cfg.cell not in CELLS:
-        fail(f"--cell must be one of {', '.join(CELLS)}, got {cfg.cell!r}")
-    positive = ("hidden", "layers", "epochs", "batch_size", "bptt", "steps_per_epoch", "length",
-                "window", "horizon")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.max_nonfinite < 1:
-        fail(f"--max-nonfinite must be at least 1, got {cfg.max_nonfinite}")
-    if cfg.lr <= 0:
-        fail(f"--lr must be positive, got {cfg.lr}")
-    if not 0 <= cfg.dropout < 1:
-        fail(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    """One line naming the option (or config field) whose type or value is wrong."""
+    from .config import ConfigError
+
+    flags = {dest: flag for flag, dest, *_ in TRAIN_OPTIONS}
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        name = flags.get(e.field, f"config field {e.field}")
+        shown = repr(e.value) if len(repr(e.value)) <= 60 else repr(e.value)[:57] + "..."
+        fail(f"{name} must be {e.expected}, got {shown}")
+
+
+def build_skeleton(task):
+    """The task's model on the meta device: its shapes and dtypes without memory, so that a
+    damaged config.json asking for a huge model is caught before anything is allocated."""
+    import torch
+
+    with torch.device("meta"):
+        return task.build_model()
+
+
+def check_checkpoint(cfg: Config, out: Path) -> None:
+    """Before resuming: the newest checkpoint (if any) must be readable and fit cfg's model,
+    else one line (so that a damaged folder fails before training data and model are built)."""
+    from .runio import check_optimizer_files, check_state, load_checkpoint
+    from .tasks import make_task
+    from .train import make_optimizer
+
+    if not (out / "checkpoint" / "latest.json").exists():
+        return                                  # killed before the first one: starts afresh
+    tensors, meta = load_checkpoint(out)
+    try:
+        skeleton = build_skeleton(make_task(cfg, for_training=False))
+    except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as e:
+        fail(f"{out / 'config.json'}: cannot rebuild the model from it "
+             f"({type(e).__name__}: {e})")
+    check_state(skeleton.state_dict(),
+                {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+                out / "checkpoint")
+    check_optimizer_files(make_optimizer(skeleton, cfg), tensors, meta["optimizer"],
+                          f"the optimizer state in {out / 'checkpoint'}")
+    carry = [tensors[k] for k in sorted(tensors) if k.startswith("carry.")]
+    expected = (cfg.layers, cfg.batch_size, cfg.hidden)
+    count = 2 if cfg.cell in ("lstm", "peephole", "coupled") else 1
+    if carry and (cfg.task not in ("ptb", "chars") or len(carry) != count
+                  or any(tuple(t.shape) != expected for t in carry)):
+        fail(f"{out / 'checkpoint'}: the carried state is {len(carry)} tensor(s) of shape "
+             f"{tuple(carry[0].shape)}, expected {count} of shape {expected} for this run")
 
 
 # ---------------------------------------------------------------------- using a run
 def load_run(run_dir: str, for_training: bool = False):
     """(cfg, task, model) of a run folder, the model holding its best weights."""
-    from .runio import load_state_into, read_json, read_tensors
+    from .runio import check_state, load_state_into, read_json, read_tensors
     from .tasks import make_task
 
     folder = Path(run_dir)
     if not folder.is_dir():
         fail(f"{run_dir} is not a folder; give the --out folder of a `lstmkit train` run")
+    obj = read_json(folder / "config.json")     # its errors name the file
     try:
-        cfg = Config.from_json(read_json(folder / "config.json"))
-    except (TypeError, ValueError) as e:
+        cfg = Config.from_json(obj)
+    except ValueError as e:
         fail(f"{folder / 'config.json'}: {e}")
-    task = make_task(cfg, for_training=for_training)
+    weights = folder / "model.safetensors"
+    tensors = read_tensors(weights)             # never unpickled: safetensors only
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:                                     # damaged, or diverged: sampling would crash
+        fail(f"{weights} holds NaN or infinite values (in {', '.join(bad[:3])[:200]}); the "
+             "file is damaged")
+    if for_training:                            # reads the training data named by config.json
+        task = make_task(cfg, for_training=True)
+    try:
+        if not for_training:
+            task = make_task(cfg, for_training=False)
+        skeleton = build_skeleton(task)
+    except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as e:
+        fail(f"{folder / 'config.json'}: cannot rebuild the model from it "
+             f"({type(e).__name__}: {e})")
+    # shapes first: a model bigger than its file is never allocated
+    check_state(skeleton.state_dict(), tensors, weights)
     model = task.build_model()
-    load_state_into(model, read_tensors(folder / "model.safetensors"),
-                    folder / "model.safetensors")
+    load_state_into(model, tensors, weights)
     model.eval()
     return cfg, task, model
 
@@ -214,6 +273,8 @@ def evaluate_command(args) -> None:
 
 
 def predict_command(args) -> None:
+    if args.top < 1:
+        fail(f"--top must be at least 1, got {args.top}")
     cfg, task, model = load_run(args.run)
     if cfg.task != "names":
         fail(f"predict is for names runs; {args.run} is a {cfg.task!r} run")
@@ -239,6 +300,10 @@ def forecast_command(args) -> None:
         fail(f"forecast is for forecast runs; {args.run} is a {cfg.task!r} run")
     if args.horizon < 1:
         fail(f"--horizon must be at least 1, got {args.horizon}")
+    if not cfg.meta.get("residual_std"):          # written when training finishes
+        fail(f"{args.run} holds an unfinished forecast run (config.json has no "
+             f"meta.residual_std for the interval); finish it with `lstmkit train forecast "
+             f"--out {args.run} --resume`")
     path = args.csv or cfg.path
     column = args.value_column or (cfg.value_column if path == cfg.path else None)
     series = load_series(path, column, None, cfg.data_dir, test_size=0, valid_size=0)
@@ -268,12 +333,14 @@ def explain_command(args) -> None:
 
 
 def gradflow_command(args) -> None:
-    from .analysis.gradflow import compare_cells, exploding_demo, format_table
+    from .analysis.gradflow import compare_cells, exploding_demo, format_table, trained_cells
     from .runio import atomic_write_bytes
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     if args.length < 2:
         fail(f"--length must be at least 2, got {args.length}")
+    if args.train_steps < 0:
+        fail(f"--train-steps must be 0 or more, got {args.train_steps}")
     result = compare_cells(cells, length=args.length, hidden=args.hidden, seed=args.seed)
     table = format_table(result)
     boom = exploding_demo(hidden=args.hidden, length=args.length, seed=args.seed)
@@ -283,6 +350,14 @@ def gradflow_command(args) -> None:
              f"{boom['rate']:.2f}x per step back; the gradient norm {boom['total_norm']:.3g} "
              f"becomes {boom['clipped_norm']:.3g} after clip_grad_norm_(max_norm="
              f"{boom['max_norm']:g}), direction kept (cosine {boom['cosine']:.4f})."]
+    trained = None
+    if args.train_steps:
+        trained = trained_cells(cells, length=args.length, hidden=args.hidden,
+                                steps=args.train_steps, seed=args.seed)
+        mse = ", ".join(f"{name} {v:.4f}" for name, v in trained["mse"].items())
+        lines += ["", f"The same cells after {args.train_steps} Adam steps on the adding problem "
+                  f"at T = {args.length} (loss = the task's MSE; test MSE: {mse}; predicting 1 "
+                  "scores 0.167):", "", format_table(trained)]
     print("\n".join(lines))
     if args.out:
         from . import plots
@@ -293,8 +368,17 @@ def gradflow_command(args) -> None:
         series["rnn, W_hh = 3 x orthogonal"] = boom["grad_h"]
         plots.curves(series, out / "gradflow.png", "steps back k", "mean gradient norm",
                      f"dL/dh_(T-k), dL/dc_(T-k); fresh cells, T = {args.length}", log_y=True)
+        written = [out / "gradflow.png"]
+        if trained:
+            series = {f"{name} {key}": curve for name, curves in trained["cells"].items()
+                      for key, curve in curves.items() if key != "jacobian"}
+            plots.curves(series, out / "gradflow-trained.png", "steps back k",
+                         "mean gradient norm", f"dL/dh_(T-k), dL/dc_(T-k); trained on adding, "
+                         f"T = {args.length}", log_y=True)
+            written.append(out / "gradflow-trained.png")
         atomic_write_bytes(out / "gradflow.md", ("\n".join(lines) + "\n").encode())
-        print(f"\nwrote {out / 'gradflow.png'} and {out / 'gradflow.md'}")
+        written.append(out / "gradflow.md")
+        print(f"\nwrote {', '.join(map(str, written))}")
 
 
 def experiment_command(args) -> None:
@@ -306,7 +390,7 @@ def experiment_command(args) -> None:
         fail(f"--cells: unknown {unknown}; expected some of {', '.join(CELLS)}")
     lengths = tuple(int(v) for v in args.lengths.split(","))
     print(lags(args.out, args.task, cells, lengths, args.steps, args.hidden, args.init,
-               args.seed))
+               args.seed, args.engine, args.threads))
 
 
 def demo_command(args) -> None:
@@ -376,7 +460,10 @@ def build_parser() -> Parser:
     p.add_argument("--length", type=int, default=100, help="sequence length T")
     p.add_argument("--hidden", type=int, default=32, help="hidden units")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
-    p.add_argument("--out", help="folder for gradflow.png and gradflow.md")
+    p.add_argument("--train-steps", type=int, default=1000,
+                   help="also measure the cells after this many Adam steps on the adding "
+                   "problem at T = --length (0 = fresh cells only)")
+    p.add_argument("--out", help="folder for gradflow.png, gradflow-trained.png, gradflow.md")
     p.set_defaults(func=gradflow_command)
 
     p = sub.add_parser("experiment", help="grids of runs: long time lags")
@@ -390,6 +477,9 @@ def build_parser() -> Parser:
     p.add_argument("--init", default="default", help="default, unit-forget, chrono or "
                    "orthogonal")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", default="auto", choices=("auto", "python", "torch", "compiled"),
+                   help="the layers' engine (same numbers, different speed)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = default)")
     p.add_argument("--out", default="runs/lags", help="folder for the runs and the report")
     p.set_defaults(func=experiment_command)
 

@@ -17,7 +17,7 @@ OPTIMIZERS = ("adam", "sgd")
 INITS = ("default", "unit-forget", "chrono", "orthogonal")
 INT_MAX = 2**31 - 1                 # sizes and counts end up as C ints in torch
 MAX_THREADS = 1024
-# integer fields and their least value; the others may be any integer from 0 up
+# integer fields that must be at least 1; the others at least 0 (all at most INT_MAX)
 AT_LEAST_ONE = ("hidden", "layers", "embed", "epochs", "batch_size", "bptt", "steps_per_epoch",
                 "length", "window", "horizon", "max_nonfinite")
 # float fields that must be > 0 (the others must be >= 0); dropout is in [0, 1)
@@ -102,7 +102,7 @@ def _check_meta(task: str, meta: dict, rebuild: bool) -> None:
         if "transform" in meta:
             t = meta["transform"]
             keys = ["difference", "log", "mean", "std"]
-            if not isinstance(t, dict) or sorted(t) != keys:
+            if not isinstance(t, dict) or set(t) != set(keys):
                 raise ConfigError("meta.transform", f"an object with keys {', '.join(keys)}",
                                   t)
             if not isinstance(t["log"], bool):

@@ -9,9 +9,14 @@ the old one, so a kill at any moment leaves the previous complete file readable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import random
+import re
 import tempfile
+import typing
 from pathlib import Path
 
 import torch
@@ -52,30 +57,49 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> N
     atomic_write_bytes(path, save(tensors))
 
 
+def _not_a_file(path: Path) -> str:
+    if not path.exists():
+        return f"{path} does not exist"
+    if path.is_dir():
+        return f"{path} is a directory, not a file"
+    return f"{path} is a special file (a FIFO, device or socket), not a regular file"
+
+
 def read_json(path: str | Path) -> dict:
+    """The parsed JSON of a file; RunError if it is missing, not a regular file (a FIFO would
+    block), not UTF-8 or not JSON."""
     path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path} does not exist; is {path.parent} a run folder made by "
+                       "`lstmkit train ... --out DIR`?")
+    if not path.is_file():
+        raise RunError(_not_a_file(path))
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{path} does not exist; is {path.parent} a run folder made by "
-                       "`lstmkit train ... --out DIR`?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{path} is not readable JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:   # ValueError: also JSONDecodeError
+        hint = ("; it starts with a UTF-16 byte-order mark, lstmkit writes UTF-8"
+                if isinstance(e, UnicodeDecodeError) and e.object[:2] in (b"\xff\xfe", b"\xfe\xff")
+                else "")
+        raise RunError(f"{path} is not readable JSON ({e}{hint})") from None
+    except RecursionError:
+        raise RunError(f"{path} is not readable JSON (nested too deeply)") from None
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (never unpickled); RunError if it is missing, not a
+    regular file, or not a complete safetensors file."""
     path = Path(path)
     if not path.is_file():
-        raise RunError(f"{path} does not exist or is not a file")
+        raise RunError(_not_a_file(path))
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise RunError(f"{path} is not a readable safetensors file ({e})") from None
 
 
-def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where) -> None:
-    """Copy tensors into module's state_dict, naming every missing, extra or misshapen entry."""
-    own = module.state_dict()
+def check_state(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], where) -> None:
+    """RunError naming every entry of tensors that is missing, extra or of another shape or
+    dtype than in the state_dict own (whose tensors may live on the meta device)."""
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
     wrong = [f"{k}: expected {tuple(own[k].shape)} {own[k].dtype}, got "
@@ -83,10 +107,22 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], w
              for k in sorted(set(own) & set(tensors))
              if own[k].shape != tensors[k].shape or own[k].dtype != tensors[k].dtype]
     if missing or extra or wrong:
-        problems = ([f"missing {', '.join(missing)}"] if missing else []) + \
-            ([f"unexpected {', '.join(extra)}"] if extra else []) + wrong
+        problems = ([f"missing {_names(missing)}"] if missing else []) + \
+            ([f"unexpected {_names(extra)}"] if extra else []) + wrong[:5] + \
+            ([f"{len(wrong) - 5} more of another shape or dtype"] if len(wrong) > 5 else [])
         raise RunError(f"{where} does not match the model of its config.json: "
                        + "; ".join(problems))
+
+
+def _names(keys: list[str], shown: int = 8) -> str:
+    """Some tensor names for a message: a hostile file may hold millions."""
+    text = ", ".join(repr(k)[1:-1][:80] for k in keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where) -> None:
+    """Copy tensors into module's state_dict, naming every missing, extra or misshapen entry."""
+    check_state(module.state_dict(), tensors, where)
     module.load_state_dict(tensors)
 
 
@@ -104,15 +140,78 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": sd["param_groups"], "state": state_json}
 
 
+# state every parameter with any state must have, for the optimizers lstmkit makes
+_OPTIMIZER_STATE = {torch.optim.Adam: {"step", "exp_avg", "exp_avg_sq"}}
+
+
 def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    """Load what optimizer_to_files wrote into optimizer (see check_optimizer_files)."""
+    state = check_optimizer_files(optimizer, tensors, meta)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def check_optimizer_files(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict,
+                          where="the checkpoint's optimizer state") -> dict[int, dict]:
+    """The optimizer state_dict's "state" from optimizer_to_files' output, or RunError (naming
+    the entry) for state that does not fit optimizer: a parameter index out of range, a tensor
+    of another shape or dtype than its parameter, state missing, a parameter group of other
+    keys or kinds of values. optimizer's parameters may live on the meta device."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict] = {}
     for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
+        if not name.startswith("optimizer."):
+            continue
+        match = re.fullmatch(r"optimizer\.([0-9]{1,9})\.(\w+)", name)
+        if not match or int(match[1]) >= len(params):
+            raise RunError(f"{where}: tensor {name[:80]!r} names no parameter of the model "
+                           f"(expected optimizer.<0..{len(params) - 1}>.<name>)")
+        p = params[int(match[1])]
+        if value.dtype != p.dtype or value.dim() and value.shape != p.shape:
+            raise RunError(f"{where}: {name} is {tuple(value.shape)} {value.dtype}, expected "
+                           f"{tuple(p.shape)} {p.dtype} like its parameter (or a scalar)")
+        state.setdefault(int(match[1]), {})[match[2]] = value
+    if not isinstance(meta.get("state"), dict) or not isinstance(meta.get("param_groups"), list):
+        raise RunError(f"{where}: expected an object with 'state' and 'param_groups'")
     for idx, entries in meta["state"].items():
+        if not re.fullmatch(r"[0-9]{1,9}", idx) or int(idx) >= len(params) or \
+                not isinstance(entries, dict) or \
+                not all(v is None or _is_finite_number(v) for v in entries.values()):
+            raise RunError(f"{where}: entry {idx[:80]!r} is not the plain state of a parameter")
         state.setdefault(int(idx), {}).update(entries)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    required = _OPTIMIZER_STATE.get(type(optimizer), set())
+    keys = {frozenset(entries) for entries in state.values()}
+    if len(keys) > 1 or keys and not required <= set(next(iter(keys))):
+        raise RunError(f"{where}: parameters hold different state or lack some of "
+                       f"{', '.join(sorted(required))}")
+    _check_param_groups(optimizer.state_dict()["param_groups"], meta["param_groups"], where)
+    return state
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _check_param_groups(own: list[dict], saved: list, where: str) -> None:
+    """saved (from JSON) must have own's groups, keys, parameters and kinds of values."""
+    if len(saved) != len(own) or not all(isinstance(g, dict) for g in saved):
+        raise RunError(f"{where}: expected {len(own)} parameter group(s)")
+    for i, (mine, theirs) in enumerate(zip(own, saved)):
+        if set(theirs) != set(mine) or theirs["params"] != mine["params"]:
+            raise RunError(f"{where}: parameter group {i} has other keys or parameters than "
+                           "the optimizer of its config.json")
+        for key, value in mine.items():
+            got = theirs[key]
+            if isinstance(value, bool) or value is None:
+                ok = got is None or isinstance(got, bool)
+            elif isinstance(value, (tuple, list)):
+                ok = isinstance(got, list) and len(got) == len(value) and \
+                    all(_is_finite_number(v) for v in got)
+            else:
+                ok = _is_finite_number(got)
+            if not ok:
+                raise RunError(f"{where}: parameter group {i}: {key} is {str(got)[:40]!r}, "
+                               f"not like {value!r}")
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -132,10 +231,64 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict, meta: dict,
 
 
 def load_checkpoint(run_dir: str | Path) -> tuple[dict, dict]:
-    """(tensors, meta) of the newest complete checkpoint of a run folder."""
+    """(tensors, meta) of the newest complete checkpoint of a run folder.
+
+    Raises RunError unless latest.json names a checkpoint (``ckpt-<digits>``) whose files hold
+    the trainer's state, an optimizer state, and the random-number states lstmkit writes.
+    """
     folder = Path(run_dir) / "checkpoint"
     latest = read_json(folder / "latest.json")
-    name = latest.get("name")
-    if not isinstance(name, str) or "/" in name or not name.startswith("ckpt-"):
-        raise RunError(f"{folder / 'latest.json'} names no checkpoint")
-    return read_tensors(folder / f"{name}.safetensors"), read_json(folder / f"{name}.json")
+    name = latest.get("name") if isinstance(latest, dict) else None
+    if not isinstance(name, str) or not re.fullmatch(r"ckpt-[0-9]{1,18}", name):
+        raise RunError(f"{folder / 'latest.json'} names no checkpoint (expected an object with "
+                       "\"name\": \"ckpt-<step>\")")
+    tensors = read_tensors(folder / f"{name}.safetensors")
+    meta = read_json(folder / f"{name}.json")
+    where = folder / f"{name}.json"
+    if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict) or \
+            not isinstance(meta.get("optimizer"), dict):
+        raise RunError(f"{where}: expected an object with \"state\" and \"optimizer\" objects")
+    _check_train_state(meta["state"], where)
+    _check_rng(tensors.get("rng.torch"), folder / f"{name}.safetensors")
+    carry = sorted(k for k in tensors if k.startswith("carry."))
+    if carry and (carry != [f"carry.{i}" for i in range(len(carry))] or
+                  any(tensors[k].dtype not in (torch.float32, torch.bfloat16) for k in carry)):
+        raise RunError(f"{folder / f'{name}.safetensors'}: the carried state {_names(carry)} "
+                       "is not carry.0, carry.1, ... of float32 or bfloat16")
+    return tensors, meta
+
+
+def _check_rng(state, where) -> None:
+    """state must be a CPU generator state torch accepts; tried, then the old one put back."""
+    if not isinstance(state, torch.Tensor):
+        raise RunError(f"{where} has no rng.torch (the random-number state)")
+    saved = torch.get_rng_state()
+    try:
+        torch.set_rng_state(state)
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise RunError(f"{where}: rng.torch is not a random-number state ({e})") from None
+    finally:
+        torch.set_rng_state(saved)
+
+
+def _check_train_state(state: dict, where) -> None:
+    """The trainer's state: TrainState's fields with their types, counts >= 0, and a Python
+    random state that random.setstate accepts."""
+    from .train import TrainState  # here, not at the top: train imports this module
+
+    hints = typing.get_type_hints(TrainState)
+    names = {f.name for f in dataclasses.fields(TrainState)}
+    for key, value in state.items():
+        hint = hints.get(key) if key in names else None
+        ok = {int: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+              float: isinstance(value, (int, float)) and not isinstance(value, bool),
+              dict: isinstance(value, dict), list: isinstance(value, list)}.get(hint, False)
+        if not ok:
+            kind = {int: "an integer >= 0", float: "a number", dict: "an object",
+                    list: "a list"}.get(hint, "a field of the trainer state")
+            raise RunError(f"{where}: state entry {key[:40]!r} is {str(value)[:40]!r}, not "
+                           f"{kind}")
+    try:
+        random.Random().setstate((3, tuple(state.get("python_random", [])), None))
+    except (TypeError, ValueError, OverflowError):
+        raise RunError(f"{where}: python_random is not a Python random state") from None

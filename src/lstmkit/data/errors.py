@@ -17,3 +17,10 @@ class MissingDataError(DataError):
 
 class ChecksumError(DataError):
     """A downloaded file's sha256 differs from the one recorded in the registry."""
+
+
+def shorten(value, limit: int = 60) -> str:
+    """repr(value) for a message, cut to about limit characters: a value read from a file may
+    be a line of megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -15,18 +15,23 @@ def read_utf8(path: str | Path, what: str = "file") -> str:
     file in the messages, e.g. "text corpus".
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist")
-    if not path.is_file():
-        raise DataError(f"{what} {path} is not a file" +
-                        (" but a directory" if path.is_dir() else ""))
-    raw = path.read_bytes()
+    try:
+        if not path.exists():
+            raise DataError(f"{what} {path} does not exist")
+        if not path.is_file():
+            raise DataError(f"{what} {path} is not a file" +
+                            (" but a directory" if path.is_dir() else ""))
+        raw = path.read_bytes()
+    except OSError as e:             # no permission, a name too long, a file gone meanwhile
+        raise DataError(f"{what} {path} cannot be read: {e.strerror or e}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{what} {path} is not valid UTF-8: byte 0x{raw[e.start]:02x} at byte "
-                        f"offset {e.start} (line {line}): {e.reason}") from None
+        hint = (" (it starts with a UTF-16 byte-order mark; save it as UTF-8)"
+                if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "")
+        raise DataError(f"{what} {path} is not valid UTF-8{hint}: byte 0x{raw[e.start]:02x} at "
+                        f"byte offset {e.start} (line {line}): {e.reason}") from None
     text = text.removeprefix("\ufeff")
     if not text:
         raise DataError(f"{what} {path} is empty")

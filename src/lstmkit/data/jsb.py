@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import DataError, shorten
 from .files import read_utf8
 from .store import require
 
@@ -29,10 +29,11 @@ def _piano_roll(chorale, where: str) -> Tensor:
     steps, keys = [], []
     for t, notes in enumerate(chorale):
         if not isinstance(notes, list):
-            raise DataError(f"{where}, step {t}: expected a list of MIDI notes, got {notes!r}")
+            raise DataError(f"{where}, step {t}: expected a list of MIDI notes, got "
+                            f"{shorten(notes)}")
         for note in notes:
             if type(note) is not int or not LOWEST_NOTE <= note <= HIGHEST_NOTE:
-                raise DataError(f"{where}, step {t}: note {note!r} is not a MIDI note "
+                raise DataError(f"{where}, step {t}: note {shorten(note)} is not a MIDI note "
                                 f"{LOWEST_NOTE}..{HIGHEST_NOTE} (an 88-key piano)")
             steps.append(t)
             keys.append(note - LOWEST_NOTE)
@@ -49,10 +50,14 @@ def load_piano_rolls(path: str | Path) -> dict[str, list[Tensor]]:
     """
     try:
         data = json.loads(read_utf8(path, "chorales file"))
-    except json.JSONDecodeError as e:
+    except DataError:
+        raise
+    except ValueError as e:                 # not JSON, or an integer of too many digits
         raise DataError(f"chorales file {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise DataError(f"chorales file {path} is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict) or any(s not in data for s in SPLITS):
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        found = shorten(sorted(data)) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"chorales file {path}: expected an object with keys "
                         f"{', '.join(SPLITS)}, got {found}")
     rolls = {}
@@ -66,5 +71,20 @@ def load_piano_rolls(path: str | Path) -> dict[str, list[Tensor]]:
 
 def load_jsb(data_dir: str | Path | None = None) -> dict[str, list[Tensor]]:
     """The JSB Chorales: 229 / 76 / 77 chorales with 13,807 / 4,602 / 4,725 time steps in
-    train / valid / test, each a (T, 88) float32 piano roll."""
-    return load_piano_rolls(require("jsb_chorales", data_dir) / "jsb-chorales-quarter.json")
+    train / valid / test, each a (T, 88) float32 piano roll.
+
+    As the jsb task trains and scores next-step prediction on them, raises DataError for a
+    split without chorales and for a chorale of fewer than 2 time steps.
+    """
+    path = require("jsb_chorales", data_dir) / "jsb-chorales-quarter.json"
+    rolls = load_piano_rolls(path)
+    for split, chorales in rolls.items():
+        if not chorales:
+            raise DataError(f"chorales file {path}: expected at least one chorale in "
+                            f"{split!r}, got none")
+        short = [i for i, roll in enumerate(chorales) if len(roll) < 2]
+        if short:
+            raise DataError(f"chorales file {path}, {split} chorale {short[0]}: expected at "
+                            f"least 2 time steps (an input and the next step to predict), "
+                            f"got {len(chorales[short[0]])}")
+    return rolls

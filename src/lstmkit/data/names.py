@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import DataError, shorten
 from .files import read_utf8
 from .store import require
 
@@ -40,7 +40,8 @@ def encode_name(name: str) -> Tensor:
     """
     ascii_name = transliterate(name)
     if not _LETTERS.intersection(ascii_name):
-        raise DataError(f"name {name!r} has no letters A-Z/a-z after transliteration to ASCII")
+        raise DataError(f"name {shorten(name)} has no letters A-Z/a-z after transliteration "
+                        "to ASCII")
     return torch.tensor([_INDEX[ch] for ch in ascii_name], dtype=torch.long)
 
 
@@ -74,7 +75,7 @@ def read_name_file(path: str | Path) -> list[str]:
     for number, line in enumerate(lines, start=1):
         ascii_name = transliterate(line)
         if not _LETTERS.intersection(ascii_name):
-            raise DataError(f"names file {path}, line {number}: {line!r} has no letters "
+            raise DataError(f"names file {path}, line {number}: {shorten(line)} has no letters "
                             "A-Z/a-z after transliteration to ASCII")
         names.append(ascii_name)
     return names
@@ -90,7 +91,11 @@ def load_name_lists(folder: str | Path, seed: int = 0, test_fraction: float = 0.
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     folder = Path(folder)
-    if not folder.is_dir():
+    try:
+        is_dir = folder.is_dir()
+    except OSError as e:                 # e.g. a name too long
+        raise DataError(f"names folder {folder} cannot be read: {e.strerror or e}") from None
+    if not is_dir:
         raise DataError(f"names folder {folder} is not a directory")
     files = sorted(folder.glob("*.txt"))
     if not files:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import DataError, shorten
 from .files import read_utf8
 from .store import require
 
@@ -68,7 +68,7 @@ def load_word_corpus(folder: str | Path, prefix: str,
             for word in line:
                 if word not in stoi:
                     raise DataError(f"{folder / f'{prefix}.{split}.txt'}, line {number}: word "
-                                    f"{word!r} is not in the vocabulary of the train split")
+                                    f"{shorten(word)} is not in the vocabulary of the train split")
         ids[split] = torch.tensor([stoi[w] for line in lines[split] for w in line],
                                   dtype=torch.long)
     return WordCorpus(list(stoi), stoi, ids["train"], ids["valid"], ids["test"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import DataError, shorten
 from .files import read_utf8
 from .store import require
 
@@ -40,7 +40,8 @@ class Series:
 def _column(header: list[str], column: str | int, path, role: str) -> int:
     """The index of column in header: a header name, or an index (negative counts from the
     end), also as a string such as "1" from a command line when no column has that name."""
-    listing = ", ".join(f"{i}: {name!r}" for i, name in enumerate(header))
+    listing = ", ".join(f"{i}: {name[:40]!r}" for i, name in enumerate(header[:20])) + \
+        (f" and {len(header) - 20} more" if len(header) > 20 else "")
     if isinstance(column, str) and column not in header and re.fullmatch(r"-?[0-9]+", column):
         column = int(column)
     if isinstance(column, int):
@@ -48,7 +49,7 @@ def _column(header: list[str], column: str | int, path, role: str) -> int:
             return column % len(header)
     elif column in header:
         return header.index(column)
-    raise DataError(f"CSV file {path} has no {role} column {column!r}; its columns are "
+    raise DataError(f"CSV file {path} has no {role} column {shorten(column)}; its columns are "
                     f"{listing}")
 
 
@@ -56,7 +57,11 @@ def _rows(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the data rows of a CSV file, each row with the file line it ends on;
     empty rows at the end are dropped."""
     reader = csv.reader(io.StringIO(read_utf8(path, "CSV file"), newline=""))
-    rows = [(reader.line_num, row) for row in reader]
+    try:
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as e:                  # e.g. a field longer than csv's limit
+        raise DataError(f"CSV file {path}, line {reader.line_num}: not readable as CSV: "
+                        f"{e}") from None
     while rows and not rows[-1][1]:
         rows.pop()
     if not rows:
@@ -66,15 +71,15 @@ def _rows(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
 
 def _value(cell: str | None, path, row: int, line: int, name: str) -> float:
     """A data cell as a finite float; row counts data rows from 1, line is the file's line."""
-    where = f"CSV file {path}, data row {row} (line {line}), column {name!r}"
+    where = f"CSV file {path}, data row {row} (line {line}), column {shorten(name)}"
     if cell is None or not cell.strip():
         raise DataError(f"{where}: missing value")
     try:
         value = float(cell)
     except ValueError:
-        raise DataError(f"{where}: {cell!r} is not a number") from None
+        raise DataError(f"{where}: {shorten(cell)} is not a number") from None
     if not math.isfinite(value):
-        raise DataError(f"{where}: {cell!r} is not a finite number")
+        raise DataError(f"{where}: {shorten(cell)} is not a finite number")
     return value
 
 
