@@ -185,3 +185,21 @@ def test_errors_are_plain():
         orthogonal_recurrent_(nn.Linear(I, H))
     with pytest.raises(ValueError, match="t_max"):
         chrono_init_(lstmkit.LSTM(I, H), 1)
+
+
+# ----------------------------------------------------------------------------- the trainer's --init
+def test_trainer_combines_chrono_and_orthogonal():
+    from lstmkit.config import defaults_for
+    from lstmkit.tasks import make_task
+    from lstmkit.train import initialise
+
+    cfg = defaults_for("adding")
+    cfg.hidden, cfg.length, cfg.init = H, 50, "chrono+orthogonal"
+    torch.manual_seed(0)
+    model = make_task(cfg).build_model()
+    initialise(model, cfg)
+    _assert_blocks_orthogonal(model.rnn.weight_hh_l0, 4)
+    b_f = forget_bias(model.rnn)[0]
+    assert torch.all((b_f >= 0) & (b_f <= math.log(cfg.length - 1) + 1e-6))    # log U[1, T-1]
+    i_rows = slice(0, H)
+    torch.testing.assert_close(model.rnn.bias_ih_l0[i_rows] + model.rnn.bias_hh_l0[i_rows], -b_f)

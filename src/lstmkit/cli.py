@@ -57,7 +57,8 @@ TRAIN_OPTIONS = [
     ("--bidirectional", "bidirectional", "flag", "names: read each name both ways", "model"),
     ("--tie", "tie", "flag", "language models: the decoder shares the embedding", "model"),
     ("--init-scale", "init_scale", float, "> 0: every parameter ~ U(-s, s)", "model"),
-    ("--init", "init", str, "default, unit-forget, chrono or orthogonal", "model"),
+    ("--init", "init", str, "default, unit-forget, chrono, orthogonal, unit-forget+orthogonal "
+     "or chrono+orthogonal", "model"),
     ("--engine", "engine", str, "auto, python or torch (see the README)", "model"),
     ("--optimizer", "optimizer", str, "adam or sgd", "optimisation"),
     ("--lr", "lr", float, "learning rate", "optimisation"),
@@ -474,8 +475,8 @@ def build_parser() -> Parser:
     p.add_argument("--lengths", default="50,100,200,400", help="comma-separated time lags T")
     p.add_argument("--steps", type=int, default=3000, help="Adam steps per run")
     p.add_argument("--hidden", type=int, default=128, help="hidden units (every cell)")
-    p.add_argument("--init", default="default", help="default, unit-forget, chrono or "
-                   "orthogonal")
+    p.add_argument("--init", default="default", help="default, unit-forget, chrono, "
+                   "orthogonal, unit-forget+orthogonal or chrono+orthogonal")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", default="auto", choices=("auto", "python", "torch", "compiled"),
                    help="the layers' engine (same numbers, different speed)")

@@ -14,7 +14,8 @@ import typing
 from dataclasses import dataclass, field
 
 OPTIMIZERS = ("adam", "sgd")
-INITS = ("default", "unit-forget", "chrono", "orthogonal")
+INITS = ("default", "unit-forget", "chrono", "orthogonal", "unit-forget+orthogonal",
+         "chrono+orthogonal")
 INT_MAX = 2**31 - 1                 # sizes and counts end up as C ints in torch
 MAX_THREADS = 1024
 # integer fields that must be at least 1; the others at least 0 (all at most INT_MAX)
@@ -141,7 +142,7 @@ class Config:
     bidirectional: bool = False
     tie: bool = False                  # language models: decoder shares the embedding
     init_scale: float = 0.0            # > 0: every parameter ~ U(-s, s) (Zaremba et al.)
-    init: str = "default"              # default | unit-forget | chrono | orthogonal
+    init: str = "default"              # one of INITS ("a+b": both)
     engine: str = "auto"
     # optimisation
     optimizer: str = "adam"            # adam | sgd

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, plots
-from .config import Config
+from .config import INITS, Config
 from .runio import (
     RunError,
     atomic_save_tensors,
@@ -124,12 +124,13 @@ def initialise(model: nn.Module, cfg: Config) -> None:
             nn.init.uniform_(p, -cfg.init_scale, cfg.init_scale)
     if cfg.init != "default":
         from . import init as inits
-        fn = {"unit-forget": inits.unit_forget_bias_, "orthogonal": inits.orthogonal_recurrent_,
-              "chrono": lambda m: inits.chrono_init_(m, max(cfg.length, 2))}.get(cfg.init)
-        if fn is None:
-            raise ValueError(f"unknown init {cfg.init!r}; expected default, unit-forget, "
-                             "chrono or orthogonal")
-        fn(model.rnn)
+        fns = {"unit-forget": inits.unit_forget_bias_, "orthogonal": inits.orthogonal_recurrent_,
+               "chrono": lambda m: inits.chrono_init_(m, max(cfg.length, 2))}
+        for part in cfg.init.split("+"):
+            if part not in fns:
+                raise ValueError(f"unknown init {cfg.init!r}; expected one of "
+                                 f"{', '.join(INITS)}")
+            fns[part](model.rnn)
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -234,7 +235,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, log=print) -> 
     Under torchrun, one rank of a data-parallel run (lstmkit.distributed)."""
     group = distributed.setup()
     try:
-        return _train(cfg, Path(out_dir), resume, log if group.main else _quiet, group)
+        results = _train(cfg, Path(out_dir), resume, log if group.main else _quiet, group)
+        distributed.barrier(group)     # leave together: gloo aborts a rank whose peer left first
+        return results
     finally:
         distributed.teardown(group)
 
