@@ -14,6 +14,14 @@ Rows:
     peephole  LSTM(peephole=True), compiled    vs torch.nn.LSTM (same size; no fused peephole
               kernel exists) and the python engine
     coupled   LSTM(coupled=True), compiled     vs torch.nn.LSTM and the python engine
+    rnn       lstmkit.RNN(engine="compiled")   vs torch.nn.RNN and lstmkit.RNN(engine="python")
+
+"trace" is the compiled training step with the trace on (``layer.trace(x)``: every gate, state
+and per-step gradient kept), against the same step without it. "peak" is the fraction of this
+machine's float32 matrix-multiply rate (a 2048 x 2048 torch.mm, timed in the same run) that the
+compiled training step reaches, counting its matrix products only: forward 2 T B G H (I + H)
+multiply-adds x 2 flops, backward twice that (G = 4 gate blocks for the LSTM, 3 for the GRU and
+the coupled LSTM, 1 for the RNN).
 
 Times are medians (bench_layers.median_ms: 3 rounds, the models taking turns) in milliseconds,
 flush-to-zero on (torch.set_flush_denormal(True)); ratio = compiled / reference (below 1 the
@@ -31,7 +39,8 @@ from torch import nn
 import lstmkit
 from lstmkit.engine import compiled
 
-MODELS = ("lstm", "gru", "peephole", "coupled")
+MODELS = ("lstm", "gru", "peephole", "coupled", "rnn")
+GATE_BLOCKS = {"lstm": 4, "peephole": 4, "gru": 3, "coupled": 3, "rnn": 1}
 
 
 def models_for(kind: str, I: int, H: int):
@@ -41,11 +50,14 @@ def models_for(kind: str, I: int, H: int):
     if kind == "gru":
         ref = nn.GRU(I, H)
         ours = [lstmkit.GRU(I, H, engine=e) for e in ("compiled", "python")]
+    elif kind == "rnn":
+        ref = nn.RNN(I, H)
+        ours = [lstmkit.RNN(I, H, engine=e) for e in ("compiled", "python")]
     else:
         ref = nn.LSTM(I, H)
         kw = {"peephole": kind == "peephole", "coupled": kind == "coupled"}
         ours = [lstmkit.LSTM(I, H, engine=e, **kw) for e in ("compiled", "python")]
-    if kind in ("lstm", "gru"):
+    if kind in ("lstm", "gru", "rnn"):
         for m in ours:
             m.load_state_dict(ref.state_dict())
     else:
@@ -53,19 +65,35 @@ def models_for(kind: str, I: int, H: int):
     return ours[0], ref, ours[1]
 
 
-def bench_size(size, models, repeats: int) -> list[dict]:
+def traced_step(model, x, grad):
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    model.trace(x).output.backward(grad)
+
+
+def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    """float32 flop/s of an n x n by n x n torch.mm here (median)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    (ms,) = median_ms(lambda: torch.mm(a, b), repeats=repeats)
+    return 2 * n ** 3 / (ms * 1e-3)
+
+
+def bench_size(size, models, repeats: int, peak_flops: float) -> list[dict]:
     T, B, I, H = size
     x = torch.randn(T, B, I, requires_grad=True)
     grad = torch.randn(T, B, H)
     rows = []
     for kind in models:
         comp, ref, python = models_for(kind, I, H)
-        if kind in ("lstm", "gru"):
+        if kind in ("lstm", "gru", "rnn"):
             check_agree(comp, ref, x, grad, f"{kind} {size} compiled vs torch.nn")
         check_agree(comp, python, x, grad, f"{kind} {size} compiled vs python engine")
         row = {"kind": kind, "size": size}
-        row["train"], row["ref_train"], row["py_train"] = median_ms(
-            *[lambda m=m: train_step(m, x, grad) for m in (comp, ref, python)], repeats=repeats)
+        row["train"], row["ref_train"], row["py_train"], row["trace_train"] = median_ms(
+            *[lambda m=m: train_step(m, x, grad) for m in (comp, ref, python)],
+            lambda: traced_step(comp, x, grad), repeats=repeats)
+        flops = 3 * 2 * T * B * GATE_BLOCKS[kind] * H * (I + H)
+        row["peak"] = flops / (row["train"] * 1e-3) / peak_flops
         with torch.no_grad():
             row["infer"], row["ref_infer"], row["py_infer"] = median_ms(
                 *[lambda m=m: output_of(m, x) for m in (comp, ref, python)], repeats=repeats)
@@ -76,8 +104,9 @@ def bench_size(size, models, repeats: int) -> list[dict]:
 def table(rows) -> str:
     head = ("flush-to-zero on; ms, medians; ratio = compiled / reference\n\n"
             "| model | T, B, in, hidden | compiled train | torch.nn train | ratio | python train "
-            "| ratio | compiled infer | torch.nn infer | ratio | python infer | ratio |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            "| ratio | compiled infer | torch.nn infer | ratio | python infer | ratio "
+            "| trace train | ratio | peak |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
         cells = []
@@ -85,6 +114,8 @@ def table(rows) -> str:
             ours, ref, py = r[mode], r[f"ref_{mode}"], r[f"py_{mode}"]
             cells += [f"{ours:.2f}", f"{ref:.2f}", f"{ours / ref:.2f}", f"{py:.2f}",
                       f"{ours / py:.2f}"]
+        cells += [f"{r['trace_train']:.2f}", f"{r['trace_train'] / r['train']:.2f}",
+                  f"{100 * r['peak']:.0f}%"]
         lines.append(f"| {r['kind']} | {', '.join(map(str, r['size']))} | " + " | ".join(cells)
                      + " |")
     return head + "\n".join(lines) + "\n"
@@ -108,7 +139,10 @@ def main() -> None:
           f"built for {ext.capability()} (vectorised: {ext.vectorized()})\n")
     torch.set_flush_denormal(True)
     try:
-        rows = [row for size in sizes for row in bench_size(size, args.models, args.repeats)]
+        peak = matmul_flops()
+        print(f"float32 matrix multiply (2048 x 2048 torch.mm): {peak / 1e9:.0f} GFLOP/s\n")
+        rows = [row for size in sizes for row in bench_size(size, args.models, args.repeats,
+                                                            peak)]
     finally:
         torch.set_flush_denormal(False)
     text = table(rows)

@@ -14,3 +14,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet -e ".[test]"
     touch "$stamp"
 fi
+# The compiled engine (engine="compiled", and "auto" where it is fastest) is built on first use
+# and cached per user; build it here rather than in the middle of a first run.
+.venv/bin/python -c "from lstmkit.engine import compiled
+if not compiled.available(): print('lstmkit: compiled engine unavailable, the python engine runs instead:', compiled.build_error())"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -10,6 +11,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import lstmkit
+from lstmkit.engine import compiled
+from lstmkit.layers import AUTO_SHORT_T
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
 
@@ -371,15 +374,37 @@ def test_bfloat16_python_engine_close_to_float32(kind):
 
 
 # ------------------------------------------------------------------ engine="auto"
+def _outputs(module, x):
+    out, hid = module(x)
+    return [out, *(hid if isinstance(hid, tuple) else [hid])]
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_auto_engine_standard_equals_torch_exactly(kind):
+@pytest.mark.parametrize("steps", [1, AUTO_SHORT_T, AUTO_SHORT_T + 1, 20])
+def test_auto_engine_runs_the_engine_it_names(kind, steps):
+    """auto: compiled for a GRU and for short calls, torch's kernels for longer standard LSTM
+    and RNN sequences; its outputs are exactly those of the engine it names."""
     ref, ours = build(kind, 2, True, engine="auto", dtype=torch.float32)
-    x = torch.randn(T, B, I)
-    r_out, r_hid = ref(x)
-    o_out, o_hid = ours(x)
-    assert torch.equal(o_out, r_out)
-    for a, b in zip(r_hid if kind == "lstm" else [r_hid], o_hid if kind == "lstm" else [o_hid]):
+    x = torch.randn(steps, B, I)
+    want = "compiled" if kind == "gru" or steps <= AUTO_SHORT_T else "torch"
+    if want == "compiled" and not compiled.available():
+        want = "torch"
+    assert ours._engine_for(False, x, steps) == want
+    named = copy.deepcopy(ours)
+    named.engine = want
+    for a, b in zip(_outputs(ours, x), _outputs(named, x)):
         assert torch.equal(a, b)
+    for a, b in zip(_outputs(ours, x), _outputs(ref, x)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_auto_engine_under_autocast_and_for_traces(kind):
+    _, ours = build(kind, 1, False, engine="auto", dtype=torch.float32)
+    x = torch.randn(3, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours._engine_for(False, x, 3) == "torch"
+    assert ours._engine_for(True, x, 3) == ("compiled" if compiled.available() else "python")
 
 
 VARIANTS = [
@@ -392,17 +417,22 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("cls,kw", VARIANTS, ids=[f"{c}-{'-'.join(k)}" for c, k in VARIANTS])
-def test_auto_engine_variant_runs_and_equals_python(cls, kw):
+def test_auto_engine_variant_runs_compiled(cls, kw):
+    """auto runs a variant on the compiled engine (the python one without it): exactly the
+    compiled engine's numbers, and the python engine's to float64 rounding."""
     torch.manual_seed(0)
     auto = getattr(lstmkit, cls)(I, H, 2, bidirectional=True, dtype=torch.float64,
                                  engine="auto", **kw)
-    python = getattr(lstmkit, cls)(I, H, 2, bidirectional=True, dtype=torch.float64,
-                                   engine="python", **kw)
-    python.load_state_dict(auto.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
     a, _ = auto(x)
-    p, _ = python(x)
-    assert torch.equal(a, p)
+    for engine in ("compiled", "python"):
+        other = copy.deepcopy(auto)
+        other.engine = engine
+        b, _ = other(x)
+        if engine == "compiled":
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("cls,kw", VARIANTS, ids=[f"{c}-{'-'.join(k)}" for c, k in VARIANTS])

@@ -14,8 +14,11 @@ peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-
 
 ``engine``: "python" walks time with the hand-written BPTT of ``lstmkit.engine.sequence``;
 "compiled" runs the same BPTT in C++ (``lstmkit.engine.compiled``, every configuration);
-"torch" calls torch's fused kernels (standard configurations only); "auto" takes torch's
-kernels when the configuration is standard and nothing needs the hand-written engine.
+"torch" calls torch's fused kernels (standard configurations only); "auto" takes the fastest
+correct one, as measured in benchmarks/ (BENCHMARKS.md): the compiled engine for GRUs, the
+variants, traces and short calls (T <= 8, e.g. generating one token at a time), torch's kernels
+for longer standard LSTM and RNN sequences and under autocast, the python engine where the
+compiled one cannot run.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ from .cells.base import Cell, Weights
 from .cells.gru import GRUCellMath
 from .cells.lstm import LSTMCellMath
 from .cells.rnn import RNNCellMath
-from .engine.compiled import run_sequence_compiled
+from .engine.compiled import run_sequence_compiled, usable as compiled_usable
 from .engine.sequence import StepRecord, run_sequence
 from .trace import Trace
 
 ENGINES = ("auto", "python", "torch", "compiled")
+# "auto": up to this many steps per call the compiled engine beats torch's kernels for a
+# standard LSTM or RNN (torch repacks the weights on every call; bench_generate.py)
+AUTO_SHORT_T = 8
 
 
 def _check_engine(name: str, engine: str, standard: bool) -> None:
@@ -141,10 +147,16 @@ class _Recurrent(nn.Module):
         """Run the hand-written engine and keep every gate and state (see ``lstmkit.Trace``)."""
         return self._run(input, hx, lengths, record=True)
 
-    def _engine_for(self, record: bool) -> str:
+    def _engine_for(self, record: bool, x: Tensor, T: int) -> str:
+        """The engine a call of T steps runs on: "torch", "python" or "compiled"."""
         _check_engine(type(self).__name__, self.engine, self._standard)
-        if record or self.engine in ("python", "compiled") or not self._standard:
-            return "python"
+        if self.engine != "auto":
+            return "python" if record and self.engine == "torch" else self.engine
+        if torch.is_autocast_enabled(x.device.type) or not compiled_usable(self.cell, x):
+            return "torch" if self._standard and not record else "python"
+        if (record or not self._standard or self.family == "gru"
+                or T <= AUTO_SHORT_T):
+            return "compiled"
         return "torch"
 
     def _run(self, input, hx, lengths, record: bool):
@@ -172,11 +184,13 @@ class _Recurrent(nn.Module):
         checks.check_dtype_matches(name, x, self.weights(0).w_ih)
         states0 = self._initial_states(hx, x, B, unbatched, sorted_indices)
 
-        if self._engine_for(record) == "torch":
+        engine = self._engine_for(record, x, len(batch_sizes) if packed else x.shape[0])
+        if engine == "torch":
             output, states = self._run_torch(x, batch_sizes, states0)
             trace = None
         else:
-            output, states, trace = self._run_python(x, batch_sizes, states0, record)
+            output, states, trace = self._run_python(x, batch_sizes, states0, record,
+                                                     engine == "compiled")
 
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
@@ -246,7 +260,7 @@ class _Recurrent(nn.Module):
             result = fn(x, batch_sizes, *args)
         return result[0], list(result[1:])
 
-    def _run_python(self, x: Tensor, batch_sizes, states0, record: bool):
+    def _run_python(self, x: Tensor, batch_sizes, states0, record: bool, use_compiled: bool):
         """Stack layers and directions over the hand-written engine. x is time-major; for a
         PackedSequence it is the packed data, padded here to (T, N, H_in) in sorted order."""
         packed = batch_sizes is not None
@@ -260,7 +274,7 @@ class _Recurrent(nn.Module):
         finals = [[] for _ in states0]
         records = []
         layer_input = x
-        run = run_sequence_compiled if self.engine == "compiled" else run_sequence
+        run = run_sequence_compiled if use_compiled else run_sequence
         for layer in range(self.num_layers):
             outputs, layer_records = [], []
             for d in range(D):
@@ -423,7 +437,10 @@ class _StepCell(nn.Module):
         if self.engine not in ("python", "compiled") and self._standard:
             out = self._torch_step(x, states)
         else:
-            run = run_sequence_compiled if self.engine == "compiled" else run_sequence
+            compiled = self.engine == "compiled" or (
+                self.engine == "auto" and not torch.is_autocast_enabled(x.device.type)
+                and compiled_usable(self.cell, x))
+            run = run_sequence_compiled if compiled else run_sequence
             hist = run(self.cell, x.unsqueeze(0), states, self.weights())
             out = [h[0] for h in hist]
         if unbatched:

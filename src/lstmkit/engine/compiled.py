@@ -105,6 +105,9 @@ def _build():
     key = digest.hexdigest()[:16]
     build_dir = cache_dir() / f"torch-{torch.__version__}-{cap.lower()}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
+    if not list(build_dir.glob("*.so")):
+        print(f"lstmkit: building the compiled engine into {build_dir} (once; about a minute)",
+              file=sys.stderr, flush=True)
     with _ninja_on_path():
         return cpp_extension.load(
             name=f"lstmkit_compiled_{key}", sources=[str(p) for p in sources],
@@ -128,6 +131,11 @@ def _load():
 def available() -> bool:
     """True when the compiled engine is built (building it now if it was not)."""
     return _load() is not None
+
+
+def usable(cell: Cell, x: Tensor) -> bool:
+    """True when this call can run compiled (building the extension now if it was not)."""
+    return _unsupported(cell, x) is None and available()
 
 
 def build_error() -> str | None:
