@@ -91,7 +91,7 @@ def bench_size(size, models, repeats: int, peak_flops: float) -> list[dict]:
         row = {"kind": kind, "size": size}
         row["train"], row["ref_train"], row["py_train"], row["trace_train"] = median_ms(
             *[lambda m=m: train_step(m, x, grad) for m in (comp, ref, python)],
-            lambda: traced_step(comp, x, grad), repeats=repeats)
+            lambda m=comp: traced_step(m, x, grad), repeats=repeats)
         flops = 3 * 2 * T * B * GATE_BLOCKS[kind] * H * (I + H)
         row["peak"] = flops / (row["train"] * 1e-3) / peak_flops
         with torch.no_grad():

@@ -35,7 +35,8 @@ from .cells.base import Cell, Weights
 from .cells.gru import GRUCellMath
 from .cells.lstm import LSTMCellMath
 from .cells.rnn import RNNCellMath
-from .engine.compiled import run_sequence_compiled, usable as compiled_usable
+from .engine.compiled import run_sequence_compiled
+from .engine.compiled import usable as compiled_usable
 from .engine.sequence import StepRecord, run_sequence
 from .trace import Trace
 
