@@ -16,6 +16,9 @@ Rows:
     coupled   LSTM(coupled=True), compiled     vs torch.nn.LSTM and the python engine
     rnn       lstmkit.RNN(engine="compiled")   vs torch.nn.RNN and lstmkit.RNN(engine="python")
 
+A second table times the standard LSTM over a packed batch of variable lengths, compiled
+against torch.nn.LSTM (torch's packed path is not its fused padded kernel).
+
 "trace" is the compiled training step with the trace on (``layer.trace(x)``: every gate, state
 and per-step gradient kept), against the same step without it. "peak" is the fraction of this
 machine's float32 matrix-multiply rate (a 2048 x 2048 torch.mm, timed in the same run) that the
@@ -35,6 +38,7 @@ import argparse
 import torch
 from bench_layers import SIZES, check_agree, median_ms, output_of, train_step
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstmkit
 from lstmkit.engine import compiled
@@ -101,6 +105,46 @@ def bench_size(size, models, repeats: int, peak_flops: float) -> list[dict]:
     return rows
 
 
+def bench_packed(size, repeats: int) -> dict:
+    """Standard LSTM over a PackedSequence (lengths uniform in [T/3, T], one of length T):
+    compiled against torch.nn.LSTM, training step and inference."""
+    T, B, I, H = size
+    comp, ref, _ = models_for("lstm", I, H)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(T // 3, T + 1, (B,), generator=gen)
+    lengths[0] = T
+    packed = pack_padded_sequence(torch.randn(T, B, I), lengths, enforce_sorted=False)
+    grad = torch.randn_like(packed.data[:, :1].expand(-1, H))
+    with torch.no_grad():
+        torch.testing.assert_close(comp(packed)[0].data, ref(packed)[0].data, atol=1e-4,
+                                   rtol=1e-4)
+
+    def step(m):
+        def run():
+            m.zero_grad(set_to_none=True)
+            m(packed)[0].data.backward(grad)
+        return run
+
+    def infer(m):
+        def run():
+            with torch.no_grad():
+                m(packed)
+        return run
+    times = median_ms(step(comp), step(ref), infer(comp), infer(ref), repeats=repeats)
+    return {"size": size, "train": times[0], "ref_train": times[1], "infer": times[2],
+            "ref_infer": times[3]}
+
+
+def packed_table(rows) -> str:
+    head = ("standard LSTM over a packed batch (lengths uniform in [T/3, T]); ms, medians\n\n"
+            "| T, B, in, hidden | compiled train | torch.nn train | ratio | compiled infer "
+            "| torch.nn infer | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n")
+    return head + "\n".join(
+        f"| {', '.join(map(str, r['size']))} | {r['train']:.2f} | {r['ref_train']:.2f} | "
+        f"{r['train'] / r['ref_train']:.2f} | {r['infer']:.2f} | {r['ref_infer']:.2f} | "
+        f"{r['infer'] / r['ref_infer']:.2f} |" for r in rows) + "\n"
+
+
 def table(rows) -> str:
     head = ("flush-to-zero on; ms, medians; ratio = compiled / reference\n\n"
             "| model | T, B, in, hidden | compiled train | torch.nn train | ratio | python train "
@@ -129,6 +173,8 @@ def main() -> None:
                         help="sizes as T,B,input,hidden (default: the five standard sizes)")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS,
                         help="which rows to run")
+    parser.add_argument("--no-packed", dest="packed", action="store_false",
+                        help="skip the table of packed batches")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
@@ -143,9 +189,10 @@ def main() -> None:
         print(f"float32 matrix multiply (2048 x 2048 torch.mm): {peak / 1e9:.0f} GFLOP/s\n")
         rows = [row for size in sizes for row in bench_size(size, args.models, args.repeats,
                                                             peak)]
+        packed = [bench_packed(size, args.repeats) for size in sizes] if args.packed else []
     finally:
         torch.set_flush_denormal(False)
-    text = table(rows)
+    text = table(rows) + ("\n" + packed_table(packed) if packed else "")
     print(text, flush=True)
     if args.out:
         with open(args.out, "w") as f:

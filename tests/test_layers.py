@@ -382,14 +382,16 @@ def _outputs(module, x):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("steps", [1, AUTO_SHORT_T, AUTO_SHORT_T + 1, 20])
 def test_auto_engine_runs_the_engine_it_names(kind, steps):
-    """auto: compiled for a GRU and for short calls, torch's kernels for longer standard LSTM
-    and RNN sequences; its outputs are exactly those of the engine it names."""
+    """auto: torch's fused kernel for a standard LSTM over more than AUTO_SHORT_T padded steps,
+    else compiled; its outputs are exactly those of the engine it names."""
     ref, ours = build(kind, 2, True, engine="auto", dtype=torch.float32)
     x = torch.randn(steps, B, I)
-    want = "compiled" if kind == "gru" or steps <= AUTO_SHORT_T else "torch"
+    want = "torch" if kind == "lstm" and steps > AUTO_SHORT_T else "compiled"
     if want == "compiled" and not compiled.available():
         want = "torch"
-    assert ours._engine_for(False, x, steps) == want
+    assert ours._engine_for(False, x, steps, False) == want
+    if kind == "lstm" and compiled.available():
+        assert ours._engine_for(False, x, steps, True) == "compiled"         # packed
     named = copy.deepcopy(ours)
     named.engine = want
     for a, b in zip(_outputs(ours, x), _outputs(named, x)):
@@ -403,8 +405,9 @@ def test_auto_engine_under_autocast_and_for_traces(kind):
     _, ours = build(kind, 1, False, engine="auto", dtype=torch.float32)
     x = torch.randn(3, B, I)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert ours._engine_for(False, x, 3) == "torch"
-    assert ours._engine_for(True, x, 3) == ("compiled" if compiled.available() else "python")
+        assert ours._engine_for(False, x, 3, False) == "torch"
+    assert ours._engine_for(True, x, 3, False) == ("compiled" if compiled.available()
+                                                   else "python")
 
 
 VARIANTS = [

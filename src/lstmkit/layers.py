@@ -15,10 +15,10 @@ peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-
 ``engine``: "python" walks time with the hand-written BPTT of ``lstmkit.engine.sequence``;
 "compiled" runs the same BPTT in C++ (``lstmkit.engine.compiled``, every configuration);
 "torch" calls torch's fused kernels (standard configurations only); "auto" takes the fastest
-correct one, as measured in benchmarks/ (BENCHMARKS.md): the compiled engine for GRUs, the
-variants, traces and short calls (T <= 8, e.g. generating one token at a time), torch's kernels
-for longer standard LSTM and RNN sequences and under autocast, the python engine where the
-compiled one cannot run.
+correct one, as measured in benchmarks/ (BENCHMARKS.md): torch's fused kernel for a standard
+LSTM over a padded batch of more than 8 steps, and for every standard configuration under
+autocast; otherwise the compiled engine (GRU, RNN, variants, traces, packed batches, short calls
+such as generating one token at a time); the python engine where the compiled one cannot run.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from .engine.sequence import StepRecord, run_sequence
 from .trace import Trace
 
 ENGINES = ("auto", "python", "torch", "compiled")
-# "auto": up to this many steps per call the compiled engine beats torch's kernels for a
-# standard LSTM or RNN (torch repacks the weights on every call; bench_generate.py)
+# "auto": up to this many steps per call the compiled engine beats torch's fused LSTM (which
+# repacks the weights on every call; bench_generate.py)
 AUTO_SHORT_T = 8
 
 
@@ -148,17 +148,17 @@ class _Recurrent(nn.Module):
         """Run the hand-written engine and keep every gate and state (see ``lstmkit.Trace``)."""
         return self._run(input, hx, lengths, record=True)
 
-    def _engine_for(self, record: bool, x: Tensor, T: int) -> str:
+    def _engine_for(self, record: bool, x: Tensor, T: int, packed: bool) -> str:
         """The engine a call of T steps runs on: "torch", "python" or "compiled"."""
         _check_engine(type(self).__name__, self.engine, self._standard)
         if self.engine != "auto":
             return "python" if record and self.engine == "torch" else self.engine
         if torch.is_autocast_enabled(x.device.type) or not compiled_usable(self.cell, x):
             return "torch" if self._standard and not record else "python"
-        if (record or not self._standard or self.family == "gru"
-                or T <= AUTO_SHORT_T):
-            return "compiled"
-        return "torch"
+        if self.family == "lstm" and self._standard and not (record or packed) and \
+                T > AUTO_SHORT_T:
+            return "torch"                     # oneDNN's fused LSTM: level or faster
+        return "compiled"
 
     def _run(self, input, hx, lengths, record: bool):
         name = type(self).__name__
@@ -185,7 +185,7 @@ class _Recurrent(nn.Module):
         checks.check_dtype_matches(name, x, self.weights(0).w_ih)
         states0 = self._initial_states(hx, x, B, unbatched, sorted_indices)
 
-        engine = self._engine_for(record, x, len(batch_sizes) if packed else x.shape[0])
+        engine = self._engine_for(record, x, len(batch_sizes) if packed else x.shape[0], packed)
         if engine == "torch":
             output, states = self._run_torch(x, batch_sizes, states0)
             trace = None
