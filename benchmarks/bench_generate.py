@@ -26,6 +26,7 @@ from bench_layers import median_ms
 from torch import nn
 
 import lstmkit
+from lstmkit.runtime import keep_freed_memory
 from lstmkit.tasks.models import LanguageModel
 
 VOCAB, EMBED = 65, 64
@@ -108,11 +109,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50, help="characters per timed call")
     p.add_argument("--lengths", default="1,2,4,8,16,32,64")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="let glibc keep freed memory (what `lstmkit sample` does) for all models")
     args = p.parse_args()
+    if args.keep_freed_memory and not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory: not available here (needs glibc)")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, glibc "
+          f"{'keeps freed memory' if args.keep_freed_memory else 'default'}")
     rows = part1(args.hidden, args.layers, args.steps)
     rows += part2(args.hidden, args.layers, [int(t) for t in args.lengths.split(",")])
     print("\n".join(rows))

@@ -16,7 +16,7 @@ peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-
 "compiled" runs the same BPTT in C++ (``lstmkit.engine.compiled``, every configuration);
 "torch" calls torch's fused kernels (standard configurations only); "auto" takes the fastest
 correct one, as measured in benchmarks/ (BENCHMARKS.md): torch's fused kernel for a standard
-LSTM over a padded batch of more than 8 steps, and for every standard configuration under
+LSTM over a padded batch of more than 4 steps, and for every standard configuration under
 autocast; otherwise the compiled engine (GRU, RNN, variants, traces, packed batches, short calls
 such as generating one token at a time); the python engine where the compiled one cannot run.
 """
@@ -43,7 +43,7 @@ from .trace import Trace
 ENGINES = ("auto", "python", "torch", "compiled")
 # "auto": up to this many steps per call the compiled engine beats torch's fused LSTM (which
 # repacks the weights on every call; bench_generate.py)
-AUTO_SHORT_T = 8
+AUTO_SHORT_T = 4
 
 
 def _check_engine(name: str, engine: str, standard: bool) -> None:
