@@ -46,6 +46,12 @@ ENGINES = ("auto", "python", "torch", "compiled")
 AUTO_SHORT_T = 4
 
 
+def _auto_may_compile(cell: Cell, x: Tensor) -> bool:
+    """engine="auto" may run this call compiled: no autocast (torch's kernels run bfloat16
+    there, the compiled engine float32) and the extension takes the call."""
+    return not torch.is_autocast_enabled(x.device.type) and compiled_usable(cell, x)
+
+
 def _check_engine(name: str, engine: str, standard: bool) -> None:
     if engine not in ENGINES:
         raise ValueError(f"{name}: engine must be one of {ENGINES}, got {engine!r}")
@@ -153,7 +159,7 @@ class _Recurrent(nn.Module):
         _check_engine(type(self).__name__, self.engine, self._standard)
         if self.engine != "auto":
             return "python" if record and self.engine == "torch" else self.engine
-        if torch.is_autocast_enabled(x.device.type) or not compiled_usable(self.cell, x):
+        if not _auto_may_compile(self.cell, x):
             return "torch" if self._standard and not record else "python"
         if self.family == "lstm" and self._standard and not (record or packed) and \
                 T > AUTO_SHORT_T:
@@ -438,9 +444,8 @@ class _StepCell(nn.Module):
         if self.engine not in ("python", "compiled") and self._standard:
             out = self._torch_step(x, states)
         else:
-            compiled = self.engine == "compiled" or (
-                self.engine == "auto" and not torch.is_autocast_enabled(x.device.type)
-                and compiled_usable(self.cell, x))
+            compiled = self.engine == "compiled" or (self.engine == "auto"
+                                                     and _auto_may_compile(self.cell, x))
             run = run_sequence_compiled if compiled else run_sequence
             hist = run(self.cell, x.unsqueeze(0), states, self.weights())
             out = [h[0] for h in hist]

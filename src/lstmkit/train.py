@@ -236,7 +236,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, log=print) -> 
     group = distributed.setup()
     try:
         results = _train(cfg, Path(out_dir), resume, log if group.main else _quiet, group)
-        distributed.barrier(group)     # leave together: gloo aborts a rank whose peer left first
+        distributed.barrier(group)     # leave together: no rank tears down while a peer works
         return results
     finally:
         distributed.teardown(group)
