@@ -366,15 +366,84 @@ def test_bfloat16_runs_python_engine_with_one_warning(monkeypatch):
     torch.testing.assert_close(out, python(x)[0], atol=0, rtol=0)
 
 
-def test_cpu_autocast_does_not_apply_inside(ext):
-    """Under CPU autocast the engine computes in its inputs' dtype (float32), as outside it."""
-    python, comp = _pair("lstm-peephole", dtype=torch.float32, num_layers=2)
+# ------------------------------------------------------------------ bfloat16 autocast
+def _rel(got, want):
+    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("mode", ["padded", "packed"])
+def test_bf16_autocast_within_bfloat16_precision(ext, monkeypatch, config, mode):
+    """Under bfloat16 autocast the products run in bfloat16 and the rest in float32: outputs
+    (float32), final states and every gradient within bfloat16 precision of the float32 python
+    engine's, and measurably not equal to them."""
+    monkeypatch.setattr(compiled, "BF16_MIN_STEP_MACS", 0)    # these small layers too
+    python, comp = _pair(config, torch.float32, num_layers=2, bidirectional=True)
     x = torch.randn(T, B, I)
-    want = comp(x)[0]
+    h0 = _initial(python, dtype=torch.float32)
+    o1, s1, g1, p1 = _run_and_grads(python, x, h0, mode)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = comp(x)[0]
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, want, atol=0, rtol=0)
+        o2, s2, g2, p2 = _run_and_grads(comp, x, h0, mode)
+    assert o2.dtype == torch.float32 and all(s.dtype == torch.float32 for s in s2)
+    pairs = [("output", o2, o1)] + [(f"state {i}", b, a) for i, (a, b) in enumerate(zip(s1, s2))]
+    pairs += [(f"input gradient {i}", b, a) for i, (a, b) in enumerate(zip(g1, g2))]
+    pairs += [(name, p2[name], p1[name]) for name in p1]
+    errors = {what: _rel(got, want) for what, got, want in pairs}
+    assert max(errors.values()) < 3e-2, errors
+    assert errors["output"] > 1e-5                 # float32 products would agree to ~1e-7
+
+
+def test_bf16_autocast_step_is_the_bfloat16_formula(ext, monkeypatch):
+    """One LSTM step under autocast computed independently: products of bfloat16-rounded
+    operands (torch.mm in bfloat16), bias and gates in float32."""
+    monkeypatch.setattr(compiled, "BF16_MIN_STEP_MACS", 0)
+    torch.manual_seed(0)
+    m = lstmkit.LSTM(I, H, engine="compiled")
+    x, h0, c0 = torch.randn(1, B, I), torch.randn(1, B, H), torch.randn(1, B, H)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, (h, c) = m(x, (h0, c0))
+    bf = torch.bfloat16
+    with torch.no_grad():
+        pre = (m.bias_ih_l0 + m.bias_hh_l0) + torch.mm(x[0].to(bf), m.weight_ih_l0.to(bf).t())
+        pre = pre + torch.mm(h0[0].to(bf), m.weight_hh_l0.to(bf).t())
+        i, f, g, o = pre.chunk(4, 1)
+        c_want = f.sigmoid() * c0[0] + i.sigmoid() * g.tanh()
+        h_want = o.sigmoid() * c_want.tanh()
+    torch.testing.assert_close(c[0], c_want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(h[0], h_want, atol=1e-6, rtol=0)
+
+
+def test_bf16_autocast_keeps_float32_products_for_small_calls_and_float64(ext):
+    """Below BF16_MIN_STEP_MACS, and for float64 inputs, autocast changes nothing."""
+    for dtype in (torch.float32, torch.float64):
+        _, comp = _pair("lstm-peephole", dtype=dtype, num_layers=2)
+        x = torch.randn(T, B, I, dtype=dtype)
+        want = comp(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = comp(x)[0]
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_bf16_autocast_threshold_counts_the_step_product():
+    cell = lstmkit.LSTM(512, 512).cell                     # 4 gates: 64 x 512 x 2048 per step
+    x = torch.empty(50, 64, 512)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled.bf16_products(cell, x)
+        assert not compiled.bf16_products(cell, torch.empty(50, 1, 512))
+        assert not compiled.bf16_products(cell, x.double())
+    assert not compiled.bf16_products(cell, x)
+
+
+def test_bfloat16_input_under_autocast_runs_as_float32(ext):
+    """A bfloat16 input (from a layer autocast ran before) is taken as float32 under autocast."""
+    _, comp = _pair("gru", dtype=torch.float32)
+    xb = torch.randn(T, B, I).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = comp(xb)[0]
+    torch.testing.assert_close(got, comp(xb.float())[0], atol=0, rtol=0)
+    with pytest.raises(TypeError, match="dtype"):
+        comp(xb)
 
 
 def test_compiled_engine_accepted_for_every_configuration():

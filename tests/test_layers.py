@@ -401,13 +401,18 @@ def test_auto_engine_runs_the_engine_it_names(kind, steps):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_auto_engine_under_autocast_and_for_traces(kind):
+@pytest.mark.parametrize("steps", [3, 20])
+def test_auto_engine_under_autocast_as_without_it_and_for_traces(kind, steps):
+    """Under bfloat16 autocast auto chooses as without it (torch's bfloat16 kernel for a
+    standard LSTM over more than AUTO_SHORT_T steps, else compiled); a trace runs compiled."""
     _, ours = build(kind, 1, False, engine="auto", dtype=torch.float32)
-    x = torch.randn(3, B, I)
+    x = torch.randn(steps, B, I)
+    have = compiled.available()
+    want = "torch" if (kind == "lstm" and steps > AUTO_SHORT_T) or not have else "compiled"
+    assert ours._engine_for(False, x, steps, False) == want
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert ours._engine_for(False, x, 3, False) == "torch"
-    assert ours._engine_for(True, x, 3, False) == ("compiled" if compiled.available()
-                                                   else "python")
+        assert ours._engine_for(False, x, steps, False) == want
+    assert ours._engine_for(True, x, steps, False) == ("compiled" if have else "python")
 
 
 VARIANTS = [

@@ -16,9 +16,11 @@ peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-
 "compiled" runs the same BPTT in C++ (``lstmkit.engine.compiled``, every configuration);
 "torch" calls torch's fused kernels (standard configurations only); "auto" takes the fastest
 correct one, as measured in benchmarks/ (BENCHMARKS.md): torch's fused kernel for a standard
-LSTM over a padded batch of more than 4 steps, and for every standard configuration under
-autocast; otherwise the compiled engine (GRU, RNN, variants, traces, packed batches, short calls
-such as generating one token at a time); the python engine where the compiled one cannot run.
+LSTM over a padded batch of more than 4 steps; otherwise the compiled engine (GRU, RNN, variants,
+traces, packed batches, short calls such as generating one token at a time); the python engine
+where the compiled one cannot run. The same holds under bfloat16 autocast, where torch's kernels
+run in bfloat16 and the compiled engine runs its matrix products in bfloat16 (large enough
+calls) with gates, cell state and outputs in float32.
 """
 
 from __future__ import annotations
@@ -44,12 +46,6 @@ ENGINES = ("auto", "python", "torch", "compiled")
 # "auto": up to this many steps per call the compiled engine beats torch's fused LSTM (which
 # repacks the weights on every call; bench_generate.py)
 AUTO_SHORT_T = 4
-
-
-def _auto_may_compile(cell: Cell, x: Tensor) -> bool:
-    """engine="auto" may run this call compiled: no autocast (torch's kernels run bfloat16
-    there, the compiled engine float32) and the extension takes the call."""
-    return not torch.is_autocast_enabled(x.device.type) and compiled_usable(cell, x)
 
 
 def _check_engine(name: str, engine: str, standard: bool) -> None:
@@ -159,7 +155,7 @@ class _Recurrent(nn.Module):
         _check_engine(type(self).__name__, self.engine, self._standard)
         if self.engine != "auto":
             return "python" if record and self.engine == "torch" else self.engine
-        if not _auto_may_compile(self.cell, x):
+        if not compiled_usable(self.cell, x):
             return "torch" if self._standard and not record else "python"
         if self.family == "lstm" and self._standard and not (record or packed) and \
                 T > AUTO_SHORT_T:
@@ -188,7 +184,11 @@ class _Recurrent(nn.Module):
                 x = x.transpose(0, 1)                                   # (L, N, H_in)
             batch_sizes = sorted_indices = unsorted_indices = None
             B = x.shape[1]
-        checks.check_dtype_matches(name, x, self.weights(0).w_ih)
+        w = self.weights(0).w_ih
+        if x.dtype != w.dtype and x.is_floating_point() and \
+                torch.is_autocast_enabled(x.device.type):
+            x = x.to(w.dtype)                  # e.g. bfloat16 from a layer autocast ran before
+        checks.check_dtype_matches(name, x, w)
         states0 = self._initial_states(hx, x, B, unbatched, sorted_indices)
 
         engine = self._engine_for(record, x, len(batch_sizes) if packed else x.shape[0], packed)
@@ -445,7 +445,7 @@ class _StepCell(nn.Module):
             out = self._torch_step(x, states)
         else:
             compiled = self.engine == "compiled" or (self.engine == "auto"
-                                                     and _auto_may_compile(self.cell, x))
+                                                     and compiled_usable(self.cell, x))
             run = run_sequence_compiled if compiled else run_sequence
             hist = run(self.cell, x.unsqueeze(0), states, self.weights())
             out = [h[0] for h in hist]

@@ -12,8 +12,10 @@ The extension is built with ``torch.utils.cpp_extension`` on first use and cache
 ``$XDG_CACHE_HOME/lstmkit/extensions`` (``~/.cache/lstmkit/extensions``), one directory per torch
 version, CPU capability and hash of sources and flags. Without a C++ compiler, or when the build
 fails, ``engine="compiled"`` warns once and runs the python engine. float32 and float64 on the
-CPU run compiled; other dtypes (bfloat16) and devices run the python engine. CPU autocast does
-not apply inside the engine: it computes in the dtype of its inputs and weights.
+CPU run compiled; other dtypes (bfloat16) and devices run the python engine. Under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 call runs every matrix product in
+bfloat16 (operands rounded, float32 accumulation) while the gates, the cell state, the state
+histories and every gradient stay float32; the outputs are float32.
 """
 
 from __future__ import annotations
@@ -163,19 +165,21 @@ def _spec(cell: Cell) -> list[int] | None:
 
 
 class CompiledSequenceFunction(torch.autograd.Function):
-    """apply(cell, spec, batch_sizes, record, x, *states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
+    """apply(cell, spec, batch_sizes, record, lowp, x, *states0, w_ih, w_hh, b_ih, b_hh, w_ch,
+             w_hr)
 
     ``SequenceFunction``'s contract (see ``lstmkit.engine.sequence``), run by the extension.
     """
 
     @staticmethod
-    def forward(ctx, cell: Cell, spec, batch_sizes, record, x, *args):
+    def forward(ctx, cell: Cell, spec, batch_sizes, record, lowp, x, *args):
         k = len(cell.state_sizes)
         weights = args[k:]
         gates, hist, bufs = _state["ext"].forward(spec, batch_sizes or [], x, list(args[:k]),
-                                                  *weights)
+                                                  *weights, lowp)
         ctx.set_materialize_grads(False)
         ctx.cell, ctx.spec, ctx.batch_sizes, ctx.record = cell, spec, batch_sizes, record
+        ctx.lowp = lowp
         ctx.counts = (k, len(bufs))
         ctx.save_for_backward(x, gates, *hist, *bufs, *weights)
         if record is not None:
@@ -203,10 +207,10 @@ class CompiledSequenceFunction(torch.autograd.Function):
                      for i, size in enumerate(cell.state_sizes)]
         grads = _state["ext"].backward(ctx.spec, ctx.batch_sizes or [], x, gates, list(hist),
                                        list(bufs), *weights, list(grad_hist), dgates, gbufs,
-                                       dhist, list(ctx.needs_input_grad[4:]))
+                                       dhist, list(ctx.needs_input_grad[5:]), ctx.lowp)
         if record is not None:
             record.dhist = dhist
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
 
 
 def _unsupported(cell: Cell, x: Tensor) -> str | None:
@@ -221,6 +225,25 @@ def _unsupported(cell: Cell, x: Tensor) -> str | None:
     return None
 
 
+# Under bfloat16 autocast, products in bfloat16 from this many multiply-adds in one step's
+# recurrent product (B x P x G*H) on; below it their fixed cost per call exceeds what they save
+# and the engine keeps float32 products (benchmarks/bench_bf16.py: at 3.2M a training step took
+# 0.75x the float32 time, at 2.4M 1.13x, at 1M 1.22x, at batch 1 5x).
+BF16_MIN_STEP_MACS = 3_000_000
+
+
+def bf16_products(cell: Cell, x: Tensor) -> bool:
+    """True when a call on x (T, B, I) runs its matrix products in bfloat16: a float32 CPU tensor
+    under ``torch.autocast("cpu", dtype=torch.bfloat16)``, with a per-step product of at least
+    ``BF16_MIN_STEP_MACS`` multiply-adds."""
+    if not (x.dtype == torch.float32 and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return False
+    P = cell.state_sizes[0]                                    # the size of h_t
+    return x.shape[1] * P * cell.num_gates * cell.hidden_size >= BF16_MIN_STEP_MACS
+
+
 def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,
                           record: StepRecord | None = None) -> tuple[Tensor, ...]:
     """``run_sequence`` on the compiled engine; the python engine (after one warning) where the
@@ -233,6 +256,7 @@ def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batc
     if reason is not None:
         _warn_once(reason.split(";")[0], reason)
         return run_sequence(cell, x, states0, weights, batch_sizes, record)
-    return CompiledSequenceFunction.apply(cell, _spec(cell), batch_sizes, record, x, *states0,
+    return CompiledSequenceFunction.apply(cell, _spec(cell), batch_sizes, record,
+                                          bf16_products(cell, x), x, *states0,
                                           weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh,
                                           weights.w_ch, weights.w_hr)

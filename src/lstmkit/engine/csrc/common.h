@@ -51,6 +51,7 @@ struct Weights {
 struct Sequence {
   Spec spec;
   Weights w;
+  bool lowp = false;        // bfloat16 products (autocast), everything else in x's dtype
   std::vector<int64_t> bs;  // active rows per step, processing order
   bool packed = false;
   int64_t T = 0, B = 0;
@@ -58,6 +59,7 @@ struct Sequence {
   std::vector<Tensor> hist, bufs;
   // backward
   Tensor dgates;
+  Tensor dgates_lp;  // bfloat16 copy of dgates for the products (lowp); see dgates_rows
   std::vector<Tensor> gbufs, dhist, dstates0;
 };
 
@@ -124,10 +126,46 @@ inline Tensor rows(const Tensor& t, int64_t s, int64_t n) {
   return t.as_strided({n, W}, {W, 1}, t.storage_offset() + s * B * W);
 }
 
-// out = a b and out = bias + a b, writing into a view (at::mm_out wants an lvalue).
-inline void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, b); }
-inline void addmm_into(Tensor out, const Tensor& bias, const Tensor& a, const Tensor& b) {
-  at::addmm_out(out, bias, a, b);
+// ------------------------------------------------------------------ products
+// Every matrix product of the engine goes through these. Under bfloat16 autocast (q.lowp) the
+// operands are rounded to bfloat16 (the weights once per call, by the engine) and the product
+// runs in bfloat16 with float32 accumulation (oneDNN); its result joins the float32 gates, states
+// and gradients. Otherwise the product runs in the dtype of the inputs. `out` may be a view.
+inline Tensor lp(const Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 ? t : t.to(at::kBFloat16);
+}
+inline Tensor lp_mm(const Tensor& a, const Tensor& b) { return at::mm(lp(a), lp(b)); }
+
+inline Tensor mm(const Sequence& q, const Tensor& a, const Tensor& b) {   // a b
+  return q.lowp ? lp_mm(a, b).to(q.x.scalar_type()) : at::mm(a, b);
+}
+inline Tensor addmm(const Sequence& q, const Tensor& bias, const Tensor& a, const Tensor& b) {
+  return q.lowp ? at::add(bias, lp_mm(a, b)) : at::addmm(bias, a, b);   // bias + a b
+}
+inline void mm_into(const Sequence& q, Tensor out, const Tensor& a, const Tensor& b) {
+  if (q.lowp) out.copy_(lp_mm(a, b));                                     // out = a b
+  else at::mm_out(out, a, b);
+}
+inline void add_mm(const Sequence& q, Tensor out, const Tensor& a, const Tensor& b) {
+  if (q.lowp) out.add_(lp_mm(a, b));                                      // out += a b
+  else out.addmm_(a, b);
+}
+inline void addmm_into(const Sequence& q, Tensor out, const Tensor& bias, const Tensor& a,
+                       const Tensor& b) {
+  if (q.lowp) at::add_out(out, bias, lp_mm(a, b));                        // out = bias + a b
+  else at::addmm_out(out, bias, a, b);
+}
+
+// dgates[s, :n] as the step's recurrent product takes it. With bfloat16 products the rows are
+// rounded once into q.dgates_lp, which the whole-sequence weight-gradient products then reuse.
+inline Tensor dgates_rows(Sequence& q, int64_t s, int64_t n) {
+  if (!q.lowp) return rows(q.dgates, s, n);
+  if (!q.dgates_lp.defined())   // inactive rows of a packed batch enter the sums: zero
+    q.dgates_lp = q.packed ? at::zeros(q.dgates.sizes(), q.dgates.options().dtype(at::kBFloat16))
+                           : at::empty(q.dgates.sizes(), q.dgates.options().dtype(at::kBFloat16));
+  Tensor r = rows(q.dgates_lp, s, n);
+  r.copy_(rows(q.dgates, s, n));
+  return r;
 }
 
 // A contiguous (S, B, W) tensor as (S * B, W).

@@ -7,6 +7,7 @@
 // reverse; dhist[k][s] starts as the outside gradient of state k after step s and each step adds
 // what it sends back to step s-1; then dx, dW_ih, db and the cell's recurrent weight gradients as
 // single products over all steps. FTZ/DAZ is on for the whole call and restored on return.
+// lowp (bfloat16 autocast): every product in bfloat16 (common.h), all else in float32.
 #include <torch/extension.h>
 
 #include <cstring>
@@ -50,9 +51,10 @@ Tensor contiguous_or_undefined(const OptTensor& t) {
 Sequence make_sequence(const std::vector<int64_t>& spec, const std::vector<int64_t>& bs,
                        const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                        const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch,
-                       const OptTensor& w_hr) {
+                       const OptTensor& w_hr, bool lowp) {
   Sequence q;
   q.spec = make_spec(spec);
+  q.lowp = lowp;
   TORCH_CHECK(x.dim() == 3 && x.device().is_cpu(), "lstmkit compiled engine: x must be a "
               "(T, B, I) CPU tensor");
   q.x = x.contiguous();
@@ -68,6 +70,13 @@ Sequence make_sequence(const std::vector<int64_t>& spec, const std::vector<int64
   q.w.b_hh = contiguous_or_undefined(b_hh);
   q.w.w_ch = contiguous_or_undefined(w_ch);
   q.w.w_hr = contiguous_or_undefined(w_hr);
+  if (lowp) {  // the weights enter products only: rounded to bfloat16 once per call
+    TORCH_CHECK(q.x.scalar_type() == at::kFloat, "lstmkit compiled engine: bfloat16 products "
+                "take float32 inputs, got ", q.x.scalar_type());
+    q.w.w_ih = lp(q.w.w_ih);
+    q.w.w_hh = lp(q.w.w_hh);
+    if (q.w.w_hr.defined()) q.w.w_hr = lp(q.w.w_hr);
+  }
   return q;
 }
 
@@ -99,11 +108,12 @@ void init_outside_grad(Tensor& d, const OptTensor& grad, const Sequence& q) {
 std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
     const std::vector<int64_t>& spec, const std::vector<int64_t>& batch_sizes, const Tensor& x,
     const std::vector<Tensor>& states0, const Tensor& w_ih, const Tensor& w_hh,
-    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch, const OptTensor& w_hr) {
+    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch, const OptTensor& w_hr,
+    bool lowp) {
   FlushDenormalGuard ftz;
   at::AutoDispatchBelowADInplaceOrView below_autograd;   // our own tensors: no views to track
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // input dtype
-  Sequence q = make_sequence(spec, batch_sizes, x, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr);
+  Sequence q = make_sequence(spec, batch_sizes, x, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lowp);
   auto cell = make_cell(q.spec, x.scalar_type());
   const int64_t T = q.T, B = q.B, I = q.x.size(2), GH = cell->gate_width();
 
@@ -111,7 +121,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   const Tensor x2 = q.x.view({T * B, I});
   Tensor bias = q.w.b_ih;
   if (bias.defined() && cell->bias_hh_hoisted()) bias = q.w.b_ih + q.w.b_hh;
-  q.gates = (bias.defined() ? at::addmm(bias, x2, q.w.w_ih.t()) : x2.mm(q.w.w_ih.t()))
+  q.gates = (bias.defined() ? addmm(q, bias, x2, q.w.w_ih.t()) : mm(q, x2, q.w.w_ih.t()))
                 .view({T, B, GH});
 
   const auto sizes = cell->state_sizes();
@@ -148,11 +158,11 @@ std::vector<Tensor> backward(
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
     const OptTensor& w_ch, const OptTensor& w_hr, const std::vector<OptTensor>& grad_hist,
     const Tensor& dgates, const std::vector<Tensor>& gbufs, const std::vector<Tensor>& dhist,
-    const std::vector<bool>& needs) {
+    const std::vector<bool>& needs, bool lowp) {
   FlushDenormalGuard ftz;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  Sequence q = make_sequence(spec, batch_sizes, x, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr);
+  Sequence q = make_sequence(spec, batch_sizes, x, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lowp);
   auto cell = make_cell(q.spec, x.scalar_type());
   const int64_t T = q.T, B = q.B;
   const auto sizes = cell->state_sizes();
@@ -207,12 +217,16 @@ std::vector<Tensor> backward(
     }
   }
 
+  // the whole-sequence products take dgates as q.dgates_lp: a bfloat16 copy with lowp (made
+  // step by step where the cell's recurrent product took it so), else dgates itself
+  if (!q.lowp) q.dgates_lp = q.dgates;
+  else if (!q.dgates_lp.defined()) q.dgates_lp = lp(q.dgates);
   const size_t W = 1 + K;  // index of w_ih in needs
   std::vector<Tensor> out;
-  const Tensor dg = flat(q.dgates);
-  out.push_back(needs[0] ? dg.mm(q.w.w_ih).view({T, B, -1}) : Tensor());   // dx
+  const Tensor dg = flat(q.dgates_lp);
+  out.push_back(needs[0] ? mm(q, dg, q.w.w_ih).view({T, B, -1}) : Tensor());   // dx
   for (size_t k = 0; k < K; ++k) out.push_back(needs[1 + k] ? q.dstates0[k] : Tensor());
-  out.push_back(needs[W] ? dg.t().mm(flat(q.x)) : Tensor());              // dW_ih
+  out.push_back(needs[W] ? mm(q, dg.t(), flat(q.x)) : Tensor());              // dW_ih
   const bool need_rec = needs[W + 1] || (needs[W + 3] && !cell->bias_hh_hoisted()) ||
                         needs[W + 4] || needs[W + 5];
   RecurrentGrads rec = need_rec ? cell->recurrent_grads(q) : RecurrentGrads();

@@ -51,9 +51,9 @@ class GRUKernels final : public CellKernels {
     if (reset_after_) {
       const Tensor hw_s = rows(q.bufs[0], s, n);                 // W_hh h_prev + b_hh (n, 3H)
       if (q.w.b_hh.defined()) {
-        addmm_into(hw_s, q.w.b_hh, hp, q.w.w_hh_t);
+        addmm_into(q, hw_s, q.w.b_hh, hp, q.w.w_hh_t);
       } else {
-        mm_into(hw_s, hp, q.w.w_hh_t);
+        mm_into(q, hw_s, hp, q.w.w_hh_t);
       }
       const T* hw = ptr<T>(q.bufs[0]) + s * B * G;
       for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
@@ -75,7 +75,7 @@ class GRUKernels final : public CellKernels {
       });
       return;
     }
-    pre.narrow(1, 0, 2 * H).addmm_(hp, w_rz_);
+    add_mm(q, pre.narrow(1, 0, 2 * H), hp, w_rz_);
     T* rh = ptr<T>(q.bufs[0]) + s * B * H;
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
       T* gr = gates + r * G;
@@ -89,7 +89,7 @@ class GRUKernels final : public CellKernels {
         store(rhr, j, k, rv * load(hpr, j, k));                    // r_t * h_{t-1}
       });
     });
-    pre.narrow(1, 2 * H, H).addmm_(rows(q.bufs[0], s, n), w_n_);
+    add_mm(q, pre.narrow(1, 2 * H, H), rows(q.bufs[0], s, n), w_n_);
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
       const T* gz = gates + r * G + H;
       T* gn = gates + r * G + 2 * H;
@@ -143,7 +143,7 @@ class GRUKernels final : public CellKernels {
           store(dhwr + 2 * H, j, k, dn_pre * rv);                   // d(W_hn h_prev + b_hn)
         });
       });
-      dprev[0].addmm_(rows(q.gbufs[0], s, n), q.w.w_hh);             // dh_prev += dhw W_hh
+      add_mm(q, dprev[0], rows(q.gbufs[0], s, n), q.w.w_hh);             // dh_prev += dhw W_hh
       return;
     }
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
@@ -165,7 +165,7 @@ class GRUKernels final : public CellKernels {
     });
     const Tensor dg = rows(q.dgates, s, n);
     const Tensor drh = drh_.narrow(0, 0, n);
-    mm_into(drh, dg.narrow(1, 2 * H, H), w_n_);                  // d(r_t * h_{t-1})
+    mm_into(q, drh, dg.narrow(1, 2 * H, H), w_n_);                  // d(r_t * h_{t-1})
     const T* drhp = ptr<T>(drh_);
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
       const T* gr = gates + r * G;
@@ -180,7 +180,7 @@ class GRUKernels final : public CellKernels {
         store(dhp, j, k, at::vec::fmadd(d, rv, load(dhp, j, k)));  // dh_prev += drh r
       });
     });
-    dprev[0].addmm_(dg.narrow(1, 0, 2 * H), w_rz_);                 // dh_prev += d(r|z) W_h(r|z)
+    add_mm(q, dprev[0], dg.narrow(1, 0, 2 * H), w_rz_);  // dh_prev += d(r|z) W_h(r|z)
   }
 
   RecurrentGrads recurrent_grads(Sequence& q) override {
@@ -188,14 +188,14 @@ class GRUKernels final : public CellKernels {
     const Tensor h_prev = flat(q.hist[0].narrow(0, 0, T_));
     RecurrentGrads g;
     if (reset_after_) {
-      g.w_hh = flat(q.gbufs[0]).t().mm(h_prev);
+      g.w_hh = mm(q, flat(q.gbufs[0]).t(), h_prev);
       if (q.w.b_hh.defined()) g.b_hh = q.gbufs[0].sum({0, 1});
       return g;
     }
-    const Tensor dg = flat(q.dgates);
+    const Tensor dg = flat(q.dgates_lp);
     g.w_hh = at::empty({3 * H, H}, h_prev.options());
-    mm_into(g.w_hh.narrow(0, 0, 2 * H), dg.narrow(1, 0, 2 * H).t(), h_prev);
-    mm_into(g.w_hh.narrow(0, 2 * H, H), dg.narrow(1, 2 * H, H).t(), flat(q.bufs[0]));
+    mm_into(q, g.w_hh.narrow(0, 0, 2 * H), dg.narrow(1, 0, 2 * H).t(), h_prev);
+    mm_into(q, g.w_hh.narrow(0, 2 * H, H), dg.narrow(1, 2 * H, H).t(), flat(q.bufs[0]));
     return g;
   }
 

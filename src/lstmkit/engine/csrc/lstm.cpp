@@ -37,7 +37,7 @@ class LSTMKernels final : public CellKernels {
 
   void forward_step(Sequence& q, int64_t s, int64_t n) override {
     const int64_t B = q.B, H = H_, GH = G_ * H_;
-    rows(q.gates, s, n).addmm_(rows(q.hist[0], s, n), q.w.w_hh_t);  // pre-activations (n, G*H)
+    add_mm(q, rows(q.gates, s, n), rows(q.hist[0], s, n), q.w.w_hh_t);  // pre-activations (n, G*H)
     T* gates = ptr<T>(q.gates) + s * B * GH;
     const T* c_prev = ptr<T>(q.hist[1]) + s * B * H;
     T* c = ptr<T>(q.hist[1]) + (s + 1) * B * H;
@@ -87,7 +87,7 @@ class LSTMKernels final : public CellKernels {
         store(mr, j, k, o * tc);
       });
     });
-    if (proj_) mm_into(rows(q.hist[0], s + 1, n), rows(q.bufs[1], s, n), w_hr_t_);  // h = W_hr m
+    if (proj_) mm_into(q, rows(q.hist[0], s + 1, n), rows(q.bufs[1], s, n), w_hr_t_);  // h = W_hr m
   }
 
   void backward_step(Sequence& q, int64_t s, int64_t n,
@@ -95,7 +95,7 @@ class LSTMKernels final : public CellKernels {
     const int64_t B = q.B, H = H_, GH = G_ * H_;
     const T* dm = ptr<T>(q.dhist[0]) + s * B * H;  // dL/dm_t = dL/dh_t without a projection
     if (proj_) {
-      mm_into(dm_.narrow(0, 0, n), rows(q.dhist[0], s, n), q.w.w_hr);  // dm = dh W_hr
+      mm_into(q, dm_.narrow(0, 0, n), rows(q.dhist[0], s, n), q.w.w_hr);  // dm = dh W_hr
       dm = ptr<T>(dm_);
     }
     T* dc = ptr<T>(q.dhist[1]) + s * B * H;  // from outside and step s+1; made total here
@@ -154,13 +154,14 @@ class LSTMKernels final : public CellKernels {
         store(dcp, j, k, load(dcp, j, k) + dcp_v);
       });
     });
-    dprev[0].addmm_(rows(q.dgates, s, n), q.w.w_hh);  // dh_prev += dgates W_hh
+    add_mm(q, dprev[0], dgates_rows(q, s, n), q.w.w_hh);  // dh_prev += dgates W_hh
   }
 
   RecurrentGrads recurrent_grads(Sequence& q) override {
     const int64_t T_ = q.T, H = H_;
     RecurrentGrads g;
-    g.w_hh = flat(q.dgates).t().mm(flat(q.hist[0].narrow(0, 0, T_)));  // sum_t dgates_t^T h_{t-1}
+    // sum_t dgates_t^T h_{t-1}
+    g.w_hh = mm(q, flat(q.dgates_lp).t(), flat(q.hist[0].narrow(0, 0, T_)));
     if (peephole_) {
       const Tensor c_prev = q.hist[1].narrow(0, 0, T_), c = q.hist[1].narrow(0, 1, T_);
       auto block = [&](int64_t k) { return q.dgates.narrow(2, k * H, H); };
@@ -171,7 +172,7 @@ class LSTMKernels final : public CellKernels {
       dp.push_back((block(f + 2) * c).sum({0, 1}));                   // dp_o
       g.w_ch = at::cat(dp);
     }
-    if (proj_) g.w_hr = flat(q.dhist[0]).t().mm(flat(q.bufs[1]));     // sum_t dh_t^T m_t
+    if (proj_) g.w_hr = mm(q, flat(q.dhist[0]).t(), flat(q.bufs[1]));     // sum_t dh_t^T m_t
     return g;
   }
 

@@ -19,7 +19,7 @@ class RNNKernels final : public CellKernels {
 
   void forward_step(Sequence& q, int64_t s, int64_t n) override {
     const int64_t B = q.B, H = H_;
-    rows(q.gates, s, n).addmm_(rows(q.hist[0], s, n), q.w.w_hh_t);  // a_t (n, H)
+    add_mm(q, rows(q.gates, s, n), rows(q.hist[0], s, n), q.w.w_hh_t);  // a_t (n, H)
     const T* a = ptr<T>(q.gates) + s * B * H;
     T* h = ptr<T>(q.hist[0]) + (s + 1) * B * H;
     const bool relu = relu_;
@@ -52,12 +52,12 @@ class RNNKernels final : public CellKernels {
         store(dar, j, k, relu ? (dhv & (hv > zero)) : dhv * (one - hv * hv));
       });
     });
-    dprev[0].addmm_(rows(q.dgates, s, n), q.w.w_hh);                // dh_prev += da W_hh
+    add_mm(q, dprev[0], dgates_rows(q, s, n), q.w.w_hh);                // dh_prev += da W_hh
   }
 
   RecurrentGrads recurrent_grads(Sequence& q) override {
     RecurrentGrads g;
-    g.w_hh = flat(q.dgates).t().mm(flat(q.hist[0].narrow(0, 0, q.T)));
+    g.w_hh = mm(q, flat(q.dgates_lp).t(), flat(q.hist[0].narrow(0, 0, q.T)));
     return g;
   }
 
