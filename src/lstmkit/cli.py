@@ -59,7 +59,7 @@ TRAIN_OPTIONS = [
     ("--init-scale", "init_scale", float, "> 0: every parameter ~ U(-s, s)", "model"),
     ("--init", "init", str, "default, unit-forget, chrono, orthogonal, unit-forget+orthogonal "
      "or chrono+orthogonal", "model"),
-    ("--engine", "engine", str, "auto, python or torch (see the README)", "model"),
+    ("--engine", "engine", str, "auto, compiled, python or torch (see the README)", "model"),
     ("--optimizer", "optimizer", str, "adam or sgd", "optimisation"),
     ("--lr", "lr", float, "learning rate", "optimisation"),
     ("--momentum", "momentum", float, "sgd momentum", "optimisation"),
