@@ -41,10 +41,11 @@ import lstmkit
 MODELS = ("lstm", "gru", "peephole", "coupled", "rnn")
 
 
-def autocast(fn):
+def step(model, x, grad, bf16: bool):
+    """One training step of model, under bfloat16 autocast if bf16."""
     def run():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fn()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            train_step(model, x, grad)
     return run
 
 
@@ -88,8 +89,7 @@ def bench_size(size, models, repeats: int) -> list[dict]:
         x = torch.randn(T, B, I, requires_grad=True)
         grad = torch.randn(T, B, H)
         check_bf16(ours, x, grad, f"{kind} {size}")
-        fns = [lambda m=ref: train_step(m, x, grad), autocast(lambda m=ref: train_step(m, x, grad)),
-               lambda m=ours: train_step(m, x, grad), autocast(lambda m=ours: train_step(m, x, grad))]
+        fns = [step(m, x, grad, bf16) for m in (ref, ours) for bf16 in (False, True)]
         t = median_ms(*fns, repeats=repeats)
         rows.append({"size": size, "model": kind, "torch_fp32": t[0], "torch_bf16": t[1],
                      "ours_fp32": t[2], "ours_bf16": t[3]})
