@@ -18,9 +18,10 @@ peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-
 correct one, as measured in benchmarks/ (BENCHMARKS.md): torch's fused kernel for a standard
 LSTM over a padded batch of more than 4 steps; otherwise the compiled engine (GRU, RNN, variants,
 traces, packed batches, short calls such as generating one token at a time); the python engine
-where the compiled one cannot run. The same holds under bfloat16 autocast, where torch's kernels
-run in bfloat16 and the compiled engine runs its matrix products in bfloat16 (large enough
-calls) with gates, cell state and outputs in float32.
+where the compiled one cannot run. Under bfloat16 autocast (torch's kernels then run in
+bfloat16, the compiled engine its matrix products, with gates, cell state and outputs in
+float32) the same, except that a standard LSTM whose per-step product has at least
+AUTO_BF16_MACS multiply-adds runs compiled.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .cells.base import Cell, Weights
 from .cells.gru import GRUCellMath
 from .cells.lstm import LSTMCellMath
 from .cells.rnn import RNNCellMath
-from .engine.compiled import run_sequence_compiled
+from .engine.compiled import bf16_products, run_sequence_compiled, step_macs
 from .engine.compiled import usable as compiled_usable
 from .engine.sequence import StepRecord, run_sequence
 from .trace import Trace
@@ -46,6 +47,10 @@ ENGINES = ("auto", "python", "torch", "compiled")
 # "auto": up to this many steps per call the compiled engine beats torch's fused LSTM (which
 # repacks the weights on every call; bench_generate.py)
 AUTO_SHORT_T = 4
+# "auto" under bfloat16 autocast: from this many multiply-adds per step's recurrent product on,
+# the compiled engine's bfloat16 products beat torch's bfloat16 LSTM (bench_bf16.py: 0.83-0.85x
+# its time at 8.4M and 67M, 1.17-1.20x at 3.2M and 1M)
+AUTO_BF16_MACS = 8_000_000
 
 
 def _check_engine(name: str, engine: str, standard: bool) -> None:
@@ -158,7 +163,8 @@ class _Recurrent(nn.Module):
         if not compiled_usable(self.cell, x):
             return "torch" if self._standard and not record else "python"
         if self.family == "lstm" and self._standard and not (record or packed) and \
-                T > AUTO_SHORT_T:
+                T > AUTO_SHORT_T and not (bf16_products(self.cell, x)
+                                          and step_macs(self.cell, x) >= AUTO_BF16_MACS):
             return "torch"                     # oneDNN's fused LSTM: level or faster
         return "compiled"
 

@@ -232,16 +232,19 @@ def _unsupported(cell: Cell, x: Tensor) -> str | None:
 BF16_MIN_STEP_MACS = 3_000_000
 
 
+def step_macs(cell: Cell, x: Tensor) -> int:
+    """Multiply-adds of one step's recurrent product for x (T, B, I): B x P x G*H."""
+    return x.shape[1] * cell.state_sizes[0] * cell.num_gates * cell.hidden_size
+
+
 def bf16_products(cell: Cell, x: Tensor) -> bool:
     """True when a call on x (T, B, I) runs its matrix products in bfloat16: a float32 CPU tensor
     under ``torch.autocast("cpu", dtype=torch.bfloat16)``, with a per-step product of at least
     ``BF16_MIN_STEP_MACS`` multiply-adds."""
-    if not (x.dtype == torch.float32 and x.device.type == "cpu"
+    return (x.dtype == torch.float32 and x.device.type == "cpu"
             and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-        return False
-    P = cell.state_sizes[0]                                    # the size of h_t
-    return x.shape[1] * P * cell.num_gates * cell.hidden_size >= BF16_MIN_STEP_MACS
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and step_macs(cell, x) >= BF16_MIN_STEP_MACS)
 
 
 def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,
