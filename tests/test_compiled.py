@@ -366,6 +366,40 @@ def test_bfloat16_runs_python_engine_with_one_warning(monkeypatch):
     torch.testing.assert_close(out, python(x)[0], atol=0, rtol=0)
 
 
+# ------------------------------------------------------------------ oneDNN products
+ONEDNN_CASES = [(c, mode) for c in CONFIGS for mode in ("padded", "packed")]
+
+
+@pytest.mark.parametrize("config,mode", ONEDNN_CASES, ids=[f"{c}-{m}" for c, m in ONEDNN_CASES])
+def test_onednn_products_match_python_engine(ext, monkeypatch, config, mode):
+    """float32 products on oneDNN's prepacked inner product (large calls; forced here for small
+    ones): outputs and every gradient within float32 tolerance of the python engine."""
+    if not ext.onednn():
+        pytest.skip("this torch has no oneDNN inner-product ops")
+    monkeypatch.setattr(compiled, "ONEDNN_MIN_STEP_MACS", 0)
+    monkeypatch.setattr(compiled, "ONEDNN_MIN_STEPS", 0)
+    python, comp = _pair(config, torch.float32, num_layers=2, bidirectional=True)
+    assert compiled.products(comp.cell, torch.empty(T, B, I)) == (False, True)
+    x = torch.randn(T, B, I)
+    h0 = _initial(python, dtype=torch.float32)
+    _assert_same(_run_and_grads(python, x, h0, mode), _run_and_grads(comp, x, h0, mode),
+                 ATOL[torch.float32])
+
+
+def test_products_choice():
+    """oneDNN for large float32 calls of enough steps, bfloat16 under autocast, else at::mm."""
+    if not compiled.available():
+        pytest.skip("the compiled engine is unavailable")
+    cell = lstmkit.LSTM(512, 512).cell                         # 64 x 512 x 2048 = 67M per step
+    onednn = compiled._state["ext"].onednn()
+    assert compiled.products(cell, torch.empty(50, 64, 512)) == (False, onednn)
+    assert compiled.products(cell, torch.empty(8, 64, 512)) == (False, False)     # few steps
+    assert compiled.products(cell, torch.empty(50, 1, 512)) == (False, False)     # batch 1
+    assert compiled.products(cell, torch.empty(50, 64, 512).double()) == (False, False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled.products(cell, torch.empty(50, 64, 512)) == (True, False)
+
+
 # ------------------------------------------------------------------ bfloat16 autocast
 def _rel(got, want):
     return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()

@@ -3,10 +3,12 @@
 Same contract as ``lstmkit.engine.sequence``: same inputs (cell, batch_sizes in processing order,
 x (T, B, I), initial states, weights), same outputs (each state after each step, (T, B, size)),
 same gradients, same ``StepRecord`` filling for traces, same packed-batch rules. What changes is
-where the loop runs: per step one recurrent matrix product (``at::addmm``) and one fused,
-vectorised pass over the gate pre-activations (``at::vec::Vectorized``), with flush-to-zero and
-denormals-are-zero set for the engine's own loops and the caller's setting restored afterwards.
-The sources are ``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family.
+where the loop runs: per step one recurrent matrix product and one fused, vectorised pass over
+the gate pre-activations (``at::vec::Vectorized``), with flush-to-zero and denormals-are-zero set
+for the engine's own loops and the caller's setting restored afterwards. The products run on
+``at::mm`` (MKL), or, for large float32 calls, on oneDNN's prepacked inner product (the weights
+reordered once per call; ``ONEDNN_MIN_STEP_MACS``). The sources are ``csrc/``: ``engine.cpp``
+(time loop, bindings), one file per cell family, ``onednn.cpp``.
 
 The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under
 ``$XDG_CACHE_HOME/lstmkit/extensions`` (``~/.cache/lstmkit/extensions``), one directory per torch
@@ -15,7 +17,8 @@ fails, ``engine="compiled"`` warns once and runs the python engine. float32 and 
 CPU run compiled; other dtypes (bfloat16) and devices run the python engine. Under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 call runs every matrix product in
 bfloat16 (operands rounded, float32 accumulation) while the gates, the cell state, the state
-histories and every gradient stay float32; the outputs are float32.
+histories and every gradient stay float32; the outputs are float32. Small calls, where bfloat16
+products cost more than they save, keep float32 products (``BF16_MIN_STEP_MACS``).
 """
 
 from __future__ import annotations
@@ -165,21 +168,21 @@ def _spec(cell: Cell) -> list[int] | None:
 
 
 class CompiledSequenceFunction(torch.autograd.Function):
-    """apply(cell, spec, batch_sizes, record, lowp, x, *states0, w_ih, w_hh, b_ih, b_hh, w_ch,
-             w_hr)
+    """apply(cell, spec, batch_sizes, record, products, x, *states0, w_ih, w_hh, b_ih, b_hh,
+             w_ch, w_hr); products = (bfloat16, oneDNN) as ``products(cell, x)`` gives them.
 
     ``SequenceFunction``'s contract (see ``lstmkit.engine.sequence``), run by the extension.
     """
 
     @staticmethod
-    def forward(ctx, cell: Cell, spec, batch_sizes, record, lowp, x, *args):
+    def forward(ctx, cell: Cell, spec, batch_sizes, record, products, x, *args):
         k = len(cell.state_sizes)
         weights = args[k:]
         gates, hist, bufs = _state["ext"].forward(spec, batch_sizes or [], x, list(args[:k]),
-                                                  *weights, lowp)
+                                                  *weights, *products)
         ctx.set_materialize_grads(False)
         ctx.cell, ctx.spec, ctx.batch_sizes, ctx.record = cell, spec, batch_sizes, record
-        ctx.lowp = lowp
+        ctx.products = products
         ctx.counts = (k, len(bufs))
         ctx.save_for_backward(x, gates, *hist, *bufs, *weights)
         if record is not None:
@@ -207,7 +210,7 @@ class CompiledSequenceFunction(torch.autograd.Function):
                      for i, size in enumerate(cell.state_sizes)]
         grads = _state["ext"].backward(ctx.spec, ctx.batch_sizes or [], x, gates, list(hist),
                                        list(bufs), *weights, list(grad_hist), dgates, gbufs,
-                                       dhist, list(ctx.needs_input_grad[5:]), ctx.lowp)
+                                       dhist, list(ctx.needs_input_grad[5:]), *ctx.products)
         if record is not None:
             record.dhist = dhist
         return (None, None, None, None, None, *grads)
@@ -247,6 +250,26 @@ def bf16_products(cell: Cell, x: Tensor) -> bool:
             and step_macs(cell, x) >= BF16_MIN_STEP_MACS)
 
 
+# float32 products on oneDNN's prepacked inner product (torch.ops.mkldnn, what torch.compile uses
+# for linear layers on the CPU) instead of at::mm (MKL) from this many multiply-adds per step and
+# this many steps. benchmarks/bench_bf16.py, float32 training step: at 8.4M and 67M per step
+# (batch x hidden 32 x 256, 64 x 512) 0.70-0.89x the MKL time, at 3.2M (20 x 200) 1.26x: the
+# weight reorders (1-6 products each) and per-call cost are not paid back there.
+ONEDNN_MIN_STEP_MACS = 8_000_000
+ONEDNN_MIN_STEPS = 16
+
+
+def products(cell: Cell, x: Tensor) -> tuple[bool, bool]:
+    """How a call on x (T, B, I) runs its matrix products: (in bfloat16 (at::mm, oneDNN), in
+    float32 on oneDNN's prepacked inner product); (False, False) is at::mm in x's dtype."""
+    if bf16_products(cell, x):
+        return True, False
+    onednn = (x.dtype == torch.float32 and x.device.type == "cpu"
+              and x.shape[0] >= ONEDNN_MIN_STEPS and step_macs(cell, x) >= ONEDNN_MIN_STEP_MACS
+              and _state["ext"].onednn())
+    return False, onednn
+
+
 def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,
                           record: StepRecord | None = None) -> tuple[Tensor, ...]:
     """``run_sequence`` on the compiled engine; the python engine (after one warning) where the
@@ -260,6 +283,6 @@ def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batc
         _warn_once(reason.split(";")[0], reason)
         return run_sequence(cell, x, states0, weights, batch_sizes, record)
     return CompiledSequenceFunction.apply(cell, _spec(cell), batch_sizes, record,
-                                          bf16_products(cell, x), x, *states0,
+                                          products(cell, x), x, *states0,
                                           weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh,
                                           weights.w_ch, weights.w_hr)

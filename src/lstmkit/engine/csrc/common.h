@@ -45,6 +45,9 @@ struct Spec {
 struct Weights {
   Tensor w_ih, w_hh, b_ih, b_hh, w_ch, w_hr;
   Tensor w_hh_t;  // (P, G*H), made by the engine for the forward pass
+  // oneDNN-packed W_hh (forward: h W_hh^T) and W_hh^T (backward: dgates W_hh), when the call
+  // runs its products on oneDNN (Sequence::onednn) and the cell takes them (packs_recurrent)
+  Tensor w_hh_pk, w_hh_t_pk;
 };
 
 // Everything one call walks over. Forward fills x .. bufs; backward adds the rest.
@@ -52,6 +55,7 @@ struct Sequence {
   Spec spec;
   Weights w;
   bool lowp = false;        // bfloat16 products (autocast), everything else in x's dtype
+  bool onednn = false;      // weight products on oneDNN's prepacked inner product (float32/bf16)
   std::vector<int64_t> bs;  // active rows per step, processing order
   bool packed = false;
   int64_t T = 0, B = 0;
@@ -85,11 +89,19 @@ class CellKernels {
   // true when W_hh h + b_hh enters every pre-activation additively (b_hh joins the hoisted bias)
   virtual bool bias_hh_hoisted() const { return true; }
   virtual void prepare(Sequence& q, bool forward) {}
+  // true when every per-step recurrent product is h W_hh^T (forward) and dgates W_hh (backward)
+  // through add_recurrent, so that the engine may pack W_hh for oneDNN
+  virtual bool packs_recurrent() const { return false; }
   virtual void forward_step(Sequence& q, int64_t s, int64_t n) = 0;
   virtual void backward_step(Sequence& q, int64_t s, int64_t n,
                              const std::vector<Tensor>& dprev) = 0;
   virtual RecurrentGrads recurrent_grads(Sequence& q) = 0;
 };
+
+// onednn.cpp: oneDNN's prepacked inner product through torch's registered ops.
+bool onednn_available();
+Tensor onednn_pack(const Tensor& w, int64_t batch);                          // w (out, in)
+Tensor onednn_linear(const Tensor& a, const Tensor& w_packed, const Tensor& bias);  // a W^T + b
 
 std::unique_ptr<CellKernels> make_lstm(const Spec& spec, at::ScalarType dtype);
 std::unique_ptr<CellKernels> make_gru(const Spec& spec, at::ScalarType dtype);
@@ -154,6 +166,17 @@ inline void addmm_into(const Sequence& q, Tensor out, const Tensor& bias, const 
                        const Tensor& b) {
   if (q.lowp) at::add_out(out, bias, lp_mm(a, b));                        // out = bias + a b
   else at::addmm_out(out, bias, a, b);
+}
+
+// out += h W_hh^T (forward) or out += dgates W_hh (backward): one step's recurrent product, on
+// the packed weights when the engine made them, else as add_mm.
+inline void add_recurrent(const Sequence& q, Tensor out, const Tensor& a, bool forward) {
+  const Tensor& packed = forward ? q.w.w_hh_pk : q.w.w_hh_t_pk;
+  if (packed.defined()) {
+    out.add_(onednn_linear(q.lowp ? lp(a) : a, packed, Tensor()));
+    return;
+  }
+  add_mm(q, out, a, forward ? q.w.w_hh_t : q.w.w_hh);
 }
 
 // dgates[s, :n] as the step's recurrent product takes it. With bfloat16 products the rows are

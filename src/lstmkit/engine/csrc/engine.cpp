@@ -51,10 +51,11 @@ Tensor contiguous_or_undefined(const OptTensor& t) {
 Sequence make_sequence(const std::vector<int64_t>& spec, const std::vector<int64_t>& bs,
                        const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                        const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch,
-                       const OptTensor& w_hr, bool lowp) {
+                       const OptTensor& w_hr, bool lowp, bool onednn) {
   Sequence q;
   q.spec = make_spec(spec);
   q.lowp = lowp;
+  q.onednn = onednn && x.scalar_type() == at::kFloat && onednn_available();
   TORCH_CHECK(x.dim() == 3 && x.device().is_cpu(), "lstmkit compiled engine: x must be a "
               "(T, B, I) CPU tensor");
   q.x = x.contiguous();
@@ -109,11 +110,12 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
     const std::vector<int64_t>& spec, const std::vector<int64_t>& batch_sizes, const Tensor& x,
     const std::vector<Tensor>& states0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch, const OptTensor& w_hr,
-    bool lowp) {
+    bool lowp, bool onednn) {
   FlushDenormalGuard ftz;
   at::AutoDispatchBelowADInplaceOrView below_autograd;   // our own tensors: no views to track
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // input dtype
-  Sequence q = make_sequence(spec, batch_sizes, x, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lowp);
+  Sequence q =
+      make_sequence(spec, batch_sizes, x, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lowp, onednn);
   auto cell = make_cell(q.spec, x.scalar_type());
   const int64_t T = q.T, B = q.B, I = q.x.size(2), GH = cell->gate_width();
 
@@ -121,8 +123,15 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   const Tensor x2 = q.x.view({T * B, I});
   Tensor bias = q.w.b_ih;
   if (bias.defined() && cell->bias_hh_hoisted()) bias = q.w.b_ih + q.w.b_hh;
-  q.gates = (bias.defined() ? addmm(q, bias, x2, q.w.w_ih.t()) : mm(q, x2, q.w.w_ih.t()))
-                .view({T, B, GH});
+  if (q.onednn) {          // bias + x W_ih^T (the bias joins in float32 under lowp)
+    const Tensor y = onednn_linear(q.lowp ? lp(x2) : x2, onednn_pack(q.w.w_ih, T * B),
+                                   q.lowp ? Tensor() : bias);
+    q.gates = (!q.lowp ? y : bias.defined() ? at::add(bias, y) : y.to(at::kFloat))
+                  .view({T, B, GH});
+  } else {
+    q.gates = (bias.defined() ? addmm(q, bias, x2, q.w.w_ih.t()) : mm(q, x2, q.w.w_ih.t()))
+                  .view({T, B, GH});
+  }
 
   const auto sizes = cell->state_sizes();
   TORCH_CHECK(states0.size() == sizes.size(), "lstmkit compiled engine: expected ",
@@ -143,6 +152,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   // view, but the copy costs as much as 6-17 steps (measured: 40 us for 512 x 128): worth it
   // for longer sequences only. Step-by-step generation (T = 1) never copies.
   q.w.w_hh_t = T >= kTransposeMinSteps ? q.w.w_hh.t().contiguous() : q.w.w_hh.t();
+  if (q.onednn && cell->packs_recurrent()) q.w.w_hh_pk = onednn_pack(q.w.w_hh, B);
   cell->prepare(q, /*forward=*/true);
   for (int64_t s = 0; s < T; ++s) cell->forward_step(q, s, q.bs[s]);
   return {q.gates, q.hist, q.bufs};
@@ -158,11 +168,12 @@ std::vector<Tensor> backward(
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
     const OptTensor& w_ch, const OptTensor& w_hr, const std::vector<OptTensor>& grad_hist,
     const Tensor& dgates, const std::vector<Tensor>& gbufs, const std::vector<Tensor>& dhist,
-    const std::vector<bool>& needs, bool lowp) {
+    const std::vector<bool>& needs, bool lowp, bool onednn) {
   FlushDenormalGuard ftz;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  Sequence q = make_sequence(spec, batch_sizes, x, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lowp);
+  Sequence q =
+      make_sequence(spec, batch_sizes, x, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, lowp, onednn);
   auto cell = make_cell(q.spec, x.scalar_type());
   const int64_t T = q.T, B = q.B;
   const auto sizes = cell->state_sizes();
@@ -198,6 +209,7 @@ std::vector<Tensor> backward(
     q.dstates0.push_back(at::zeros({B, sizes[k]}, q.x.options()));
   }
 
+  if (q.onednn && cell->packs_recurrent()) q.w.w_hh_t_pk = onednn_pack(q.w.w_hh.t(), B);
   cell->prepare(q, /*forward=*/false);
   std::vector<Tensor> dprev(K);
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -224,7 +236,12 @@ std::vector<Tensor> backward(
   const size_t W = 1 + K;  // index of w_ih in needs
   std::vector<Tensor> out;
   const Tensor dg = flat(q.dgates_lp);
-  out.push_back(needs[0] ? mm(q, dg, q.w.w_ih).view({T, B, -1}) : Tensor());   // dx
+  Tensor dx;                                                  // dgates W_ih
+  if (needs[0] && q.onednn)
+    dx = onednn_linear(dg, onednn_pack(q.w.w_ih.t(), T * B), Tensor()).to(q.x.scalar_type());
+  else if (needs[0])
+    dx = mm(q, dg, q.w.w_ih);
+  out.push_back(needs[0] ? dx.view({T, B, -1}) : Tensor());
   for (size_t k = 0; k < K; ++k) out.push_back(needs[1 + k] ? q.dstates0[k] : Tensor());
   out.push_back(needs[W] ? mm(q, dg.t(), flat(q.x)) : Tensor());              // dW_ih
   const bool need_rec = needs[W + 1] || (needs[W + 3] && !cell->bias_hh_hoisted()) ||
@@ -281,5 +298,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &lstmkit::backward, "backward over a whole sequence -> gradients");
   m.def("capability", &lstmkit::capability, "the CPU capability the extension was built for");
   m.def("vectorized", &lstmkit::vectorized, "Vectorized<float/double> are SIMD, not scalar");
+  m.def("onednn", &lstmkit::onednn_available, "torch's oneDNN inner-product ops are there");
   m.def("tanh_float", &lstmkit::tanh_float, "the engine's float32 tanh (for tests)");
 }

@@ -27,6 +27,7 @@ class LSTMKernels final : public CellKernels {
     return proj_ ? std::vector<int64_t>{H_, H_} : std::vector<int64_t>{H_};
   }
   int64_t gate_width() const override { return G_ * H_; }
+  bool packs_recurrent() const override { return true; }
 
   void prepare(Sequence& q, bool forward) override {
     if (proj_) {
@@ -37,7 +38,7 @@ class LSTMKernels final : public CellKernels {
 
   void forward_step(Sequence& q, int64_t s, int64_t n) override {
     const int64_t B = q.B, H = H_, GH = G_ * H_;
-    add_mm(q, rows(q.gates, s, n), rows(q.hist[0], s, n), q.w.w_hh_t);  // pre-activations (n, G*H)
+    add_recurrent(q, rows(q.gates, s, n), rows(q.hist[0], s, n), true);  // pre-activations (n, G*H)
     T* gates = ptr<T>(q.gates) + s * B * GH;
     const T* c_prev = ptr<T>(q.hist[1]) + s * B * H;
     T* c = ptr<T>(q.hist[1]) + (s + 1) * B * H;
@@ -154,7 +155,7 @@ class LSTMKernels final : public CellKernels {
         store(dcp, j, k, load(dcp, j, k) + dcp_v);
       });
     });
-    add_mm(q, dprev[0], dgates_rows(q, s, n), q.w.w_hh);  // dh_prev += dgates W_hh
+    add_recurrent(q, dprev[0], dgates_rows(q, s, n), false);  // dh_prev += dgates W_hh
   }
 
   RecurrentGrads recurrent_grads(Sequence& q) override {

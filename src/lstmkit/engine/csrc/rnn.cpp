@@ -16,10 +16,11 @@ class RNNKernels final : public CellKernels {
 
   std::vector<int64_t> state_sizes() const override { return {H_}; }
   int64_t gate_width() const override { return H_; }
+  bool packs_recurrent() const override { return true; }
 
   void forward_step(Sequence& q, int64_t s, int64_t n) override {
     const int64_t B = q.B, H = H_;
-    add_mm(q, rows(q.gates, s, n), rows(q.hist[0], s, n), q.w.w_hh_t);  // a_t (n, H)
+    add_recurrent(q, rows(q.gates, s, n), rows(q.hist[0], s, n), true);  // a_t (n, H)
     const T* a = ptr<T>(q.gates) + s * B * H;
     T* h = ptr<T>(q.hist[0]) + (s + 1) * B * H;
     const bool relu = relu_;
@@ -52,7 +53,7 @@ class RNNKernels final : public CellKernels {
         store(dar, j, k, relu ? (dhv & (hv > zero)) : dhv * (one - hv * hv));
       });
     });
-    add_mm(q, dprev[0], dgates_rows(q, s, n), q.w.w_hh);                // dh_prev += da W_hh
+    add_recurrent(q, dprev[0], dgates_rows(q, s, n), false);                // dh_prev += da W_hh
   }
 
   RecurrentGrads recurrent_grads(Sequence& q) override {
