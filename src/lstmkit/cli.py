@@ -64,6 +64,10 @@ TRAIN_OPTIONS = [
     ("--lr", "lr", float, "learning rate", "optimisation"),
     ("--momentum", "momentum", float, "sgd momentum", "optimisation"),
     ("--weight-decay", "weight_decay", float, "L2 penalty", "optimisation"),
+    ("--weight-noise", "weight_noise", float, "standard deviation of Gaussian noise added to "
+     "every weight for each training step (the gradient is taken at the noisy weights and "
+     "applied to the clean ones; Graves 2011, as Chung et al. 2014 trained on music)",
+     "optimisation"),
     ("--clip", "clip", float, "clip the gradient norm to this (0 = off)", "optimisation"),
     ("--epochs", "epochs", int, "passes over the training data", "optimisation"),
     ("--batch-size", "batch_size", int, "sequences per batch", "optimisation"),

@@ -149,6 +149,7 @@ class Config:
     lr: float = 1e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
+    weight_noise: float = 0.0          # std of Gaussian noise on every weight at each step
     clip: float = 5.0                  # max gradient norm; 0 = no clipping
     epochs: int = 10
     batch_size: int = 32

@@ -382,20 +382,31 @@ class Run:
     def step(self, batch, carry, epoch: int):
         """One optimiser step on a batch (this rank's slice of it); returns the new carry."""
         cfg, st, task, group = self.cfg, self.st, self.task, self.group
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, carry = task.train_step(self.net, batch, carry)
-        self.optimizer.zero_grad(set_to_none=True)
-        value, share = loss.item(), 1.0
-        if group.active:
-            # the global mean loss, and this rank's share of it: DDP averages the gradients of
-            # share * local mean over ranks, which is the gradient of the global mean
-            units = task.batch_units(batch)
-            total, all_units = distributed.all_sum([value * units, units], group)
-            value, share = total / all_units, units * group.world / all_units
-        norm = math.nan
-        if math.isfinite(value):
-            (loss * (task.loss_weight(batch) * share)).backward()
-            norm = gradient_norm(self.params, cfg.clip)
+        noise = []
+        if cfg.weight_noise:                    # the gradient at w + e, applied to w
+            with torch.no_grad():
+                for p in self.params:
+                    noise.append(torch.randn_like(p) * cfg.weight_noise)
+                    p.add_(noise[-1])
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss, carry = task.train_step(self.net, batch, carry)
+            self.optimizer.zero_grad(set_to_none=True)
+            value, share = loss.item(), 1.0
+            if group.active:
+                # the global mean loss, and this rank's share of it: DDP averages the gradients
+                # of share * local mean over ranks, which is the gradient of the global mean
+                units = task.batch_units(batch)
+                total, all_units = distributed.all_sum([value * units, units], group)
+                value, share = total / all_units, units * group.world / all_units
+            norm = math.nan
+            if math.isfinite(value):
+                (loss * (task.loss_weight(batch) * share)).backward()
+                norm = gradient_norm(self.params, cfg.clip)
+        finally:
+            with torch.no_grad():
+                for p, e in zip(self.params, noise):
+                    p.sub_(e)
         st.step += 1
         if math.isfinite(norm):
             self.optimizer.step()
