@@ -7,8 +7,8 @@ where the loop runs: per step one recurrent matrix product and one fused, vector
 the gate pre-activations (``at::vec::Vectorized``), with flush-to-zero and denormals-are-zero set
 for the engine's own loops and the caller's setting restored afterwards. The products run on
 ``at::mm`` (MKL), or, for large float32 calls, on oneDNN's prepacked inner product (the weights
-reordered once per call; ``ONEDNN_MIN_STEP_MACS``). The sources are ``csrc/``: ``engine.cpp``
-(time loop, bindings), one file per cell family, ``onednn.cpp``.
+reordered once per call; ``ONEDNN_STEP_MACS``). The sources are
+``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family, ``onednn.cpp``.
 
 The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under
 ``$XDG_CACHE_HOME/lstmkit/extensions`` (``~/.cache/lstmkit/extensions``), one directory per torch
@@ -169,7 +169,7 @@ def _spec(cell: Cell) -> list[int] | None:
 
 class CompiledSequenceFunction(torch.autograd.Function):
     """apply(cell, spec, batch_sizes, record, products, x, *states0, w_ih, w_hh, b_ih, b_hh,
-             w_ch, w_hr); products = (bfloat16, oneDNN) as ``products(cell, x)`` gives them.
+             w_ch, w_hr); products as ``products(cell, x)`` gives them.
 
     ``SequenceFunction``'s contract (see ``lstmkit.engine.sequence``), run by the extension.
     """
@@ -250,22 +250,24 @@ def bf16_products(cell: Cell, x: Tensor) -> bool:
             and step_macs(cell, x) >= BF16_MIN_STEP_MACS)
 
 
-# float32 products on oneDNN's prepacked inner product (torch.ops.mkldnn, what torch.compile uses
-# for linear layers on the CPU) instead of at::mm (MKL) from this many multiply-adds per step and
-# this many steps. benchmarks/bench_bf16.py, float32 training step: at 8.4M and 67M per step
-# (batch x hidden 32 x 256, 64 x 512) 0.70-0.89x the MKL time, at 3.2M (20 x 200) 1.26x: the
-# weight reorders (1-6 products each) and per-call cost are not paid back there.
-ONEDNN_MIN_STEP_MACS = 8_000_000
+# float32 weight products (input projection, each step's recurrent products, dx) on oneDNN's
+# prepacked inner product (torch.ops.mkldnn, what torch.compile uses for linear layers on the
+# CPU) instead of at::mm (MKL), from this many multiply-adds per step and this many steps on.
+# float32 training step (bench_compiled.py, bench_bf16.py): 0.70-0.95x the MKL time at 8.4M and
+# 67M per step (batch x hidden 32 x 256, 64 x 512), 1.1-1.26x at 3.2M (20 x 200), where the
+# weight reorders (1-6 products each) and per-call cost are not paid back; oneDNN for the input
+# projection and dx alone was no faster at 3.2M and 1M per step.
+ONEDNN_STEP_MACS = 8_000_000
 ONEDNN_MIN_STEPS = 16
 
 
 def products(cell: Cell, x: Tensor) -> tuple[bool, bool]:
-    """How a call on x (T, B, I) runs its matrix products: (in bfloat16 (at::mm, oneDNN), in
+    """How a call on x (T, B, I) runs its matrix products: (in bfloat16 (at::mm on oneDNN), in
     float32 on oneDNN's prepacked inner product); (False, False) is at::mm in x's dtype."""
     if bf16_products(cell, x):
         return True, False
     onednn = (x.dtype == torch.float32 and x.device.type == "cpu"
-              and x.shape[0] >= ONEDNN_MIN_STEPS and step_macs(cell, x) >= ONEDNN_MIN_STEP_MACS
+              and x.shape[0] >= ONEDNN_MIN_STEPS and step_macs(cell, x) >= ONEDNN_STEP_MACS
               and _state["ext"].onednn())
     return False, onednn
 

@@ -8,6 +8,9 @@
 // what it sends back to step s-1; then dx, dW_ih, db and the cell's recurrent weight gradients as
 // single products over all steps. FTZ/DAZ is on for the whole call and restored on return.
 // lowp (bfloat16 autocast): every product in bfloat16 (common.h), all else in float32.
+// onednn (large float32 calls): the weight products (input projection, each step's recurrent
+// products, dx) on oneDNN's prepacked inner product (onednn.cpp), the weights reordered once
+// per call.
 #include <torch/extension.h>
 
 #include <cstring>
@@ -55,7 +58,7 @@ Sequence make_sequence(const std::vector<int64_t>& spec, const std::vector<int64
   Sequence q;
   q.spec = make_spec(spec);
   q.lowp = lowp;
-  q.onednn = onednn && x.scalar_type() == at::kFloat && onednn_available();
+  q.onednn = onednn && !lowp && x.scalar_type() == at::kFloat && onednn_available();
   TORCH_CHECK(x.dim() == 3 && x.device().is_cpu(), "lstmkit compiled engine: x must be a "
               "(T, B, I) CPU tensor");
   q.x = x.contiguous();
@@ -123,11 +126,8 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   const Tensor x2 = q.x.view({T * B, I});
   Tensor bias = q.w.b_ih;
   if (bias.defined() && cell->bias_hh_hoisted()) bias = q.w.b_ih + q.w.b_hh;
-  if (q.onednn) {          // bias + x W_ih^T (the bias joins in float32 under lowp)
-    const Tensor y = onednn_linear(q.lowp ? lp(x2) : x2, onednn_pack(q.w.w_ih, T * B),
-                                   q.lowp ? Tensor() : bias);
-    q.gates = (!q.lowp ? y : bias.defined() ? at::add(bias, y) : y.to(at::kFloat))
-                  .view({T, B, GH});
+  if (q.onednn) {
+    q.gates = onednn_linear(x2, onednn_pack(q.w.w_ih, T * B), bias).view({T, B, GH});
   } else {
     q.gates = (bias.defined() ? addmm(q, bias, x2, q.w.w_ih.t()) : mm(q, x2, q.w.w_ih.t()))
                   .view({T, B, GH});
@@ -238,12 +238,12 @@ std::vector<Tensor> backward(
   const Tensor dg = flat(q.dgates_lp);
   Tensor dx;                                                  // dgates W_ih
   if (needs[0] && q.onednn)
-    dx = onednn_linear(dg, onednn_pack(q.w.w_ih.t(), T * B), Tensor()).to(q.x.scalar_type());
+    dx = onednn_linear(dg, onednn_pack(q.w.w_ih.t(), T * B), Tensor());
   else if (needs[0])
     dx = mm(q, dg, q.w.w_ih);
   out.push_back(needs[0] ? dx.view({T, B, -1}) : Tensor());
   for (size_t k = 0; k < K; ++k) out.push_back(needs[1 + k] ? q.dstates0[k] : Tensor());
-  out.push_back(needs[W] ? mm(q, dg.t(), flat(q.x)) : Tensor());              // dW_ih
+  out.push_back(needs[W] ? mm(q, dg.t(), flat(q.x)) : Tensor());          // dW_ih
   const bool need_rec = needs[W + 1] || (needs[W + 3] && !cell->bias_hh_hoisted()) ||
                         needs[W + 4] || needs[W + 5];
   RecurrentGrads rec = need_rec ? cell->recurrent_grads(q) : RecurrentGrads();
