@@ -1,8 +1,9 @@
 """Experiment grids that run the trainer many times and tabulate what they measured.
 
 ``lags``: the adding problem (or the copy task) at several time lags T for several cells of
-the same size and the same budget: test MSE (cross-entropy) against steps, and the first
-evaluation at which each run solved the task (adding: MSE below 0.01).
+the same size and the same budget: validation MSE (cross-entropy) against steps (plots), the
+test MSE (cross-entropy) of each run's best model, and the first evaluation at which each run
+solved the task (adding: MSE below 0.01; copy: every copied symbol right).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def lags(out: str | Path, task: str = "adding", cells=("rnn", "lstm", "gru", "pe
         series = {k.split(" ", 1)[1]: [v for _, v in c] for k, c in curves.items()
                   if k.startswith(f"T={T} ")}
         x = [s for s, _ in curves[f"T={T} {cells[0]}"]]
-        plots.curves(series, out / f"{task}-T{T}.png", "step", f"test {metric}",
+        plots.curves(series, out / f"{task}-T{T}.png", "step", f"validation {metric}",
                      f"{task}, T = {T}", log_y=True, x=x)
     atomic_write_bytes(out / f"{task}-lags.md", report.encode())
     return report
