@@ -395,3 +395,12 @@ def test_cell_equals_one_step_of_layer(peephole, coupled):
     h, c = cell(x[0], (h0[0], c0[0]))
     _assert_close(h, h1[0], "h")
     _assert_close(c, c1[0], "c")
+
+
+def test_task_cell_names_build_both_gru_forms():
+    """--cell gru is torch's GRU (reset after the product), --cell gru-cho Cho et al.'s."""
+    from lstmkit.tasks.models import make_rnn
+
+    torch_form, cho_form = make_rnn("gru", 3, 4), make_rnn("gru-cho", 3, 4)
+    assert torch_form.cell.reset_after and not cho_form.cell.reset_after
+    assert [p.shape for p in torch_form.parameters()] == [p.shape for p in cho_form.parameters()]

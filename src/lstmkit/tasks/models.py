@@ -1,7 +1,9 @@
 """The networks the tasks train: a recurrent layer of any cell between an input and an output.
 
-Cells by name: lstm, peephole (LSTM with peepholes), coupled (LSTM with i_t = 1 - f_t), gru,
-rnn (tanh). Shapes: N batch, L sequence length, V vocabulary, H hidden size, C classes.
+Cells by name: lstm, peephole (LSTM with peepholes), coupled (LSTM with i_t = 1 - f_t), gru
+(torch's form: n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))), gru-cho (Cho et al.
+2014's form, which Chung et al. 2014 compared: n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1})
++ b_hn)), rnn (tanh). Shapes: N batch, L sequence length, V vocabulary, H hidden size, C classes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from ..layers import GRU, LSTM, RNN
 from ..losses import linear_cross_entropy
 
-CELLS = ("lstm", "peephole", "coupled", "gru", "rnn")
+CELLS = ("lstm", "peephole", "coupled", "gru", "gru-cho", "rnn")
 
 
 def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
@@ -27,8 +29,8 @@ def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: 
         return LSTM(input_size, hidden, peephole=True, **common)
     if cell == "coupled":
         return LSTM(input_size, hidden, coupled=True, **common)
-    if cell == "gru":
-        return GRU(input_size, hidden, **common)
+    if cell in ("gru", "gru-cho"):
+        return GRU(input_size, hidden, reset_after=cell == "gru", **common)
     if cell == "rnn":
         return RNN(input_size, hidden, **common)
     raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
