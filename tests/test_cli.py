@@ -227,6 +227,16 @@ def test_lags_experiment_tabulates_every_run(tmp_path):
     assert (tmp_path / "adding-lags.md").is_file() and (tmp_path / "adding-T12.png").is_file()
 
 
+def test_lags_experiment_on_the_copy_task_reports_accuracy(tmp_path):
+    out = lstmkit("experiment", "lags", "--task", "copy", "--cells", "gru", "--lengths", 6,
+                  "--steps", 100, "--hidden", 8, "--out", tmp_path).stdout
+    header = next(line for line in out.splitlines() if line.startswith("| T | cell"))
+    assert "test accuracy" in header
+    row = next(line for line in out.splitlines() if line.startswith("| 6 | gru"))
+    assert 0 <= float(row.split("|")[4]) <= 1
+    assert (tmp_path / "copy-T6.png").is_file()
+
+
 @needs_data
 def test_jsb_runs_and_scores_nll_per_step(tmp_path):
     run = tmp_path / "jsb"

@@ -1,9 +1,10 @@
 """Experiment grids that run the trainer many times and tabulate what they measured.
 
 ``lags``: the adding problem (or the copy task) at several time lags T for several cells of
-the same size and the same budget: validation MSE (cross-entropy) against steps (plots), the
-test MSE (cross-entropy) of each run's best model, and the first evaluation at which each run
-solved the task (adding: MSE below 0.01; copy: every copied symbol right).
+the same size and the same budget: validation MSE (copy: accuracy on the copied symbols)
+against steps (plots), the test MSE (cross-entropy and accuracy) of each run's best model, and
+the first evaluation at which each run solved the task (adding: MSE below 0.01; copy: every
+copied symbol right).
 """
 
 from __future__ import annotations
@@ -49,22 +50,28 @@ def lags(out: str | Path, task: str = "adding", cells=("rnn", "lstm", "gru", "pe
                 train(cfg, run, log=log)
             records = read_metrics(run / "metrics.jsonl")
             results = json.loads((run / "results.json").read_text())
-            valid = [(r["step"], r["valid"]["loss"]) for r in records if "valid" in r]
-            curves[f"T={T} {cell}"] = valid
-            rows.append((T, cell, results["test"]["loss"], solved_at(records, task),
+            key = "loss" if task == "adding" else "accuracy"      # copy: what "solved" reads
+            curves[f"T={T} {cell}"] = [(r["step"], r["valid"][key]) for r in records
+                                       if "valid" in r]
+            rows.append((T, cell, results["test"], solved_at(records, task),
                          results["train_seconds"]))
     metric = "MSE" if task == "adding" else "cross-entropy"
-    lines = [f"| T | cell | test {metric} (best model) | solved at step | training time |",
-             "|---:|---|---:|---:|---:|"]
-    lines += [f"| {T} | {cell} | {loss:.4f} | {solved or 'not solved'} | {secs:.1f} s |"
-              for T, cell, loss, solved, secs in rows]
+    extra = "" if task == "adding" else " test accuracy |"
+    lines = [f"| T | cell | test {metric} (best model) |{extra} solved at step | training time |",
+             "|---:|---|---:|" + ("" if task == "adding" else "---:|") + "---:|---:|"]
+    lines += [f"| {T} | {cell} | {test['loss']:.4f} |"
+              + ("" if task == "adding" else f" {test['accuracy']:.3f} |")
+              + f" {solved or 'not solved'} | {secs:.1f} s |"
+              for T, cell, test, solved, secs in rows]
     report = (f"{task}, hidden {hidden}, {steps} Adam steps of batch 64, init {init}, "
               f"seed {seed}\n\n" + "\n".join(lines) + "\n")
     for T in lengths:
         series = {k.split(" ", 1)[1]: [v for _, v in c] for k, c in curves.items()
                   if k.startswith(f"T={T} ")}
         x = [s for s, _ in curves[f"T={T} {cells[0]}"]]
-        plots.curves(series, out / f"{task}-T{T}.png", "step", f"validation {metric}",
-                     f"{task}, T = {T}", log_y=True, x=x)
+        label = "validation MSE" if task == "adding" else \
+            "validation accuracy on the copied symbols"
+        plots.curves(series, out / f"{task}-T{T}.png", "step", label, f"{task}, T = {T}",
+                     log_y=task == "adding", x=x)
     atomic_write_bytes(out / f"{task}-lags.md", report.encode())
     return report
