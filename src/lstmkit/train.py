@@ -19,6 +19,7 @@ times over; see BENCHMARKS.md); the setting returns to torch's default (off) aft
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -195,6 +196,25 @@ def gradient_norm(params: list, clip: float) -> float:
     if clip > 0:
         return float(nn.utils.clip_grad_norm_(params, clip))
     return float(nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+
+
+@contextlib.contextmanager
+def weight_noise(params: list, std: float):
+    """Inside: every parameter w is w + e, e ~ N(0, std^2) drawn afresh (Graves 2011), so that a
+    backward pass there takes the gradient at the noisy weights; on exit w exactly as before."""
+    if not std:
+        yield
+        return
+    with torch.no_grad():
+        clean = [p.detach().clone() for p in params]
+        for p in params:
+            p.add_(torch.randn_like(p) * std)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, clean):
+                p.copy_(w)
 
 
 class Interrupted(Exception):
@@ -382,13 +402,7 @@ class Run:
     def step(self, batch, carry, epoch: int):
         """One optimiser step on a batch (this rank's slice of it); returns the new carry."""
         cfg, st, task, group = self.cfg, self.st, self.task, self.group
-        noise = []
-        if cfg.weight_noise:                    # the gradient at w + e, applied to w
-            with torch.no_grad():
-                for p in self.params:
-                    noise.append(torch.randn_like(p) * cfg.weight_noise)
-                    p.add_(noise[-1])
-        try:
+        with weight_noise(self.params, cfg.weight_noise):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss, carry = task.train_step(self.net, batch, carry)
             self.optimizer.zero_grad(set_to_none=True)
@@ -403,10 +417,6 @@ class Run:
             if math.isfinite(value):
                 (loss * (task.loss_weight(batch) * share)).backward()
                 norm = gradient_norm(self.params, cfg.clip)
-        finally:
-            with torch.no_grad():
-                for p, e in zip(self.params, noise):
-                    p.sub_(e)
         st.step += 1
         if math.isfinite(norm):
             self.optimizer.step()
