@@ -56,13 +56,13 @@ def lags(out: str | Path, task: str = "adding", cells=("rnn", "lstm", "gru", "pe
             rows.append((T, cell, results["test"], solved_at(records, task),
                          results["train_seconds"]))
     metric = "MSE" if task == "adding" else "cross-entropy"
-    extra = "" if task == "adding" else " test accuracy |"
-    lines = [f"| T | cell | test {metric} (best model) |{extra} solved at step | training time |",
-             "|---:|---|---:|" + ("" if task == "adding" else "---:|") + "---:|---:|"]
-    lines += [f"| {T} | {cell} | {test['loss']:.4f} |"
-              + ("" if task == "adding" else f" {test['accuracy']:.3f} |")
-              + f" {solved or 'not solved'} | {secs:.1f} s |"
-              for T, cell, test, solved, secs in rows]
+    columns = [f"test {metric} (best model)"] + ([] if task == "adding" else ["test accuracy"])
+    lines = ["| T | cell | " + " | ".join(columns) + " | solved at step | training time |",
+             "|---:|---|" + "---:|" * (len(columns) + 2)]
+    for T, cell, test, solved, secs in rows:
+        values = [f"{test['loss']:.4f}"] + ([] if task == "adding" else [f"{test['accuracy']:.3f}"])
+        lines.append(f"| {T} | {cell} | " + " | ".join(values)
+                     + f" | {solved or 'not solved'} | {secs:.1f} s |")
     report = (f"{task}, hidden {hidden}, {steps} Adam steps of batch 64, init {init}, "
               f"seed {seed}\n\n" + "\n".join(lines) + "\n")
     for T in lengths:
