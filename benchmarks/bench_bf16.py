@@ -28,15 +28,17 @@ compiled engine; the validation loss of both, and their relative difference.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import torch
+from bench_compiled import models_for
 from bench_layers import SIZES, median_ms, output_of, train_step
 from torch import nn
 
 import lstmkit
+from lstmkit.data import MissingDataError, load_text
+from lstmkit.data.store import require
 
 MODELS = ("lstm", "gru", "peephole", "coupled", "rnn")
 
@@ -47,22 +49,6 @@ def step(model, x, grad, bf16: bool):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             train_step(model, x, grad)
     return run
-
-
-def models_for(kind: str, I: int, H: int):
-    """(torch.nn reference, lstmkit compiled model); shared weights where layouts agree."""
-    torch.manual_seed(0)
-    if kind in ("gru", "rnn"):
-        ref = {"gru": nn.GRU, "rnn": nn.RNN}[kind](I, H)
-        ours = {"gru": lstmkit.GRU, "rnn": lstmkit.RNN}[kind](I, H, engine="compiled")
-        ours.load_state_dict(ref.state_dict())
-        return ref, ours
-    ref = nn.LSTM(I, H)
-    ours = lstmkit.LSTM(I, H, engine="compiled", peephole=kind == "peephole",
-                        coupled=kind == "coupled")
-    if kind == "lstm":
-        ours.load_state_dict(ref.state_dict())
-    return ref, ours
 
 
 def check_bf16(model, x, grad, what: str) -> None:
@@ -84,7 +70,7 @@ def bench_size(size, models, repeats: int) -> list[dict]:
     T, B, I, H = size
     rows = []
     for kind in models:
-        ref, ours = models_for(kind, I, H)
+        ours, ref, _ = models_for(kind, I, H)          # compiled, torch.nn, python engine
         torch.manual_seed(1)
         x = torch.randn(T, B, I, requires_grad=True)
         grad = torch.randn(T, B, H)
@@ -121,19 +107,17 @@ class CharModel(nn.Module):
         return self.out(self.rnn(self.embed(x))[0])
 
 
-def char_data(T: int = 100):
-    root = os.environ.get("LSTMKIT_DATA")
-    path = Path(root or "-") / "tinyshakespeare" / "input.txt"
-    if path.is_file():
-        text, source = path.read_text(encoding="utf-8"), str(path)
-    else:
-        g = torch.Generator().manual_seed(0)
-        text = "".join(chr(97 + int(i)) for i in torch.randint(0, 26, (200_000,), generator=g))
-        source = "random letters (no $LSTMKIT_DATA/tinyshakespeare)"
-    vocab = sorted(set(text))
-    ids = torch.tensor([vocab.index(c) for c in text[:1_100_000]] if len(vocab) < 128 else [])
-    split = int(0.9 * len(ids))
-    return ids[:split], ids[split:], len(vocab), source
+def char_data():
+    """(train ids, valid ids, vocabulary size, source): Tiny Shakespeare split 90/10 by
+    lstmkit.data.load_text (from $LSTMKIT_DATA, else the user's cache), else a seeded random
+    text of 26 letters."""
+    try:
+        path = require("tinyshakespeare") / "input.txt"
+    except MissingDataError:
+        ids = torch.randint(0, 26, (200_000,), generator=torch.Generator().manual_seed(0))
+        return ids[:180_000], ids[180_000:], 26, "random letters (no Tiny Shakespeare found)"
+    corpus = load_text(path)
+    return corpus.train, corpus.valid, len(corpus.chars), str(path)
 
 
 def batch(ids, T: int, B: int, g: torch.Generator):
@@ -143,7 +127,7 @@ def batch(ids, T: int, B: int, g: torch.Generator):
 
 
 def train_both(steps: int, T: int = 100, B: int = 32) -> str:
-    train, valid, vocab, source = char_data(T)
+    train, valid, vocab, source = char_data()
     results = {}
     for ac in (False, True):
         torch.manual_seed(0)
