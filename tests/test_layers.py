@@ -418,12 +418,12 @@ def test_auto_engine_under_autocast_as_without_it_and_for_traces(kind, steps):
 def test_auto_engine_under_autocast_runs_large_standard_lstm_compiled():
     """With a per-step product of AUTO_BF16_MACS or more, the compiled engine's bfloat16
     products beat torch's bfloat16 LSTM: auto takes them (and torch's kernel below that)."""
-    big = lstmkit.LSTM(256, 256)                  # 32 x 256 x 1024 = 8.4M per step at B = 32
-    x = torch.empty(20, 32, 256)
+    big = lstmkit.LSTM(512, 512)                  # 64 x 512 x 2048 = 67M per step at B = 64
+    x = torch.empty(20, 64, 512)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert big._engine_for(False, x, 20, False) == ("compiled" if compiled.available()
                                                         else "torch")
-        assert big._engine_for(False, x[:, :8], 20, False) == "torch"
+        assert big._engine_for(False, x[:, :16], 20, False) == "torch"   # 17M
     assert big._engine_for(False, x, 20, False) == "torch"
 
 
