@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -38,6 +37,7 @@ from .cells.base import Cell, Weights
 from .cells.gru import GRUCellMath
 from .cells.lstm import LSTMCellMath
 from .cells.rnn import RNNCellMath
+from .dropout import dropout
 from .engine.compiled import bf16_products, run_sequence_compiled, step_macs
 from .engine.compiled import usable as compiled_usable
 from .engine.sequence import StepRecord, run_sequence
@@ -306,7 +306,7 @@ class _Recurrent(nn.Module):
             records.append(layer_records)
             layer_input = torch.cat(outputs, -1) if D == 2 else outputs[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
+                layer_input = dropout(layer_input, self.dropout)
         output = layer_input
         if packed:
             output = output.reshape(T * B, -1)[_packed_index(bs, B, x.device)]

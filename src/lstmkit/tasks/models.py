@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from ..dropout import Dropout
 from ..layers import GRU, LSTM, RNN
 from ..losses import linear_cross_entropy
 
@@ -53,7 +54,7 @@ class SequenceClassifier(nn.Module):
         self.layers, self.directions = layers, 2 if bidirectional else 1
         self.embed = nn.Embedding(vocab, embed)
         self.rnn = make_rnn(cell, embed, hidden, layers, dropout, bidirectional, engine)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.out = nn.Linear(hidden * self.directions, classes)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
@@ -71,7 +72,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
         self.rnn = make_rnn(cell, embed, hidden, layers, dropout, False, engine)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.decoder = nn.Linear(hidden, vocab)
         if tie:
             if embed != hidden:

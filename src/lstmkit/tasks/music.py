@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from ..data import load_jsb
+from ..dropout import Dropout
 from .base import Task
 from .models import make_rnn
 
@@ -26,7 +27,7 @@ class MusicModel(torch.nn.Module):
     def __init__(self, cell: str, hidden: int, layers: int, dropout: float, engine: str):
         super().__init__()
         self.rnn = make_rnn(cell, KEYS, hidden, layers, dropout, False, engine)
-        self.drop = torch.nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.out = torch.nn.Linear(hidden, KEYS)
 
     def forward(self, frames, lengths):

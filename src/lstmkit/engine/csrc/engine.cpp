@@ -292,6 +292,8 @@ bool vectorized() {
 }  // namespace
 }  // namespace lstmkit
 
+void lstmkit_register_dropout(pybind11::module& m);  // dropout.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lstmkit's compiled CPU engine: the BPTT time loop of every cell in C++";
   m.def("forward", &lstmkit::forward, "forward over a whole sequence -> (gates, hist, bufs)");
@@ -300,4 +302,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("vectorized", &lstmkit::vectorized, "Vectorized<float/double> are SIMD, not scalar");
   m.def("onednn", &lstmkit::onednn_available, "torch's oneDNN inner-product ops are there");
   m.def("tanh_float", &lstmkit::tanh_float, "the engine's float32 tanh (for tests)");
+  lstmkit_register_dropout(m);
 }
