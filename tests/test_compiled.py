@@ -396,8 +396,9 @@ def test_products_choice():
     assert compiled.products(cell, torch.empty(8, 64, 512)) == (False, False)      # few steps
     assert compiled.products(cell, torch.empty(50, 1, 512)) == (False, False)      # batch 1
     assert compiled.products(cell, torch.empty(50, 64, 512).double()) == (False, False)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert compiled.products(cell, torch.empty(50, 64, 512)) == (True, False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):       # bfloat16, prepacked when long
+        assert compiled.products(cell, torch.empty(50, 64, 512)) == (True, on)
+        assert compiled.products(cell, torch.empty(8, 64, 512)) == (True, False)
 
 
 # ------------------------------------------------------------------ bfloat16 autocast
@@ -407,16 +408,22 @@ def _rel(got, want):
 
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("mode", ["padded", "packed"])
-def test_bf16_autocast_within_bfloat16_precision(ext, monkeypatch, config, mode):
-    """Under bfloat16 autocast the products run in bfloat16 and the rest in float32: outputs
-    (float32), final states and every gradient within bfloat16 precision of the float32 python
-    engine's, and measurably not equal to them."""
+@pytest.mark.parametrize("products", ["mm", "onednn"])
+def test_bf16_autocast_within_bfloat16_precision(ext, monkeypatch, config, mode, products):
+    """Under bfloat16 autocast the products run in bfloat16 (at::mm, or oneDNN's prepacked inner
+    product for long calls, forced here) and the rest in float32: outputs (float32), final states
+    and every gradient within bfloat16 precision of the float32 python engine's, and measurably
+    not equal to them."""
+    if products == "onednn" and not ext.onednn():
+        pytest.skip("this torch has no oneDNN inner-product ops")
     monkeypatch.setattr(compiled, "BF16_MIN_STEP_MACS", 0)    # these small layers too
+    monkeypatch.setattr(compiled, "ONEDNN_MIN_STEPS", 0 if products == "onednn" else 10**9)
     python, comp = _pair(config, torch.float32, num_layers=2, bidirectional=True)
     x = torch.randn(T, B, I)
     h0 = _initial(python, dtype=torch.float32)
     o1, s1, g1, p1 = _run_and_grads(python, x, h0, mode)
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled.products(comp.cell, x) == (True, products == "onednn")
         o2, s2, g2, p2 = _run_and_grads(comp, x, h0, mode)
     assert o2.dtype == torch.float32 and all(s.dtype == torch.float32 for s in s2)
     pairs = [("output", o2, o1)] + [(f"state {i}", b, a) for i, (a, b) in enumerate(zip(s1, s2))]
@@ -427,14 +434,19 @@ def test_bf16_autocast_within_bfloat16_precision(ext, monkeypatch, config, mode)
     assert errors["output"] > 1e-5                 # float32 products would agree to ~1e-7
 
 
-def test_bf16_autocast_step_is_the_bfloat16_formula(ext, monkeypatch):
+@pytest.mark.parametrize("products", ["mm", "onednn"])
+def test_bf16_autocast_step_is_the_bfloat16_formula(ext, monkeypatch, products):
     """One LSTM step under autocast computed independently: products of bfloat16-rounded
-    operands (torch.mm in bfloat16), bias and gates in float32."""
+    operands (torch.mm in bfloat16), bias and gates in float32; on either product path."""
+    if products == "onednn" and not ext.onednn():
+        pytest.skip("this torch has no oneDNN inner-product ops")
     monkeypatch.setattr(compiled, "BF16_MIN_STEP_MACS", 0)
+    monkeypatch.setattr(compiled, "ONEDNN_MIN_STEPS", 0 if products == "onednn" else 10**9)
     torch.manual_seed(0)
     m = lstmkit.LSTM(I, H, engine="compiled")
     x, h0, c0 = torch.randn(1, B, I), torch.randn(1, B, H), torch.randn(1, B, H)
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled.products(m.cell, x) == (True, products == "onednn")
         _, (h, c) = m(x, (h0, c0))
     bf = torch.bfloat16
     with torch.no_grad():

@@ -256,19 +256,21 @@ def bf16_products(cell: Cell, x: Tensor) -> bool:
 # float32 training step (bench_compiled.py, bench_bf16.py): 0.70-0.95x the MKL time at 8.4M and
 # 67M per step (batch x hidden 32 x 256, 64 x 512), 1.1-1.26x at 3.2M (20 x 200), where the
 # weight reorders (1-6 products each) and per-call cost are not paid back; oneDNN for the input
-# projection and dx alone was no faster at 3.2M and 1M per step.
+# projection and dx alone was no faster at 3.2M and 1M per step. bfloat16 products take the
+# prepacked path whenever the call is long enough: at::mm re-packs the weights into bfloat16
+# pairs at every call (one step's product at 64 x 512 x 2048: 459 us, prepacked 342 us).
 ONEDNN_STEP_MACS = 8_000_000
 ONEDNN_MIN_STEPS = 16
 
 
 def products(cell: Cell, x: Tensor) -> tuple[bool, bool]:
-    """How a call on x (T, B, I) runs its matrix products: (in bfloat16 (at::mm on oneDNN), in
-    float32 on oneDNN's prepacked inner product); (False, False) is at::mm in x's dtype."""
+    """How a call on x (T, B, I) runs its matrix products: (in bfloat16, on oneDNN's prepacked
+    inner product); (False, False) is at::mm in x's dtype, (True, False) at::mm in bfloat16."""
+    long = x.shape[0] >= ONEDNN_MIN_STEPS
     if bf16_products(cell, x):
-        return True, False
-    onednn = (x.dtype == torch.float32 and x.device.type == "cpu"
-              and x.shape[0] >= ONEDNN_MIN_STEPS and step_macs(cell, x) >= ONEDNN_STEP_MACS
-              and _state["ext"].onednn())
+        return True, long and _state["ext"].onednn()
+    onednn = (x.dtype == torch.float32 and x.device.type == "cpu" and long
+              and step_macs(cell, x) >= ONEDNN_STEP_MACS and _state["ext"].onednn())
     return False, onednn
 
 

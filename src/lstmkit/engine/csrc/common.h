@@ -56,7 +56,7 @@ struct Sequence {
   Spec spec;
   Weights w;
   bool lowp = false;        // bfloat16 products (autocast), everything else in x's dtype
-  bool onednn = false;      // float32 weight products on oneDNN's prepacked inner product
+  bool onednn = false;      // weight products on oneDNN's prepacked inner product
   std::vector<int64_t> bs;  // active rows per step, processing order
   bool packed = false;
   int64_t T = 0, B = 0;
@@ -222,7 +222,8 @@ inline void addmm_into(const Sequence& q, Tensor out, const Tensor& bias, const 
 inline void add_recurrent(const Sequence& q, Tensor out, const Tensor& a, bool forward) {
   const Tensor& packed = forward ? q.w.w_hh_pk : q.w.w_hh_t_pk;
   if (packed.defined()) {
-    out.add_(onednn_linear(a, packed, Tensor()));
+    if (q.lowp) join_lp(out, onednn_linear(lp(a), packed, Tensor()), Tensor(), true);
+    else out.add_(onednn_linear(a, packed, Tensor()));
     return;
   }
   add_mm(q, out, a, forward ? q.w.w_hh_t : q.w.w_hh);

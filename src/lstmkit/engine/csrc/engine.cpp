@@ -8,9 +8,9 @@
 // what it sends back to step s-1; then dx, dW_ih, db and the cell's recurrent weight gradients as
 // single products over all steps. FTZ/DAZ is on for the whole call and restored on return.
 // lowp (bfloat16 autocast): every product in bfloat16 (common.h), all else in float32.
-// onednn (large float32 calls): the weight products (input projection, each step's recurrent
-// products, dx) on oneDNN's prepacked inner product (onednn.cpp), the weights reordered once
-// per call.
+// onednn (large float32 calls, and bfloat16 ones): the weight products (input projection, each
+// step's recurrent products, dx) on oneDNN's prepacked inner product (onednn.cpp), the weights
+// reordered once per call.
 #include <torch/extension.h>
 
 #include <cstring>
@@ -58,7 +58,7 @@ Sequence make_sequence(const std::vector<int64_t>& spec, const std::vector<int64
   Sequence q;
   q.spec = make_spec(spec);
   q.lowp = lowp;
-  q.onednn = onednn && !lowp && x.scalar_type() == at::kFloat && onednn_available();
+  q.onednn = onednn && x.scalar_type() == at::kFloat && onednn_available();
   TORCH_CHECK(x.dim() == 3 && x.device().is_cpu(), "lstmkit compiled engine: x must be a "
               "(T, B, I) CPU tensor");
   q.x = x.contiguous();
@@ -126,7 +126,11 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   const Tensor x2 = q.x.view({T * B, I});
   Tensor bias = q.w.b_ih;
   if (bias.defined() && cell->bias_hh_hoisted()) bias = q.w.b_ih + q.w.b_hh;
-  if (q.onednn) {
+  if (q.onednn && q.lowp) {   // bfloat16 product, then + b in float32 as addmm(q, ...) does
+    q.gates = at::empty({T * B, GH}, q.x.options());
+    join_lp(q.gates, onednn_linear(lp(x2), onednn_pack(q.w.w_ih, T * B), Tensor()), bias, false);
+    q.gates = q.gates.view({T, B, GH});
+  } else if (q.onednn) {
     q.gates = onednn_linear(x2, onednn_pack(q.w.w_ih, T * B), bias).view({T, B, GH});
   } else {
     q.gates = (bias.defined() ? addmm(q, bias, x2, q.w.w_ih.t()) : mm(q, x2, q.w.w_ih.t()))
@@ -238,7 +242,7 @@ std::vector<Tensor> backward(
   const Tensor dg = flat(q.dgates_lp);
   Tensor dx;                                                  // dgates W_ih
   if (needs[0] && q.onednn)
-    dx = onednn_linear(dg, onednn_pack(q.w.w_ih.t(), T * B), Tensor());
+    dx = onednn_linear(dg, onednn_pack(q.w.w_ih.t(), T * B), Tensor()).to(q.x.scalar_type());
   else if (needs[0])
     dx = mm(q, dg, q.w.w_ih);
   out.push_back(needs[0] ? dx.view({T, B, -1}) : Tensor());
