@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 import warnings
 import zlib
 
@@ -338,6 +339,21 @@ def test_cache_directory_follows_xdg(monkeypatch, tmp_path):
     assert compiled.cache_dir() == tmp_path / "lstmkit" / "extensions"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert str(compiled.cache_dir()).endswith(os.path.join(".cache", "lstmkit", "extensions"))
+
+
+def test_build_runs_the_ninja_beside_python(monkeypatch, tmp_path):
+    """Another ninja earlier on PATH (a system one) is not the one the build runs: two ninja
+    versions do not read each other's build logs and rebuilt the extension on every switch."""
+    here = shutil.which("ninja", path=os.path.dirname(sys.executable))
+    if here is None:
+        pytest.skip("no ninja beside this python")
+    other = tmp_path / "ninja"
+    other.write_text("#!/bin/sh\nexit 1\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    with compiled._ninja_on_path():
+        assert shutil.which("ninja") == here
+    assert shutil.which("ninja") == str(other)
 
 
 def test_fallback_when_extension_unavailable(monkeypatch):

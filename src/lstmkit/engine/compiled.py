@@ -77,16 +77,18 @@ def capability_flags() -> tuple[str, list[str]]:
 
 @contextlib.contextmanager
 def _ninja_on_path():
-    """torch runs ``ninja`` from PATH; a venv that is not activated has it beside its python
-    (the ``ninja`` package from PyPI)."""
-    if shutil.which("ninja"):
-        yield
-        return
+    """torch runs ``ninja`` from PATH. The one beside this python (the ``ninja`` package from
+    PyPI) goes first whether or not the venv is activated: two ninja versions keep build logs
+    the other does not read, and alternating them rebuilt the extension (a minute) each time."""
     dirs = [str(Path(sys.executable).parent)]
     with contextlib.suppress(ImportError, AttributeError):
         import ninja
 
         dirs.append(str(ninja.BIN_DIR))
+    dirs = [d for d in dirs if shutil.which("ninja", path=d)]
+    if not dirs:
+        yield
+        return
     old = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join([*dirs, old])
     try:
