@@ -104,6 +104,21 @@ def test_chars_end_to_end_and_resume_matches(tmp_path):
     assert results[0]["test"] == results[1]["test"]
 
 
+def test_resume_with_dropout_matches(tmp_path):
+    """Dropout masks come from torch's generator, which the checkpoint keeps: a run stopped
+    after an epoch and resumed ends with the same weights as one never stopped."""
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 40)
+    common = ["--path", text, "--hidden", 16, "--embed", 8, "--layers", 2, "--bptt", 20,
+              "--batch-size", 4, "--lr", 0.01, "--dropout", 0.3]
+    full, part = tmp_path / "full", tmp_path / "part"
+    lstmkit("train", "chars", "--out", full, "--epochs", 2, *common)
+    lstmkit("train", "chars", "--out", part, "--epochs", 1, *common)
+    lstmkit("train", "chars", "--out", part, "--epochs", 2, "--resume", *common)
+    a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
 def test_resume_inside_an_epoch_continues_the_same_trajectory(tmp_path):
     """A run stopped mid-epoch at a step checkpoint continues exactly as if never stopped."""
     common = ["--length", 12, "--hidden", 16, "--steps-per-epoch", 10, "--batch-size", 16,
