@@ -111,20 +111,20 @@ def _run_and_grads(module, x, h0, mode, batch_first=False, lengths=tuple(LENGTHS
     return out, states, list(grads[: len(leaves)]), dict(zip(params, grads[len(leaves):]))
 
 
-def _close(got, want, atol, what):
-    torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=lambda m: f"{what}: {m}")
+def _close(got, want, atol, what, rtol=0.0):
+    torch.testing.assert_close(got, want, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
-def _assert_same(a, b, atol):
+def _assert_same(a, b, atol, rtol=0.0):
     (o1, s1, g1, p1), (o2, s2, g2, p2) = a, b
-    _close(o2, o1, atol, "output")
+    _close(o2, o1, atol, "output", rtol)
     for i, (u, v) in enumerate(zip(s1, s2)):
-        _close(v, u, atol, f"final state {i}")
+        _close(v, u, atol, f"final state {i}", rtol)
     for i, (u, v) in enumerate(zip(g1, g2)):
-        _close(v, u, atol, f"input gradient {i}")
+        _close(v, u, atol, f"input gradient {i}", rtol)
     assert p1.keys() == p2.keys()
     for name in p1:
-        _close(p2[name], p1[name], atol, name)
+        _close(p2[name], p1[name], atol, name, rtol)
 
 
 def _compare(config, layers, bidir, mode, dtype, with_h0=True, batch_first=False, bias=True):
@@ -380,6 +380,41 @@ def test_bfloat16_runs_python_engine_with_one_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match="float32 and float64"):
         out, _ = comp(x)
     torch.testing.assert_close(out, python(x)[0], atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------ brgemm step products
+@pytest.mark.parametrize("m,k,n", [(1, 5, 20), (4, 5, 20), (16, 128, 512), (20, 200, 800),
+                                   (16, 512, 128), (7, 33, 17), (64, 64, 1000), (3, 1, 1)])
+def test_brgemm_step_product_is_the_product(ext, m, k, n):
+    """The small float32 per-step product (out += a b on oneDNN's brgemm, split into column
+    blocks over the threads) equals torch's, odd sizes and tails included."""
+    if ext.capability() != "AVX512":
+        pytest.skip("the brgemm path is built for AVX-512 only")
+    torch.manual_seed(m * 1000 + n)
+    a, b, out = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
+    want = torch.addmm(out.double(), a.double(), b.double())
+    assert ext.brgemm_add(out, a, b)
+    torch.testing.assert_close(out.double(), want, atol=1e-4 * (k ** 0.5), rtol=1e-5)
+    assert not ext.brgemm_add(torch.zeros(65, n), torch.randn(65, k), b)     # too many rows
+    if k > 1 and n > 1:
+        assert not ext.brgemm_add(out, a, b.t().contiguous().t())            # not row-major
+    assert not ext.brgemm_add(out.double(), a.double(), b.double())           # float64
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_long_float32_calls_on_brgemm_match_python_engine(ext, config):
+    """16+ steps make W_hh^T contiguous, so the forward step products of these small float32
+    layers run on brgemm too (the backward ones do at any length): outputs and every gradient
+    within float32 tolerance of the python engine, padded and packed (relative 1e-5 as well:
+    the ReLU RNN's weight gradients reach ~20 over 20 steps)."""
+    python, comp = _pair(config, torch.float32, num_layers=2, bidirectional=True)
+    x = torch.randn(20, B, I)
+    h0 = _initial(python, dtype=torch.float32)
+    for mode in ("padded", "packed"):
+        lengths = (12, 20, 3, 17)
+        _assert_same(_run_and_grads(python, x, h0, mode, lengths=lengths),
+                     _run_and_grads(comp, x, h0, mode, lengths=lengths), ATOL[torch.float32],
+                     rtol=1e-5)
 
 
 # ------------------------------------------------------------------ oneDNN products

@@ -289,6 +289,13 @@ Tensor tanh_float(const Tensor& x) {
   return out;
 }
 
+// out += a b on the brgemm path when it applies (for the tests); false when it does not.
+bool brgemm_add_checked(Tensor out, const Tensor& a, const Tensor& b) {
+  if (!brgemm_fits(out, a, b)) return false;
+  brgemm_add(out, a, b);
+  return true;
+}
+
 bool vectorized() {
   return at::vec::is_vec_specialized_for_v<float> && at::vec::is_vec_specialized_for_v<double>;
 }
@@ -306,5 +313,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("vectorized", &lstmkit::vectorized, "Vectorized<float/double> are SIMD, not scalar");
   m.def("onednn", &lstmkit::onednn_available, "torch's oneDNN inner-product ops are there");
   m.def("tanh_float", &lstmkit::tanh_float, "the engine's float32 tanh (for tests)");
+  m.def("brgemm_add", &lstmkit::brgemm_add_checked, "out += a b on brgemm if it applies (tests)");
   lstmkit_register_dropout(m);
 }
