@@ -195,14 +195,18 @@ inline void join_lp(Tensor out, const Tensor& p, const Tensor& bias, bool accumu
   }
 }
 
+// [bias +] p as a new float32 tensor, for a bfloat16 product p (n, W); bias may be undefined.
+inline Tensor widen_lp(const Sequence& q, const Tensor& p, const Tensor& bias) {
+  Tensor out = at::empty(p.sizes(), q.x.options());
+  join_lp(out, p, bias, false);
+  return out;
+}
+
 inline Tensor mm(const Sequence& q, const Tensor& a, const Tensor& b) {   // a b
   return q.lowp ? lp_mm(a, b).to(q.x.scalar_type()) : at::mm(a, b);
 }
 inline Tensor addmm(const Sequence& q, const Tensor& bias, const Tensor& a, const Tensor& b) {
-  if (!q.lowp) return at::addmm(bias, a, b);                              // bias + a b
-  Tensor out = at::empty({a.size(0), b.size(1)}, q.x.options());
-  join_lp(out, lp_mm(a, b), bias, false);
-  return out;
+  return q.lowp ? widen_lp(q, lp_mm(a, b), bias) : at::addmm(bias, a, b);   // bias + a b
 }
 inline void mm_into(const Sequence& q, Tensor out, const Tensor& a, const Tensor& b) {
   if (q.lowp) out.copy_(lp_mm(a, b));                                     // out = a b

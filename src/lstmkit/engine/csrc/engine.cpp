@@ -127,9 +127,8 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   Tensor bias = q.w.b_ih;
   if (bias.defined() && cell->bias_hh_hoisted()) bias = q.w.b_ih + q.w.b_hh;
   if (q.onednn && q.lowp) {   // bfloat16 product, then + b in float32 as addmm(q, ...) does
-    q.gates = at::empty({T * B, GH}, q.x.options());
-    join_lp(q.gates, onednn_linear(lp(x2), onednn_pack(q.w.w_ih, T * B), Tensor()), bias, false);
-    q.gates = q.gates.view({T, B, GH});
+    q.gates = widen_lp(q, onednn_linear(lp(x2), onednn_pack(q.w.w_ih, T * B), Tensor()), bias)
+                  .view({T, B, GH});
   } else if (q.onednn) {
     q.gates = onednn_linear(x2, onednn_pack(q.w.w_ih, T * B), bias).view({T, B, GH});
   } else {
