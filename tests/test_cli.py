@@ -84,22 +84,30 @@ def test_ptb_end_to_end(tmp_path):
     assert text.startswith("the company") and len(text.split()) >= 10
 
 
-def test_chars_end_to_end_and_resume_matches(tmp_path):
+def _chars_stopped_and_resumed(tmp_path, lines: int, stop: int, end: int, *options):
+    """A chars run of `end` epochs, and one stopped after `stop` then resumed to `end`: both
+    end with the same weights. Returns the two run folders (uninterrupted, resumed)."""
     text = tmp_path / "text.txt"
-    text.write_text("To be, or not to be, that is the question.\n" * 60)
-    common = ["--path", text, "--hidden", 24, "--embed", 8, "--layers", 1, "--bptt", 20,
-              "--batch-size", 4, "--lr", 0.01, "--dropout", 0]
+    text.write_text("To be, or not to be, that is the question.\n" * lines)
+    common = ["--path", text, "--embed", 8, "--bptt", 20, "--batch-size", 4, "--lr", 0.01,
+              *options]
     full, part = tmp_path / "full", tmp_path / "part"
-    lstmkit("train", "chars", "--out", full, "--epochs", 4, *common)
+    lstmkit("train", "chars", "--out", full, "--epochs", end, *common)
+    lstmkit("train", "chars", "--out", part, "--epochs", stop, *common)
+    lstmkit("train", "chars", "--out", part, "--epochs", end, "--resume", *common)
+    a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    return full, part
+
+
+def test_chars_end_to_end_and_resume_matches(tmp_path):
+    # stopped after two epochs, then resumed: the same weights and results
+    full, part = _chars_stopped_and_resumed(tmp_path, 60, 2, 4, "--hidden", 24, "--layers", 1,
+                                            "--dropout", 0)
     assert_run_folder(full)
     losses = valid_losses(full)
     assert losses[-1] < losses[0]
     assert lstmkit("sample", full, "--prime", "To be", "--length", 30).stdout.startswith("To be")
-    # stopped after two epochs, then resumed: the same weights and results
-    lstmkit("train", "chars", "--out", part, "--epochs", 2, *common)
-    lstmkit("train", "chars", "--out", part, "--epochs", 4, "--resume", *common)
-    a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     results = [json.loads((r / "results.json").read_text()) for r in (full, part)]
     assert results[0]["test"] == results[1]["test"]
 
@@ -107,16 +115,8 @@ def test_chars_end_to_end_and_resume_matches(tmp_path):
 def test_resume_with_dropout_matches(tmp_path):
     """Dropout masks come from torch's generator, which the checkpoint keeps: a run stopped
     after an epoch and resumed ends with the same weights as one never stopped."""
-    text = tmp_path / "text.txt"
-    text.write_text("To be, or not to be, that is the question.\n" * 40)
-    common = ["--path", text, "--hidden", 16, "--embed", 8, "--layers", 2, "--bptt", 20,
-              "--batch-size", 4, "--lr", 0.01, "--dropout", 0.3]
-    full, part = tmp_path / "full", tmp_path / "part"
-    lstmkit("train", "chars", "--out", full, "--epochs", 2, *common)
-    lstmkit("train", "chars", "--out", part, "--epochs", 1, *common)
-    lstmkit("train", "chars", "--out", part, "--epochs", 2, "--resume", *common)
-    a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    _chars_stopped_and_resumed(tmp_path, 40, 1, 2, "--hidden", 16, "--layers", 2,
+                               "--dropout", 0.3)
 
 
 def test_resume_inside_an_epoch_continues_the_same_trajectory(tmp_path):

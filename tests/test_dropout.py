@@ -4,26 +4,12 @@ y = x * m / (1 - p), m_i ~ Bernoulli(1 - p): values, keep rate, independence, th
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 import torch
 from torch.autograd import gradcheck
 
 from lstmkit import dropout as dropout_mod
 from lstmkit.dropout import Dropout, dropout, dropout_with_seed
-from lstmkit.engine import compiled
-
-HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
-
-
-@pytest.fixture(scope="module")
-def ext():
-    if not HAS_COMPILER:
-        pytest.skip("no C++ compiler: the compiled extension cannot be built here")
-    assert compiled.available(), f"the compiled extension did not build: {compiled.build_error()}"
-    return compiled._load()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
