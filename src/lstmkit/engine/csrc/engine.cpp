@@ -131,6 +131,12 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
                   .view({T, B, GH});
   } else if (q.onednn) {
     q.gates = onednn_linear(x2, onednn_pack(q.w.w_ih, T * B), bias).view({T, B, GH});
+  } else if (brgemm_steps(q)) {
+    q.gates = at::empty({T, B, GH}, q.x.options());
+    if (bias.defined()) q.gates.copy_(bias.expand({T, B, GH}));
+    const Tensor w_ih_t = q.w.w_ih.t().contiguous();   // (I, G*H)
+    gemm_brgemm(T * B, GH, I, x2.data_ptr<float>(), I, w_ih_t.data_ptr<float>(), GH,
+                q.gates.data_ptr<float>(), GH, bias.defined());
   } else {
     q.gates = (bias.defined() ? addmm(q, bias, x2, q.w.w_ih.t()) : mm(q, x2, q.w.w_ih.t()))
                   .view({T, B, GH});
@@ -155,7 +161,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   // view, but the copy costs as much as 6-17 steps (measured: 40 us for 512 x 128): worth it
   // for longer sequences only. Step-by-step generation (T = 1) never copies.
   q.w.w_hh_t = T >= kTransposeMinSteps ? q.w.w_hh.t().contiguous() : q.w.w_hh.t();
-  if (q.onednn && cell->packs_recurrent()) q.w.w_hh_pk = onednn_pack(q.w.w_hh, B);
+  if (q.onednn && cell->packs_recurrent() && !brgemm_steps(q)) q.w.w_hh_pk = onednn_pack(q.w.w_hh, B);
   cell->prepare(q, /*forward=*/true);
   for (int64_t s = 0; s < T; ++s) cell->forward_step(q, s, q.bs[s]);
   return {q.gates, q.hist, q.bufs};
@@ -212,7 +218,7 @@ std::vector<Tensor> backward(
     q.dstates0.push_back(at::zeros({B, sizes[k]}, q.x.options()));
   }
 
-  if (q.onednn && cell->packs_recurrent()) q.w.w_hh_t_pk = onednn_pack(q.w.w_hh.t(), B);
+  if (q.onednn && cell->packs_recurrent() && !brgemm_steps(q)) q.w.w_hh_t_pk = onednn_pack(q.w.w_hh.t(), B);
   cell->prepare(q, /*forward=*/false);
   std::vector<Tensor> dprev(K);
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -242,11 +248,15 @@ std::vector<Tensor> backward(
   Tensor dx;                                                  // dgates W_ih
   if (needs[0] && q.onednn)
     dx = onednn_linear(dg, onednn_pack(q.w.w_ih.t(), T * B), Tensor()).to(q.x.scalar_type());
-  else if (needs[0])
+  else if (needs[0] && brgemm_steps(q)) {
+    dx = at::empty({T * B, q.x.size(2)}, q.x.options());
+    gemm_brgemm(T * B, dx.size(1), dg.size(1), dg.data_ptr<float>(), dg.size(1),
+                q.w.w_ih.data_ptr<float>(), dx.size(1), dx.data_ptr<float>(), dx.size(1), false);
+  } else if (needs[0])
     dx = mm(q, dg, q.w.w_ih);
   out.push_back(needs[0] ? dx.view({T, B, -1}) : Tensor());
   for (size_t k = 0; k < K; ++k) out.push_back(needs[1 + k] ? q.dstates0[k] : Tensor());
-  out.push_back(needs[W] ? mm(q, dg.t(), flat(q.x)) : Tensor());          // dW_ih
+  out.push_back(needs[W] ? dgates_t_mm(q, flat(q.x)) : Tensor());          // dW_ih
   const bool need_rec = needs[W + 1] || (needs[W + 3] && !cell->bias_hh_hoisted()) ||
                         needs[W + 4] || needs[W + 5];
   RecurrentGrads rec = need_rec ? cell->recurrent_grads(q) : RecurrentGrads();
@@ -295,6 +305,19 @@ bool brgemm_add_checked(Tensor out, const Tensor& a, const Tensor& b) {
   return true;
 }
 
+// out [+]= a b on the whole-sequence brgemm path (for the tests); false where it does not apply.
+bool brgemm_mm_checked(Tensor out, const Tensor& a, const Tensor& b, bool add) {
+  const bool fits = out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
+                    b.scalar_type() == at::kFloat && out.is_contiguous() && a.is_contiguous() &&
+                    b.is_contiguous() && out.dim() == 2 && a.dim() == 2 && b.dim() == 2 &&
+                    a.size(0) == out.size(0) && a.size(1) == b.size(0) &&
+                    b.size(1) == out.size(1) && capability() == "AVX512";
+  if (!fits) return false;
+  gemm_brgemm(a.size(0), b.size(1), a.size(1), a.data_ptr<float>(), a.size(1),
+              b.data_ptr<float>(), b.size(1), out.data_ptr<float>(), out.size(1), add);
+  return true;
+}
+
 bool vectorized() {
   return at::vec::is_vec_specialized_for_v<float> && at::vec::is_vec_specialized_for_v<double>;
 }
@@ -313,5 +336,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("onednn", &lstmkit::onednn_available, "torch's oneDNN inner-product ops are there");
   m.def("tanh_float", &lstmkit::tanh_float, "the engine's float32 tanh (for tests)");
   m.def("brgemm_add", &lstmkit::brgemm_add_checked, "out += a b on brgemm if it applies (tests)");
+  m.def("brgemm_mm", &lstmkit::brgemm_mm_checked, "out [+]= a b on brgemm tiles (tests)");
   lstmkit_register_dropout(m);
 }

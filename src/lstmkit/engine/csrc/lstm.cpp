@@ -162,7 +162,7 @@ class LSTMKernels final : public CellKernels {
     const int64_t T_ = q.T, H = H_;
     RecurrentGrads g;
     // sum_t dgates_t^T h_{t-1}
-    g.w_hh = mm(q, flat(q.dgates_lp).t(), flat(q.hist[0].narrow(0, 0, T_)));
+    g.w_hh = dgates_t_mm(q, flat(q.hist[0].narrow(0, 0, T_)));
     if (peephole_) {
       const Tensor c_prev = q.hist[1].narrow(0, 0, T_), c = q.hist[1].narrow(0, 1, T_);
       auto block = [&](int64_t k) { return q.dgates.narrow(2, k * H, H); };

@@ -58,7 +58,7 @@ class RNNKernels final : public CellKernels {
 
   RecurrentGrads recurrent_grads(Sequence& q) override {
     RecurrentGrads g;
-    g.w_hh = mm(q, flat(q.dgates_lp).t(), flat(q.hist[0].narrow(0, 0, q.T)));
+    g.w_hh = dgates_t_mm(q, flat(q.hist[0].narrow(0, 0, q.T)));
     return g;
   }
 
