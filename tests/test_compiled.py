@@ -391,6 +391,25 @@ def test_brgemm_step_product_is_the_product(ext, m, k, n):
     assert not ext.brgemm_add(out.double(), a.double(), b.double())           # float64
 
 
+@pytest.mark.parametrize("m,k,n", [(700, 200, 800), (3200, 64, 129), (65, 1100, 70), (1, 3, 1),
+                                   (130, 513, 17)])
+@pytest.mark.parametrize("add", [False, True])
+def test_brgemm_tiles_are_the_product(ext, m, k, n, add):
+    """The whole-sequence float32 product on brgemm tiles (64 x 64 tiles over the threads, the
+    reduction in chunks of 512) equals torch's: partial tiles, a reduction of 1100 (three chunks),
+    accumulating or not."""
+    if ext.capability() != "AVX512":
+        pytest.skip("the brgemm path is built for AVX-512 only")
+    torch.manual_seed(m + k + n)
+    a, b, out = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
+    want = (out.double() if add else 0) + a.double() @ b.double()
+    assert ext.brgemm_mm(out, a, b, add)
+    torch.testing.assert_close(out.double(), want, atol=1e-4 * (k ** 0.5), rtol=1e-5)
+    assert not ext.brgemm_mm(out.double(), a.double(), b.double(), add)     # float64
+    if k > 1 and n > 1:
+        assert not ext.brgemm_mm(out, a, b.t().contiguous().t(), add)      # not row-major
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_long_float32_calls_on_brgemm_match_python_engine(ext, config):
     """16+ steps make W_hh^T contiguous, so the forward step products of these small float32
