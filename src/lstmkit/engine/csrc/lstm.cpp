@@ -163,21 +163,45 @@ class LSTMKernels final : public CellKernels {
     RecurrentGrads g;
     // sum_t dgates_t^T h_{t-1}
     g.w_hh = dgates_t_mm(q, flat(q.hist[0].narrow(0, 0, T_)));
-    if (peephole_) {
-      const Tensor c_prev = q.hist[1].narrow(0, 0, T_), c = q.hist[1].narrow(0, 1, T_);
-      auto block = [&](int64_t k) { return q.dgates.narrow(2, k * H, H); };
-      const int64_t f = coupled_ ? 0 : 1;
-      std::vector<Tensor> dp;
-      if (!coupled_) dp.push_back((block(0) * c_prev).sum({0, 1}));   // dp_i
-      dp.push_back((block(f) * c_prev).sum({0, 1}));                  // dp_f
-      dp.push_back((block(f + 2) * c).sum({0, 1}));                   // dp_o
-      g.w_ch = at::cat(dp);
-    }
+    if (peephole_) g.w_ch = peephole_grads(q);
     if (proj_) g.w_hr = mm(q, flat(q.dhist[0]).t(), flat(q.bufs[1]));     // sum_t dh_t^T m_t
     return g;
   }
 
  private:
+  // dp_i = sum_t di_t * c_{t-1}, dp_f = sum_t df_t * c_{t-1}, dp_o = sum_t do_t * c_t over all
+  // steps and rows (dgates are pre-activation gradients): one pass, the units split over
+  // threads (three ATen multiply-and-sum passes with their temporaries cost about 5% of a
+  // training step at 200 x 16 x 128).
+  Tensor peephole_grads(Sequence& q) {
+    const int64_t H = H_, GH = G_ * H_, B = q.B, rows = q.T * q.B;
+    const int64_t np = coupled_ ? 2 : 3, f = coupled_ ? 0 : 1;
+    Tensor out = at::zeros({np * H}, q.x.options());
+    const T* dg = ptr<T>(q.dgates);
+    const T* c = ptr<T>(q.hist[1]);   // c_{t-1} of row r at c + r H, c_t at c + (r + B) H
+    T* o = ptr<T>(out);
+    const bool coupled = coupled_;
+    at::parallel_for(0, H, 16, [&](int64_t j0, int64_t j1) {
+      T* o_i = o;                               // unused when coupled
+      T* o_f = o + f * H;
+      T* o_o = o_f + H;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* cp = c + r * H;
+        const T* cn = cp + B * H;
+        const T* d_i = dg + r * GH;
+        const T* d_f = d_i + f * H;
+        const T* d_o = d_f + 2 * H;
+        for_vectors<T>(j0, j1, [&](int64_t j, int64_t k) {
+          const Vec<T> cpv = load(cp, j, k);
+          if (!coupled) store(o_i, j, k, at::vec::fmadd(load(d_i, j, k), cpv, load(o_i, j, k)));
+          store(o_f, j, k, at::vec::fmadd(load(d_f, j, k), cpv, load(o_f, j, k)));
+          store(o_o, j, k, at::vec::fmadd(load(d_o, j, k), load(cn, j, k), load(o_o, j, k)));
+        });
+      }
+    });
+    return out;
+  }
+
   int64_t H_, P_, G_;
   bool peephole_, coupled_, proj_;
   Tensor w_hr_t_, dm_;
