@@ -242,18 +242,24 @@ inline void brgemm_add(Tensor out, const Tensor& a, const Tensor& b) {
   const float* pa = a.data_ptr<float>();
   const float* pb = b.data_ptr<float>();
   float* pc = out.data_ptr<float>();
-  // four column blocks per thread, 16 wide at least (one AVX-512 vector)
-  const int64_t parts = 4 * std::max<int64_t>(1, at::get_num_threads());
-  const int64_t width = std::max<int64_t>(16, ((N + parts - 1) / parts + 15) / 16 * 16);
-  const int64_t blocks = (N + width - 1) / width;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t j0 = blk * width, w = std::min(width, N - j0);
-      at::native::cpublas::brgemm(M, w, K, K, N, N, /*add_C=*/true, pa, pb + j0, pc + j0,
-                                  /*is_vnni=*/false);
+  // each thread an equal share (to one vector) of the 16-column vectors, run as four blocks:
+  // as one block per thread the product ran no faster than on one thread
+  const int64_t vectors = (N + 15) / 16;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), vectors));
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t v0 = vectors * t / threads, v1 = vectors * (t + 1) / threads;
+      for (int64_t part = 0; part < 4; ++part) {
+        const int64_t u0 = v0 + (v1 - v0) * part / 4, u1 = v0 + (v1 - v0) * (part + 1) / 4;
+        if (u0 == u1) continue;
+        const int64_t j0 = u0 * 16, w = std::min(N, u1 * 16) - j0;
+        at::native::cpublas::brgemm(M, w, K, K, N, N, /*add_C=*/true, pa, pb + j0, pc + j0,
+                                    /*is_vnni=*/false);
+      }
     }
   });
 }
+
 // C (M, N) [+]= A (M, K) B (K, N), row-major float32 with leading dimensions lda, ldb, ldc: a
 // whole-sequence product on brgemm, in 64 x 64 tiles of C spread over torch's threads (K in
 // chunks of 512, so that a tile's slice of B stays in L2).
