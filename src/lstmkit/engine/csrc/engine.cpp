@@ -318,6 +318,16 @@ bool brgemm_mm_checked(Tensor out, const Tensor& a, const Tensor& b, bool add) {
   return true;
 }
 
+// a^T of a 2-D float32 tensor through transpose_into (for the tests); undefined where it does
+// not apply.
+Tensor transpose_checked(const Tensor& a) {
+  if (a.dim() != 2 || a.scalar_type() != at::kFloat || capability() != "AVX512") return Tensor();
+  const Tensor in = a.contiguous();
+  Tensor out = at::empty({in.size(1), in.size(0)}, in.options());
+  transpose_into(in.data_ptr<float>(), in.size(0), in.size(1), out.data_ptr<float>());
+  return out;
+}
+
 bool vectorized() {
   return at::vec::is_vec_specialized_for_v<float> && at::vec::is_vec_specialized_for_v<double>;
 }
@@ -336,6 +346,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("onednn", &lstmkit::onednn_available, "torch's oneDNN inner-product ops are there");
   m.def("tanh_float", &lstmkit::tanh_float, "the engine's float32 tanh (for tests)");
   m.def("brgemm_add", &lstmkit::brgemm_add_checked, "out += a b on brgemm if it applies (tests)");
+  m.def("transpose", &lstmkit::transpose_checked, "a^T through the engine's transpose (tests)");
   m.def("brgemm_mm", &lstmkit::brgemm_mm_checked, "out [+]= a b on brgemm tiles (tests)");
   lstmkit_register_dropout(m);
 }
