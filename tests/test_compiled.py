@@ -410,6 +410,16 @@ def test_brgemm_tiles_are_the_product(ext, m, k, n, add):
         assert not ext.brgemm_mm(out, a, b.t().contiguous().t(), add)      # not row-major
 
 
+@pytest.mark.parametrize("r,c", [(700, 800), (65, 17), (1, 1), (130, 3), (3, 130)])
+def test_transpose_is_the_transpose(ext, r, c):
+    """The blocked transpose that feeds dgates^T to the weight-gradient products: exact, partial
+    16 x 16 blocks and partial 64-row chunks included."""
+    if ext.capability() != "AVX512":
+        pytest.skip("the brgemm path is built for AVX-512 only")
+    a = torch.randn(r, c)
+    assert torch.equal(ext.transpose(a), a.t())
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_long_float32_calls_on_brgemm_match_python_engine(ext, config):
     """16+ steps make W_hh^T contiguous, so the forward step products of these small float32
@@ -558,3 +568,23 @@ def test_compiled_engine_accepted_for_every_configuration():
     for cls, kw in [(lstmkit.LSTMCell, {"peephole": True}), (lstmkit.GRUCell, {}),
                     (lstmkit.RNNCell, {})]:
         assert cls(I, H, engine="compiled", **kw).engine == "compiled"
+
+
+def test_release_frees_buffers_and_the_next_call_is_unchanged(ext):
+    """workspace.release() drops the kept buffers (python scratch and the extension's); the next
+    backward makes them anew and gives the same gradients."""
+    from lstmkit.engine import workspace
+    torch.manual_seed(5)
+    layer = lstmkit.LSTM(6, 8, engine="compiled", peephole=True)
+    x = torch.randn(20, 4, 6)
+
+    def grads():
+        layer.zero_grad()
+        layer(x)[0].square().sum().backward()
+        return [p.grad.clone() for p in layer.parameters()]
+
+    first = grads()
+    workspace.release()
+    assert not getattr(workspace._local, "pool", None)
+    for a, b in zip(first, grads()):
+        assert torch.equal(a, b)

@@ -341,6 +341,20 @@ inline Tensor dgates_rows(Sequence& q, int64_t s, int64_t n) {
 // A contiguous (S, B, W) tensor as (S * B, W).
 inline Tensor flat(const Tensor& t) { return t.view({-1, t.size(-1)}); }
 
+// A buffer of numel elements kept per thread from one call to the next, as the python side's
+// scratch tensors are (lstmkit/engine/workspace.py): a fresh buffer of tens of MB per call costs
+// page faults. Valid until the next call on this thread; release_buffers() frees it.
+inline Tensor& thread_buffer_slot() {
+  static thread_local Tensor buf;
+  return buf;
+}
+inline Tensor thread_buffer(int64_t numel, const at::TensorOptions& options) {
+  Tensor& buf = thread_buffer_slot();
+  if (!buf.defined() || buf.numel() < numel || buf.scalar_type() != options.dtype())
+    buf = at::empty({numel}, options);
+  return buf.narrow(0, 0, numel);
+}
+
 // sum_t dgates_t^T b_t = dgates^T b for b (T*B, N): a weight gradient (G*H, N). Small float32
 // calls run it on brgemm tiles from dgates transposed once (q.dgates_t, shared by the weight
 // gradients of one call): MKL on the transposed view ran 130-150 GFLOP/s on this kind of shape,
@@ -350,7 +364,7 @@ inline Tensor dgates_t_mm(Sequence& q, const Tensor& b) {
     return mm(q, flat(q.dgates_lp).t(), b);
   const int64_t rows = q.dgates.size(0) * q.dgates.size(1), GH = q.dgates.size(2);
   if (!q.dgates_t.defined()) {
-    q.dgates_t = at::empty({GH, rows}, q.dgates.options());
+    q.dgates_t = thread_buffer(GH * rows, q.dgates.options()).view({GH, rows});
     transpose_into(q.dgates.data_ptr<float>(), rows, GH, q.dgates_t.data_ptr<float>());
   }
   Tensor out = at::empty({GH, b.size(1)}, b.options());

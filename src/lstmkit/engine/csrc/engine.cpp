@@ -328,6 +328,8 @@ Tensor transpose_checked(const Tensor& a) {
   return out;
 }
 
+void release_buffers() { thread_buffer_slot() = Tensor(); }
+
 bool vectorized() {
   return at::vec::is_vec_specialized_for_v<float> && at::vec::is_vec_specialized_for_v<double>;
 }
@@ -346,6 +348,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("onednn", &lstmkit::onednn_available, "torch's oneDNN inner-product ops are there");
   m.def("tanh_float", &lstmkit::tanh_float, "the engine's float32 tanh (for tests)");
   m.def("brgemm_add", &lstmkit::brgemm_add_checked, "out += a b on brgemm if it applies (tests)");
+  m.def("release_buffers", &lstmkit::release_buffers, "free this thread's kept buffer");
   m.def("transpose", &lstmkit::transpose_checked, "a^T through the engine's transpose (tests)");
   m.def("brgemm_mm", &lstmkit::brgemm_mm_checked, "out [+]= a b on brgemm tiles (tests)");
   lstmkit_register_dropout(m);
