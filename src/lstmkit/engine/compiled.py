@@ -259,9 +259,11 @@ def bf16_products(cell: Cell, x: Tensor) -> bool:
 # float32 training step (bench_compiled.py, bench_bf16.py): 0.70-0.95x the MKL time at 8.4M and
 # 67M per step (batch x hidden 32 x 256, 64 x 512), 1.1-1.26x at 3.2M (20 x 200), where the
 # weight reorders (1-6 products each) and per-call cost are not paid back; oneDNN for the input
-# projection and dx alone was no faster at 3.2M and 1M per step. bfloat16 products take the
-# prepacked path whenever the call is long enough: at::mm re-packs the weights into bfloat16
-# pairs at every call (one step's product at 64 x 512 x 2048: 459 us, prepacked 342 us).
+# projection and dx alone was no faster at 3.2M and 1M per step. On AVX-512 builds the per-step
+# products of batches up to 64 rows run on brgemm instead, and the smaller calls' whole-sequence
+# products on brgemm tiles (common.h). bfloat16 products take the prepacked path whenever the
+# call is long enough: at::mm re-packs the weights into bfloat16 pairs at every call (one step's
+# product at 64 x 512 x 2048: 459 us, prepacked 342 us).
 ONEDNN_STEP_MACS = 8_000_000
 ONEDNN_MIN_STEPS = 16
 

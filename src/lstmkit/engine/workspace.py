@@ -34,6 +34,6 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device, zero:
 def release() -> None:
     """Free this thread's scratch buffers (the compiled engine's too)."""
     _local.__dict__.pop("pool", None)
-    from . import compiled                       # imports this module: import here, not above
+    from . import compiled  # it imports this module: import here, not above
     if compiled._state["ext"] is not None:
         compiled._state["ext"].release_buffers()

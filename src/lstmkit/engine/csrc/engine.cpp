@@ -10,7 +10,9 @@
 // lowp (bfloat16 autocast): every product in bfloat16 (common.h), all else in float32.
 // onednn (large float32 calls, and bfloat16 ones): the weight products (input projection, each
 // step's recurrent products, dx) on oneDNN's prepacked inner product (onednn.cpp), the weights
-// reordered once per call.
+// reordered once per call. float32 calls of up to 64 rows (AVX-512 builds, brgemm_steps) run
+// their per-step products on brgemm whatever their size, and, when not on oneDNN, the input
+// projection, dx and the weight gradients on brgemm tiles (common.h).
 #include <torch/extension.h>
 
 #include <cstring>
@@ -131,7 +133,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
                   .view({T, B, GH});
   } else if (q.onednn) {
     q.gates = onednn_linear(x2, onednn_pack(q.w.w_ih, T * B), bias).view({T, B, GH});
-  } else if (brgemm_steps(q)) {
+  } else if (brgemm_steps(q) && T >= kTransposeMinSteps) {   // copies W_ih^T: not for T = 1
     q.gates = at::empty({T, B, GH}, q.x.options());
     if (bias.defined()) q.gates.copy_(bias.expand({T, B, GH}));
     const Tensor w_ih_t = q.w.w_ih.t().contiguous();   // (I, G*H)
