@@ -373,51 +373,53 @@ def test_bfloat16_runs_python_engine_with_one_warning(monkeypatch):
 
 
 # ------------------------------------------------------------------ brgemm step products
-@pytest.mark.parametrize("m,k,n", [(1, 5, 20), (4, 5, 20), (16, 128, 512), (20, 200, 800),
-                                   (16, 512, 128), (7, 33, 17), (64, 64, 1000), (3, 1, 1)])
-def test_brgemm_step_product_is_the_product(ext, m, k, n):
-    """The small float32 per-step product (out += a b on oneDNN's brgemm, split into column
-    blocks over the threads) equals torch's, odd sizes and tails included."""
+@pytest.fixture
+def avx512_ext(ext):
+    """The extension, where its brgemm paths are built (AVX-512 builds only)."""
     if ext.capability() != "AVX512":
         pytest.skip("the brgemm path is built for AVX-512 only")
+    return ext
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 5, 20), (4, 5, 20), (16, 128, 512), (20, 200, 800),
+                                   (16, 512, 128), (7, 33, 17), (64, 64, 1000), (3, 1, 1)])
+def test_brgemm_step_product_is_the_product(avx512_ext, m, k, n):
+    """The small float32 per-step product (out += a b on oneDNN's brgemm, split into column
+    blocks over the threads) equals torch's, odd sizes and tails included."""
     torch.manual_seed(m * 1000 + n)
     a, b, out = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
     want = torch.addmm(out.double(), a.double(), b.double())
-    assert ext.brgemm_add(out, a, b)
+    assert avx512_ext.brgemm_add(out, a, b)
     torch.testing.assert_close(out.double(), want, atol=1e-4 * (k ** 0.5), rtol=1e-5)
-    assert not ext.brgemm_add(torch.zeros(65, n), torch.randn(65, k), b)     # too many rows
+    assert not avx512_ext.brgemm_add(torch.zeros(65, n), torch.randn(65, k), b)  # too many rows
     if k > 1 and n > 1:
-        assert not ext.brgemm_add(out, a, b.t().contiguous().t())            # not row-major
-    assert not ext.brgemm_add(out.double(), a.double(), b.double())           # float64
+        assert not avx512_ext.brgemm_add(out, a, b.t().contiguous().t())  # not row-major
+    assert not avx512_ext.brgemm_add(out.double(), a.double(), b.double())  # float64
 
 
 @pytest.mark.parametrize("m,k,n", [(700, 200, 800), (3200, 64, 129), (65, 1100, 70), (1, 3, 1),
                                    (130, 513, 17)])
 @pytest.mark.parametrize("add", [False, True])
-def test_brgemm_tiles_are_the_product(ext, m, k, n, add):
+def test_brgemm_tiles_are_the_product(avx512_ext, m, k, n, add):
     """The whole-sequence float32 product on brgemm tiles (64 x 64 tiles over the threads, the
     reduction in chunks of 512) equals torch's: partial tiles, a reduction of 1100 (three chunks),
     accumulating or not."""
-    if ext.capability() != "AVX512":
-        pytest.skip("the brgemm path is built for AVX-512 only")
     torch.manual_seed(m + k + n)
     a, b, out = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
     want = (out.double() if add else 0) + a.double() @ b.double()
-    assert ext.brgemm_mm(out, a, b, add)
+    assert avx512_ext.brgemm_mm(out, a, b, add)
     torch.testing.assert_close(out.double(), want, atol=1e-4 * (k ** 0.5), rtol=1e-5)
-    assert not ext.brgemm_mm(out.double(), a.double(), b.double(), add)     # float64
+    assert not avx512_ext.brgemm_mm(out.double(), a.double(), b.double(), add)  # float64
     if k > 1 and n > 1:
-        assert not ext.brgemm_mm(out, a, b.t().contiguous().t(), add)      # not row-major
+        assert not avx512_ext.brgemm_mm(out, a, b.t().contiguous().t(), add)  # not row-major
 
 
 @pytest.mark.parametrize("r,c", [(700, 800), (65, 17), (1, 1), (130, 3), (3, 130)])
-def test_transpose_is_the_transpose(ext, r, c):
+def test_transpose_is_the_transpose(avx512_ext, r, c):
     """The blocked transpose that feeds dgates^T to the weight-gradient products: exact, partial
     16 x 16 blocks and partial 64-row chunks included."""
-    if ext.capability() != "AVX512":
-        pytest.skip("the brgemm path is built for AVX-512 only")
     a = torch.randn(r, c)
-    assert torch.equal(ext.transpose(a), a.t())
+    assert torch.equal(avx512_ext.transpose(a), a.t())
 
 
 @pytest.mark.parametrize("config", CONFIGS)

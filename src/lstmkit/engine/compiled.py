@@ -7,8 +7,9 @@ where the loop runs: per step one recurrent matrix product and one fused, vector
 the gate pre-activations (``at::vec::Vectorized``), with flush-to-zero and denormals-are-zero set
 for the engine's own loops and the caller's setting restored afterwards. The products run on
 ``at::mm`` (MKL), or, for large float32 calls, on oneDNN's prepacked inner product (the weights
-reordered once per call; ``ONEDNN_STEP_MACS``); the recurrent product of a small float32 step (up
-to 64 rows) on oneDNN's brgemm micro-kernel (AVX-512 builds). The sources are
+reordered once per call; ``ONEDNN_STEP_MACS``). On AVX-512 builds, float32 batches of up to 64
+rows run each step's recurrent product and the weight gradients (and, below the oneDNN
+threshold, the input projection and dx) on oneDNN's brgemm micro-kernel. The sources are
 ``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family, ``onednn.cpp``.
 
 The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under

@@ -223,6 +223,14 @@ inline void addmm_into(const Sequence& q, Tensor out, const Tensor& bias, const 
   else at::addmm_out(out, bias, a, b);
 }
 
+// float32, contiguous (row-major) out (n, N), a (n, K), b (K, N): what the brgemm paths take.
+inline bool row_major_product(const Tensor& out, const Tensor& a, const Tensor& b) {
+  return out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
+         b.scalar_type() == at::kFloat && out.is_contiguous() && a.is_contiguous() &&
+         b.is_contiguous() && out.dim() == 2 && a.dim() == 2 && b.dim() == 2 &&
+         a.size(0) == out.size(0) && a.size(1) == b.size(0) && b.size(1) == out.size(1);
+}
+
 // out += a b for float32 row-major a (n, K), b (K, N), out (n, N), all contiguous, on the
 // batch-reduce GEMM micro-kernel torch exports (oneDNN's brgemm), the columns split into blocks
 // over torch's threads. For one step's product at 16-20 rows it takes 0.3-0.5x the time of
@@ -231,11 +239,7 @@ inline void addmm_into(const Sequence& q, Tensor out, const Tensor& bias, const 
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int64_t kBrgemmMaxRows = 64;
 inline bool brgemm_fits(const Tensor& out, const Tensor& a, const Tensor& b) {
-  return out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
-         b.scalar_type() == at::kFloat && out.is_contiguous() && a.is_contiguous() &&
-         b.is_contiguous() && out.dim() == 2 && a.dim() == 2 && b.dim() == 2 &&
-         a.size(0) == out.size(0) && a.size(1) == b.size(0) && b.size(1) == out.size(1) &&
-         out.size(0) <= kBrgemmMaxRows && out.size(0) > 0;
+  return row_major_product(out, a, b) && out.size(0) <= kBrgemmMaxRows && out.size(0) > 0;
 }
 inline void brgemm_add(Tensor out, const Tensor& a, const Tensor& b) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);

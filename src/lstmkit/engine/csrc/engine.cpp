@@ -88,6 +88,12 @@ Sequence make_sequence(const std::vector<int64_t>& spec, const std::vector<int64
 
 constexpr int64_t kTransposeMinSteps = 16;
 
+// true when the call's per-step recurrent products run on W_hh packed for oneDNN (brgemm takes
+// the float32 steps of up to 64 rows even then: brgemm_steps)
+bool packs_recurrent_for_onednn(const Sequence& q, const CellKernels& cell) {
+  return q.onednn && cell.packs_recurrent() && !brgemm_steps(q);
+}
+
 // dhist[s, :bs[s]] = the outside gradient, zero on the inactive rows (the python engine adds the
 // outside gradient on the active rows only), or all zero when there is none.
 void init_outside_grad(Tensor& d, const OptTensor& grad, const Sequence& q) {
@@ -163,7 +169,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   // view, but the copy costs as much as 6-17 steps (measured: 40 us for 512 x 128): worth it
   // for longer sequences only. Step-by-step generation (T = 1) never copies.
   q.w.w_hh_t = T >= kTransposeMinSteps ? q.w.w_hh.t().contiguous() : q.w.w_hh.t();
-  if (q.onednn && cell->packs_recurrent() && !brgemm_steps(q)) q.w.w_hh_pk = onednn_pack(q.w.w_hh, B);
+  if (packs_recurrent_for_onednn(q, *cell)) q.w.w_hh_pk = onednn_pack(q.w.w_hh, B);
   cell->prepare(q, /*forward=*/true);
   for (int64_t s = 0; s < T; ++s) cell->forward_step(q, s, q.bs[s]);
   return {q.gates, q.hist, q.bufs};
@@ -220,7 +226,7 @@ std::vector<Tensor> backward(
     q.dstates0.push_back(at::zeros({B, sizes[k]}, q.x.options()));
   }
 
-  if (q.onednn && cell->packs_recurrent() && !brgemm_steps(q)) q.w.w_hh_t_pk = onednn_pack(q.w.w_hh.t(), B);
+  if (packs_recurrent_for_onednn(q, *cell)) q.w.w_hh_t_pk = onednn_pack(q.w.w_hh.t(), B);
   cell->prepare(q, /*forward=*/false);
   std::vector<Tensor> dprev(K);
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -309,12 +315,7 @@ bool brgemm_add_checked(Tensor out, const Tensor& a, const Tensor& b) {
 
 // out [+]= a b on the whole-sequence brgemm path (for the tests); false where it does not apply.
 bool brgemm_mm_checked(Tensor out, const Tensor& a, const Tensor& b, bool add) {
-  const bool fits = out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
-                    b.scalar_type() == at::kFloat && out.is_contiguous() && a.is_contiguous() &&
-                    b.is_contiguous() && out.dim() == 2 && a.dim() == 2 && b.dim() == 2 &&
-                    a.size(0) == out.size(0) && a.size(1) == b.size(0) &&
-                    b.size(1) == out.size(1) && capability() == "AVX512";
-  if (!fits) return false;
+  if (!row_major_product(out, a, b) || capability() != "AVX512") return false;
   gemm_brgemm(a.size(0), b.size(1), a.size(1), a.data_ptr<float>(), a.size(1),
               b.data_ptr<float>(), b.size(1), out.data_ptr<float>(), out.size(1), add);
   return true;
