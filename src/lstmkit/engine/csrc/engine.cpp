@@ -141,10 +141,10 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
     q.gates = onednn_linear(x2, onednn_pack(q.w.w_ih, T * B), bias).view({T, B, GH});
   } else if (brgemm_steps(q) && T >= kTransposeMinSteps) {   // copies W_ih^T: not for T = 1
     q.gates = at::empty({T, B, GH}, q.x.options());
-    if (bias.defined()) q.gates.copy_(bias.expand({T, B, GH}));
-    const Tensor w_ih_t = q.w.w_ih.t().contiguous();   // (I, G*H)
+    const Tensor w_ih_t = transposed(q.w.w_ih);   // (I, G*H)
     gemm_brgemm(T * B, GH, I, x2.data_ptr<float>(), I, w_ih_t.data_ptr<float>(), GH,
-                q.gates.data_ptr<float>(), GH, bias.defined());
+                q.gates.data_ptr<float>(), GH, false,
+                bias.defined() ? bias.contiguous().data_ptr<float>() : nullptr);
   } else {
     q.gates = (bias.defined() ? addmm(q, bias, x2, q.w.w_ih.t()) : mm(q, x2, q.w.w_ih.t()))
                   .view({T, B, GH});
@@ -168,7 +168,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   // W_hh^T (P, G*H) made contiguous runs the per-step product 15-50% faster than the transposed
   // view, but the copy costs as much as 6-17 steps (measured: 40 us for 512 x 128): worth it
   // for longer sequences only. Step-by-step generation (T = 1) never copies.
-  q.w.w_hh_t = T >= kTransposeMinSteps ? q.w.w_hh.t().contiguous() : q.w.w_hh.t();
+  q.w.w_hh_t = T >= kTransposeMinSteps ? transposed(q.w.w_hh) : q.w.w_hh.t();
   if (packs_recurrent_for_onednn(q, *cell)) q.w.w_hh_pk = onednn_pack(q.w.w_hh, B);
   cell->prepare(q, /*forward=*/true);
   for (int64_t s = 0; s < T; ++s) cell->forward_step(q, s, q.bs[s]);
@@ -226,7 +226,7 @@ std::vector<Tensor> backward(
     q.dstates0.push_back(at::zeros({B, sizes[k]}, q.x.options()));
   }
 
-  if (packs_recurrent_for_onednn(q, *cell)) q.w.w_hh_t_pk = onednn_pack(q.w.w_hh.t(), B);
+  if (packs_recurrent_for_onednn(q, *cell)) q.w.w_hh_t_pk = onednn_pack(transposed(q.w.w_hh), B);
   cell->prepare(q, /*forward=*/false);
   std::vector<Tensor> dprev(K);
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -255,7 +255,7 @@ std::vector<Tensor> backward(
   const Tensor dg = flat(q.dgates_lp);
   Tensor dx;                                                  // dgates W_ih
   if (needs[0] && q.onednn)
-    dx = onednn_linear(dg, onednn_pack(q.w.w_ih.t(), T * B), Tensor()).to(q.x.scalar_type());
+    dx = onednn_linear(dg, onednn_pack(transposed(q.w.w_ih), T * B), Tensor()).to(q.x.scalar_type());
   else if (needs[0] && brgemm_steps(q)) {
     dx = at::empty({T * B, q.x.size(2)}, q.x.options());
     gemm_brgemm(T * B, dx.size(1), dg.size(1), dg.data_ptr<float>(), dg.size(1),
@@ -270,7 +270,7 @@ std::vector<Tensor> backward(
   RecurrentGrads rec = need_rec ? cell->recurrent_grads(q) : RecurrentGrads();
   Tensor db_ih, db_hh;
   if (q.w.b_ih.defined() && (needs[W + 2] || needs[W + 3])) {
-    db_ih = q.dgates.sum({0, 1});
+    db_ih = dgates_sum(q);
     db_hh = cell->bias_hh_hoisted() ? db_ih : rec.b_hh;
   }
   out.push_back(rec.w_hh);
