@@ -438,6 +438,33 @@ def test_long_float32_calls_on_brgemm_match_python_engine(ext, config):
                      rtol=1e-5)
 
 
+@pytest.mark.parametrize("config", [c for c in CONFIGS if not c.startswith("gru")])
+def test_rows_split_over_threads_match_python_engine(ext, config):
+    """float32 batches of 16+ rows on AVX-512 builds run each thread's rows through the whole
+    time loop (the LSTM without projection, the RNN): outputs and every gradient within float32
+    tolerance of the python engine, padded and packed (groups with no active row at some steps,
+    a reverse pass whose rows start late), 21 rows split 10 + 11."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        python, comp = _pair(config, torch.float32, num_layers=2, bidirectional=True)
+        rows, steps = 21, 20
+        x = torch.randn(steps, rows, I)
+        w = comp.weights(0)
+        split = ext.row_groups(compiled._spec(comp.cell), x, w.w_ih, w.w_hh)
+        _seed("lengths", config)
+        lengths = torch.randint(1, steps + 1, (rows,)).tolist()
+        lengths[3] = steps
+        h0 = _initial(python, batch=rows, dtype=torch.float32)
+        for mode in ("padded", "packed"):
+            _assert_same(_run_and_grads(python, x, h0, mode, lengths=lengths),
+                         _run_and_grads(comp, x, h0, mode, lengths=lengths),
+                         ATOL[torch.float32], rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+    assert split == (2 if ext.capability() == "AVX512" and "proj" not in config else 1)
+
+
 # ------------------------------------------------------------------ oneDNN products
 ONEDNN_CASES = [(c, mode) for c in CONFIGS for mode in ("padded", "packed")]
 

@@ -9,7 +9,9 @@ for the engine's own loops and the caller's setting restored afterwards. The pro
 ``at::mm`` (MKL), or, for large float32 calls, on oneDNN's prepacked inner product (the weights
 reordered once per call; ``ONEDNN_STEP_MACS``). On AVX-512 builds, float32 batches of up to 64
 rows run each step's recurrent product and the weight gradients (and, below the oneDNN
-threshold, the input projection and dx) on oneDNN's brgemm micro-kernel. The sources are
+threshold, the input projection and dx) on oneDNN's brgemm micro-kernel; batches of 16 rows or
+more of the LSTM without projection and the RNN run each thread's share of the rows through the
+whole time loop, with no synchronisation between steps. The sources are
 ``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family, ``onednn.cpp``.
 
 The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under

@@ -75,7 +75,9 @@ struct RecurrentGrads {
 };
 
 // One cell family for one scalar type. The engine calls forward_step for s = 0..T-1 and
-// backward_step for s = T-1..0 with n = bs[s] active rows.
+// backward_step for s = T-1..0 on rows [r0, r0 + n) of the batch: all n = bs[s] active rows
+// (r0 = 0), or, where the cell splits_rows(), one thread's share of them (below, ":n" reads
+// "r0:r0+n").
 //
 // Forward step s: gates[s, :n] holds W_ih x_s + b on entry; the step leaves the activated
 // gates there and writes the states after the step into hist[k][s+1, :n] (and its step buffers).
@@ -83,6 +85,9 @@ struct RecurrentGrads {
 // sent back; for h that is the total, for c the step completes it to the total in place. The step
 // writes dL/d(pre-activations) into dgates[s, :n] and ADDS dL/d(states at s-1) into
 // dprev[k] = dhist[k][s-1, :n] (or the gradient of the initial states at s = 0).
+// splits_rows: the rows of a batch are independent sequences. Where a cell's steps touch only
+// their own rows (every product row-wise, no ATen call), the engine runs each thread's share of
+// the rows through the whole time loop in one parallel region (engine.cpp: row_groups).
 class CellKernels {
  public:
   virtual ~CellKernels() = default;
@@ -95,8 +100,9 @@ class CellKernels {
   // true when every per-step recurrent product is h W_hh^T (forward) and dgates W_hh (backward)
   // through add_recurrent, so that the engine may pack W_hh for oneDNN
   virtual bool packs_recurrent() const { return false; }
-  virtual void forward_step(Sequence& q, int64_t s, int64_t n) = 0;
-  virtual void backward_step(Sequence& q, int64_t s, int64_t n,
+  virtual bool splits_rows() const { return false; }
+  virtual void forward_step(Sequence& q, int64_t s, int64_t r0, int64_t n) = 0;
+  virtual void backward_step(Sequence& q, int64_t s, int64_t r0, int64_t n,
                              const std::vector<Tensor>& dprev) = 0;
   virtual RecurrentGrads recurrent_grads(Sequence& q) = 0;
 };
@@ -135,10 +141,10 @@ inline T* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-// t[s, :n] of a contiguous (S, B, W) tensor as an (n, W) view.
-inline Tensor rows(const Tensor& t, int64_t s, int64_t n) {
+// t[s, r0:r0+n] of a contiguous (S, B, W) tensor as an (n, W) view.
+inline Tensor rows(const Tensor& t, int64_t s, int64_t n, int64_t r0 = 0) {
   const int64_t B = t.size(1), W = t.size(2);
-  return t.as_strided({n, W}, {W, 1}, t.storage_offset() + s * B * W);
+  return t.as_strided({n, W}, {W, 1}, t.storage_offset() + (s * B + r0) * W);
 }
 
 // ------------------------------------------------------------------ products
@@ -246,6 +252,10 @@ inline void brgemm_add(Tensor out, const Tensor& a, const Tensor& b) {
   const float* pa = a.data_ptr<float>();
   const float* pb = b.data_ptr<float>();
   float* pc = out.data_ptr<float>();
+  if (at::in_parallel_region()) {   // one thread's rows (splits_rows): the whole product here
+    at::native::cpublas::brgemm(M, N, K, K, N, N, /*add_C=*/true, pa, pb, pc, /*is_vnni=*/false);
+    return;
+  }
   // each thread an equal share (to one vector) of the 16-column vectors, run as four blocks:
   // as one block per thread the product ran no faster than on one thread
   const int64_t vectors = (N + 15) / 16;
@@ -355,13 +365,13 @@ inline void add_recurrent(const Sequence& q, Tensor out, const Tensor& a, bool f
 
 // dgates[s, :n] as the step's recurrent product takes it. With bfloat16 products the rows are
 // rounded once into q.dgates_lp, which the whole-sequence weight-gradient products then reuse.
-inline Tensor dgates_rows(Sequence& q, int64_t s, int64_t n) {
-  if (!q.lowp) return rows(q.dgates, s, n);
+inline Tensor dgates_rows(Sequence& q, int64_t s, int64_t n, int64_t r0 = 0) {
+  if (!q.lowp) return rows(q.dgates, s, n, r0);
   if (!q.dgates_lp.defined())   // inactive rows of a packed batch enter the sums: zero
     q.dgates_lp = q.packed ? at::zeros(q.dgates.sizes(), q.dgates.options().dtype(at::kBFloat16))
                            : at::empty(q.dgates.sizes(), q.dgates.options().dtype(at::kBFloat16));
-  Tensor r = rows(q.dgates_lp, s, n);
-  r.copy_(rows(q.dgates, s, n));
+  Tensor r = rows(q.dgates_lp, s, n, r0);
+  r.copy_(rows(q.dgates, s, n, r0));
   return r;
 }
 

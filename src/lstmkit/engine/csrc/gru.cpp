@@ -42,7 +42,9 @@ class GRUKernels final : public CellKernels {
     }
   }
 
-  void forward_step(Sequence& q, int64_t s, int64_t n) override {
+  // the whole batch at every step (r0 = 0): splits_rows() is false (the products are ATen's)
+  void forward_step(Sequence& q, int64_t s, int64_t r0, int64_t n) override {
+    TORCH_INTERNAL_ASSERT(r0 == 0);
     const int64_t B = q.B, H = H_, G = 3 * H_;
     T* gates = ptr<T>(q.gates) + s * B * G;
     const T* h_prev = ptr<T>(q.hist[0]) + s * B * H;
@@ -103,8 +105,9 @@ class GRUKernels final : public CellKernels {
     });
   }
 
-  void backward_step(Sequence& q, int64_t s, int64_t n,
+  void backward_step(Sequence& q, int64_t s, int64_t r0, int64_t n,
                      const std::vector<Tensor>& dprev) override {
+    TORCH_INTERNAL_ASSERT(r0 == 0);
     const int64_t B = q.B, H = H_, G = 3 * H_;
     const T* gates = ptr<T>(q.gates) + s * B * G;
     T* dgates = ptr<T>(q.dgates) + s * B * G;

@@ -28,6 +28,7 @@ class LSTMKernels final : public CellKernels {
   }
   int64_t gate_width() const override { return G_ * H_; }
   bool packs_recurrent() const override { return true; }
+  bool splits_rows() const override { return !proj_; }   // the projection is an ATen product
 
   void prepare(Sequence& q, bool forward) override {
     if (proj_) {
@@ -36,15 +37,16 @@ class LSTMKernels final : public CellKernels {
     }
   }
 
-  void forward_step(Sequence& q, int64_t s, int64_t n) override {
-    const int64_t B = q.B, H = H_, GH = G_ * H_;
-    add_recurrent(q, rows(q.gates, s, n), rows(q.hist[0], s, n), true);  // pre-activations (n, G*H)
-    T* gates = ptr<T>(q.gates) + s * B * GH;
-    const T* c_prev = ptr<T>(q.hist[1]) + s * B * H;
-    T* c = ptr<T>(q.hist[1]) + (s + 1) * B * H;
-    T* tanh_c = ptr<T>(q.bufs[0]) + s * B * H;
+  void forward_step(Sequence& q, int64_t s, int64_t r0, int64_t n) override {
+    const int64_t H = H_, GH = G_ * H_;
+    const int64_t row = s * q.B + r0, next = row + q.B;   // row r0 of step s, of step s + 1
+    add_recurrent(q, rows(q.gates, s, n, r0), rows(q.hist[0], s, n, r0), true);  // (n, G*H)
+    T* gates = ptr<T>(q.gates) + row * GH;
+    const T* c_prev = ptr<T>(q.hist[1]) + row * H;
+    T* c = ptr<T>(q.hist[1]) + next * H;
+    T* tanh_c = ptr<T>(q.bufs[0]) + row * H;
     // m_t = o_t * tanh(c_t): the step buffer with a projection, else h_t itself (P == H)
-    T* m = proj_ ? ptr<T>(q.bufs[1]) + s * B * H : ptr<T>(q.hist[0]) + (s + 1) * B * H;
+    T* m = proj_ ? ptr<T>(q.bufs[1]) + row * H : ptr<T>(q.hist[0]) + next * H;
     const T* p = ptr<T>(q.w.w_ch);
     const T* p_i = peephole_ && !coupled_ ? p : nullptr;
     const T* p_f = peephole_ ? p + (coupled_ ? 0 : H) : nullptr;
@@ -88,23 +90,25 @@ class LSTMKernels final : public CellKernels {
         store(mr, j, k, o * tc);
       });
     });
-    if (proj_) mm_into(q, rows(q.hist[0], s + 1, n), rows(q.bufs[1], s, n), w_hr_t_);  // h = W_hr m
+    if (proj_)                                                               // h = W_hr m
+      mm_into(q, rows(q.hist[0], s + 1, n, r0), rows(q.bufs[1], s, n, r0), w_hr_t_);
   }
 
-  void backward_step(Sequence& q, int64_t s, int64_t n,
+  void backward_step(Sequence& q, int64_t s, int64_t r0, int64_t n,
                      const std::vector<Tensor>& dprev) override {
-    const int64_t B = q.B, H = H_, GH = G_ * H_;
-    const T* dm = ptr<T>(q.dhist[0]) + s * B * H;  // dL/dm_t = dL/dh_t without a projection
+    const int64_t H = H_, GH = G_ * H_;
+    const int64_t row = s * q.B + r0;                  // row r0 of step s
+    const T* dm = ptr<T>(q.dhist[0]) + row * H;  // dL/dm_t = dL/dh_t without a projection
     if (proj_) {
-      mm_into(q, dm_.narrow(0, 0, n), rows(q.dhist[0], s, n), q.w.w_hr);  // dm = dh W_hr
-      dm = ptr<T>(dm_);
+      mm_into(q, dm_.narrow(0, r0, n), rows(q.dhist[0], s, n, r0), q.w.w_hr);  // dm = dh W_hr
+      dm = ptr<T>(dm_) + r0 * H;
     }
-    T* dc = ptr<T>(q.dhist[1]) + s * B * H;  // from outside and step s+1; made total here
+    T* dc = ptr<T>(q.dhist[1]) + row * H;  // from outside and step s+1; made total here
     T* dc_prev = ptr<T>(dprev[1]);
-    const T* gates = ptr<T>(q.gates) + s * B * GH;
-    T* dgates = ptr<T>(q.dgates) + s * B * GH;
-    const T* c_prev = ptr<T>(q.hist[1]) + s * B * H;
-    const T* tanh_c = ptr<T>(q.bufs[0]) + s * B * H;
+    const T* gates = ptr<T>(q.gates) + row * GH;
+    T* dgates = ptr<T>(q.dgates) + row * GH;
+    const T* c_prev = ptr<T>(q.hist[1]) + row * H;
+    const T* tanh_c = ptr<T>(q.bufs[0]) + row * H;
     const T* p = ptr<T>(q.w.w_ch);
     const T* p_i = peephole_ && !coupled_ ? p : nullptr;
     const T* p_f = peephole_ ? p + (coupled_ ? 0 : H) : nullptr;
@@ -155,7 +159,7 @@ class LSTMKernels final : public CellKernels {
         store(dcp, j, k, load(dcp, j, k) + dcp_v);
       });
     });
-    add_recurrent(q, dprev[0], dgates_rows(q, s, n), false);  // dh_prev += dgates W_hh
+    add_recurrent(q, dprev[0], dgates_rows(q, s, n, r0), false);  // dh_prev += dgates W_hh
   }
 
   RecurrentGrads recurrent_grads(Sequence& q) override {

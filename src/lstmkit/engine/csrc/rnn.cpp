@@ -17,12 +17,13 @@ class RNNKernels final : public CellKernels {
   std::vector<int64_t> state_sizes() const override { return {H_}; }
   int64_t gate_width() const override { return H_; }
   bool packs_recurrent() const override { return true; }
+  bool splits_rows() const override { return true; }
 
-  void forward_step(Sequence& q, int64_t s, int64_t n) override {
-    const int64_t B = q.B, H = H_;
-    add_recurrent(q, rows(q.gates, s, n), rows(q.hist[0], s, n), true);  // a_t (n, H)
-    const T* a = ptr<T>(q.gates) + s * B * H;
-    T* h = ptr<T>(q.hist[0]) + (s + 1) * B * H;
+  void forward_step(Sequence& q, int64_t s, int64_t r0, int64_t n) override {
+    const int64_t H = H_, row = s * q.B + r0;   // row r0 of step s
+    add_recurrent(q, rows(q.gates, s, n, r0), rows(q.hist[0], s, n, r0), true);  // a_t (n, H)
+    const T* a = ptr<T>(q.gates) + row * H;
+    T* h = ptr<T>(q.hist[0]) + (row + q.B) * H;
     const bool relu = relu_;
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
       const T* ar = a + r * H;
@@ -35,12 +36,12 @@ class RNNKernels final : public CellKernels {
     });
   }
 
-  void backward_step(Sequence& q, int64_t s, int64_t n,
+  void backward_step(Sequence& q, int64_t s, int64_t r0, int64_t n,
                      const std::vector<Tensor>& dprev) override {
-    const int64_t B = q.B, H = H_;
-    const T* h = ptr<T>(q.hist[0]) + (s + 1) * B * H;
-    const T* dh = ptr<T>(q.dhist[0]) + s * B * H;
-    T* da = ptr<T>(q.dgates) + s * B * H;
+    const int64_t H = H_, row = s * q.B + r0;   // row r0 of step s
+    const T* h = ptr<T>(q.hist[0]) + (row + q.B) * H;
+    const T* dh = ptr<T>(q.dhist[0]) + row * H;
+    T* da = ptr<T>(q.dgates) + row * H;
     const bool relu = relu_;
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
       const T* hr = h + r * H;
@@ -53,7 +54,7 @@ class RNNKernels final : public CellKernels {
         store(dar, j, k, relu ? (dhv & (hv > zero)) : dhv * (one - hv * hv));
       });
     });
-    add_recurrent(q, dprev[0], dgates_rows(q, s, n), false);                // dh_prev += da W_hh
+    add_recurrent(q, dprev[0], dgates_rows(q, s, n, r0), false);           // dh_prev += da W_hh
   }
 
   RecurrentGrads recurrent_grads(Sequence& q) override {
