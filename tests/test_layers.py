@@ -379,25 +379,63 @@ def _outputs(module, x):
     return [out, *(hid if isinstance(hid, tuple) else [hid])]
 
 
+def _auto_wants(kind, x, training):
+    """What auto should run a padded float32 call on x (T, B, I) on."""
+    if kind == "lstm" and x.shape[0] > AUTO_SHORT_T:
+        return "compiled" if training and compiled.trains_faster(x) else "torch"
+    return "compiled" if compiled.available() else "torch"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("steps", [1, AUTO_SHORT_T, AUTO_SHORT_T + 1, 20])
 def test_auto_engine_runs_the_engine_it_names(kind, steps):
-    """auto: torch's fused kernel for a standard LSTM over more than AUTO_SHORT_T padded steps,
-    else compiled; its outputs are exactly those of the engine it names."""
+    """auto, inference: torch's fused kernel for a standard LSTM over more than AUTO_SHORT_T
+    padded steps, else compiled; its outputs are exactly those of the engine it names."""
     ref, ours = build(kind, 2, True, engine="auto", dtype=torch.float32)
     x = torch.randn(steps, B, I)
-    want = "torch" if kind == "lstm" and steps > AUTO_SHORT_T else "compiled"
-    if want == "compiled" and not compiled.available():
-        want = "torch"
+    with torch.no_grad():
+        want = _auto_wants(kind, x, training=False)
+        assert want == ("torch" if kind == "lstm" and steps > AUTO_SHORT_T or
+                        not compiled.available() else "compiled")
+        assert ours._engine_for(False, x, steps, False) == want
+        if kind == "lstm" and compiled.available():
+            assert ours._engine_for(False, x, steps, True) == "compiled"         # packed
+        named = copy.deepcopy(ours)
+        named.engine = want
+        for a, b in zip(_outputs(ours, x), _outputs(named, x)):
+            assert torch.equal(a, b)
+        for a, b in zip(_outputs(ours, x), _outputs(ref, x)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [AUTO_SHORT_T + 1, 15, 16, 40])
+@pytest.mark.parametrize("batch", [1, 64, 65])
+def test_auto_engine_trains_a_standard_lstm_compiled_where_faster(steps, batch):
+    """auto, training (grad enabled, weights requiring it): a standard float32 LSTM of 16+ steps
+    and at most 64 rows runs compiled on AVX-512 builds (compiled.trains_faster), else torch's
+    kernel; outputs and gradients are exactly those of the engine it names. Frozen weights and
+    an input without grad: inference, torch's kernel."""
+    ref, ours = build("lstm", 2, False, engine="auto", dtype=torch.float32)
+    x = torch.randn(steps, batch, I)
+    avx512 = compiled.available() and compiled._state["ext"].capability() == "AVX512"
+    want = "compiled" if avx512 and steps >= 16 and batch <= 64 else "torch"
+    assert compiled.trains_faster(x) == (want == "compiled")
     assert ours._engine_for(False, x, steps, False) == want
-    if kind == "lstm" and compiled.available():
-        assert ours._engine_for(False, x, steps, True) == "compiled"         # packed
     named = copy.deepcopy(ours)
     named.engine = want
-    for a, b in zip(_outputs(ours, x), _outputs(named, x)):
+    frozen = copy.deepcopy(ours)
+    results = []
+    for module in (ours, named):
+        xg = x.clone().requires_grad_()
+        out, (h, c) = module(xg)
+        (out.sin().sum() + h.sum() + c.cos().sum()).backward()
+        results.append([out.detach(), h.detach(), c.detach(), xg.grad]
+                       + [p.grad for p in module.parameters()])
+    for a, b in zip(*results):
         assert torch.equal(a, b)
-    for a, b in zip(_outputs(ours, x), _outputs(ref, x)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    frozen.requires_grad_(False)
+    assert frozen._engine_for(False, x, steps, False) == "torch"
+    assert frozen._engine_for(False, x.clone().requires_grad_(), steps, False) == want
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -409,8 +447,9 @@ def test_auto_engine_under_autocast_as_without_it_and_for_traces(kind, steps):
     x = torch.randn(steps, B, I)
     have = compiled.available()
     want = "torch" if (kind == "lstm" and steps > AUTO_SHORT_T) or not have else "compiled"
-    assert ours._engine_for(False, x, steps, False) == want
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad():
+        assert ours._engine_for(False, x, steps, False) == want
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # training too: torch's bfloat16 kernel
         assert ours._engine_for(False, x, steps, False) == want
     assert ours._engine_for(True, x, steps, False) == ("compiled" if have else "python")
 
@@ -424,7 +463,8 @@ def test_auto_engine_under_autocast_runs_large_standard_lstm_compiled():
         assert big._engine_for(False, x, 20, False) == ("compiled" if compiled.available()
                                                         else "torch")
         assert big._engine_for(False, x[:, :16], 20, False) == "torch"   # 17M
-    assert big._engine_for(False, x, 20, False) == "torch"
+    with torch.no_grad():
+        assert big._engine_for(False, x, 20, False) == "torch"
 
 
 VARIANTS = [

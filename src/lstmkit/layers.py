@@ -16,7 +16,9 @@ peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-
 "compiled" runs the same BPTT in C++ (``lstmkit.engine.compiled``, every configuration);
 "torch" calls torch's fused kernels (standard configurations only); "auto" takes the fastest
 correct one, as measured in benchmarks/ (BENCHMARKS.md): torch's fused kernel for a standard
-LSTM over a padded batch of more than 4 steps; otherwise the compiled engine (GRU, RNN, variants,
+LSTM over a padded batch of more than 4 steps, except for training calls (grad enabled, weights
+or input requiring it) that the compiled engine runs on brgemm (``trains_faster``: float32,
+AVX-512, up to 64 rows, 16 steps or more); otherwise the compiled engine (GRU, RNN, variants,
 traces, packed batches, short calls such as generating one token at a time); the python engine
 where the compiled one cannot run. Under bfloat16 autocast (torch's kernels then run in
 bfloat16, the compiled engine its matrix products, with gates, cell state and outputs in
@@ -38,7 +40,7 @@ from .cells.gru import GRUCellMath
 from .cells.lstm import LSTMCellMath
 from .cells.rnn import RNNCellMath
 from .dropout import dropout
-from .engine.compiled import bf16_products, run_sequence_compiled, step_macs
+from .engine.compiled import bf16_products, run_sequence_compiled, step_macs, trains_faster
 from .engine.compiled import usable as compiled_usable
 from .engine.sequence import StepRecord, run_sequence
 from .trace import Trace
@@ -164,10 +166,19 @@ class _Recurrent(nn.Module):
         if not compiled_usable(self.cell, x):
             return "torch" if self._standard and not record else "python"
         if self.family == "lstm" and self._standard and not (record or packed) and \
-                T > AUTO_SHORT_T and not (bf16_products(self.cell, x)
-                                          and step_macs(self.cell, x) >= AUTO_BF16_MACS):
+                T > AUTO_SHORT_T:
+            if bf16_products(self.cell, x):
+                return "compiled" if step_macs(self.cell, x) >= AUTO_BF16_MACS else "torch"
+            if not torch.is_autocast_enabled(x.device.type) and self._training(x) and \
+                    trains_faster(x):
+                return "compiled"
             return "torch"                     # oneDNN's fused LSTM: level or faster
         return "compiled"
+
+    def _training(self, x: Tensor) -> bool:
+        """True when this call records a graph to differentiate (its backward follows)."""
+        return torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def _run(self, input, hx, lengths, record: bool):
         name = type(self).__name__

@@ -282,6 +282,24 @@ def products(cell: Cell, x: Tensor) -> tuple[bool, bool]:
     return False, onednn
 
 
+# A standard float32 LSTM's training step (forward and backward) where the extension runs the
+# steps on brgemm (AVX-512 builds, at most BRGEMM_MAX_ROWS rows, BRGEMM_MIN_STEPS steps or more):
+# 0.71-1.07x the time of torch's fused LSTM in three runs of bench_compiled.py over its five
+# sizes, batch 1 to 64 (35 x 20: 0.93-1.07, level; the other four 0.71-0.96); inference alone
+# 0.94-1.11x, so auto keeps torch's kernel for it (BENCHMARKS.md, seventh run).
+BRGEMM_MAX_ROWS = 64
+BRGEMM_MIN_STEPS = 16
+
+
+def trains_faster(x: Tensor) -> bool:
+    """True when a standard LSTM's training call on x (T, B, I) runs faster compiled than on
+    torch's fused kernel, as measured: float32 on the CPU, an AVX-512 build of the extension, at
+    most ``BRGEMM_MAX_ROWS`` rows and at least ``BRGEMM_MIN_STEPS`` steps."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3
+            and x.shape[0] >= BRGEMM_MIN_STEPS and 1 <= x.shape[1] <= BRGEMM_MAX_ROWS
+            and available() and _state["ext"].capability() == "AVX512")
+
+
 def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,
                           record: StepRecord | None = None) -> tuple[Tensor, ...]:
     """``run_sequence`` on the compiled engine; the python engine (after one warning) where the
