@@ -286,7 +286,9 @@ def products(cell: Cell, x: Tensor) -> tuple[bool, bool]:
 # steps on brgemm (AVX-512 builds, at most BRGEMM_MAX_ROWS rows, BRGEMM_MIN_STEPS steps or more):
 # 0.71-1.07x the time of torch's fused LSTM in three runs of bench_compiled.py over its five
 # sizes, batch 1 to 64 (35 x 20: 0.93-1.07, level; the other four 0.71-0.96); inference alone
-# 0.94-1.11x, so auto keeps torch's kernel for it (BENCHMARKS.md, seventh run).
+# 0.94-1.11x, so auto keeps torch's kernel for it (BENCHMARKS.md, seventh run). The bounds mirror
+# csrc: kBrgemmMaxRows (common.h) and kTransposeMinSteps (engine.cpp), from which the steps'
+# products run on brgemm.
 BRGEMM_MAX_ROWS = 64
 BRGEMM_MIN_STEPS = 16
 
