@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 
@@ -284,11 +285,11 @@ inline void gemm_brgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t
                         const float* bias = nullptr) {
   constexpr int64_t kM = 64, kN = 64, kK = 512;
   const int64_t mt = (M + kM - 1) / kM, nt = (N + kN - 1) / kN;
+  const bool start_from_bias = bias != nullptr && !add;
   at::parallel_for(0, mt * nt, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i0 = (t / nt) * kM, j0 = (t % nt) * kN;
       const int64_t m = std::min(kM, M - i0), n = std::min(kN, N - j0);
-      const bool start_from_bias = bias != nullptr && !add;
       if (start_from_bias) {
         for (int64_t i = 0; i < m; ++i)
           std::memcpy(C + (i0 + i) * ldc + j0, bias + j0, n * sizeof(float));
@@ -420,20 +421,8 @@ inline Tensor dgates_sum(const Sequence& q) {
   const float* a = q.dgates_t.data_ptr<float>();
   float* o = out.data_ptr<float>();
   at::parallel_for(0, GH, 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const float* row = a + i * R;
-      Vec<float> acc[4] = {Vec<float>(0.f), Vec<float>(0.f), Vec<float>(0.f), Vec<float>(0.f)};
-      constexpr int64_t V = Vec<float>::size();
-      int64_t j = 0;
-      for (; j + 4 * V <= R; j += 4 * V)
-        for (int u = 0; u < 4; ++u) acc[u] = acc[u] + Vec<float>::loadu(row + j + u * V);
-      for (; j < R; j += V) acc[0] = acc[0] + Vec<float>::loadu(row + j, std::min(V, R - j));
-      float lanes[Vec<float>::size()];
-      ((acc[0] + acc[1]) + (acc[2] + acc[3])).store(lanes);
-      float sum = 0.f;
-      for (float v : lanes) sum += v;
-      o[i] = sum;
-    }
+    for (int64_t i = i0; i < i1; ++i)
+      o[i] = at::vec::reduce_all<float>([](auto& x, auto& y) { return x + y; }, a + i * R, R);
   });
   return out;
 }

@@ -362,14 +362,11 @@ bool brgemm_mm_checked(Tensor out, const Tensor& a, const Tensor& b, bool add) {
   return true;
 }
 
-// a^T of a 2-D float32 tensor through transpose_into (for the tests); undefined where it does
-// not apply.
+// a^T of a 2-D float32 tensor through transposed (transpose_into; for the tests); undefined
+// where it does not apply.
 Tensor transpose_checked(const Tensor& a) {
   if (a.dim() != 2 || a.scalar_type() != at::kFloat || capability() != "AVX512") return Tensor();
-  const Tensor in = a.contiguous();
-  Tensor out = at::empty({in.size(1), in.size(0)}, in.options());
-  transpose_into(in.data_ptr<float>(), in.size(0), in.size(1), out.data_ptr<float>());
-  return out;
+  return transposed(a.contiguous());
 }
 
 void release_buffers() { thread_buffer_slot() = Tensor(); }
