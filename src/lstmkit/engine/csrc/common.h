@@ -10,7 +10,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 
@@ -420,9 +419,23 @@ inline Tensor dgates_sum(const Sequence& q) {
   Tensor out = at::empty({GH}, q.dgates.options());
   const float* a = q.dgates_t.data_ptr<float>();
   float* o = out.data_ptr<float>();
+  // four accumulators, summed in this order (at::vec::reduce_all's one accumulator sums in
+  // another order: the demo's 1,500 training steps carried that into its later digits)
   at::parallel_for(0, GH, 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      o[i] = at::vec::reduce_all<float>([](auto& x, auto& y) { return x + y; }, a + i * R, R);
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* row = a + i * R;
+      Vec<float> acc[4] = {Vec<float>(0.f), Vec<float>(0.f), Vec<float>(0.f), Vec<float>(0.f)};
+      constexpr int64_t V = Vec<float>::size();
+      int64_t j = 0;
+      for (; j + 4 * V <= R; j += 4 * V)
+        for (int u = 0; u < 4; ++u) acc[u] = acc[u] + Vec<float>::loadu(row + j + u * V);
+      for (; j < R; j += V) acc[0] = acc[0] + Vec<float>::loadu(row + j, std::min(V, R - j));
+      float lanes[Vec<float>::size()];
+      ((acc[0] + acc[1]) + (acc[2] + acc[3])).store(lanes);
+      float sum = 0.f;
+      for (float v : lanes) sum += v;
+      o[i] = sum;
+    }
   });
   return out;
 }
