@@ -16,7 +16,8 @@ whole time loop, with no synchronisation between steps. The sources are
 
 The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under
 ``$XDG_CACHE_HOME/lstmkit/extensions`` (``~/.cache/lstmkit/extensions``), one directory per torch
-version, CPU capability and hash of sources and flags. Without a C++ compiler, or when the build
+version, CPU capability and hash of sources and flags; once built, a process imports it from
+there directly (no ninja run, no lock). Without a C++ compiler and nothing built, or when the build
 fails, ``engine="compiled"`` warns once and runs the python engine. float32 and float64 on the
 CPU run compiled; other dtypes (bfloat16) and devices run the python engine. Under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 call runs every matrix product in
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -101,29 +103,70 @@ def _ninja_on_path():
         os.environ["PATH"] = old
 
 
-def _build():
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        raise RuntimeError(f"no C++ compiler ({cxx!r} not found)")
-    from torch.utils import cpp_extension
-
+def _extension() -> tuple[str, Path, list[str]]:
+    """The extension's module name, build directory and compiler flags for these sources, this
+    torch and this CPU."""
     cap, flags = capability_flags()
     cflags = ["-O3", "-fopenmp", *flags]
-    sources = sorted(CSRC.glob("*.cpp"))
     digest = hashlib.sha256(" ".join([torch.__version__, *cflags]).encode())
     for path in sorted(CSRC.glob("*.[ch]*")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     key = digest.hexdigest()[:16]
     build_dir = cache_dir() / f"torch-{torch.__version__}-{cap.lower()}-{key}"
+    return f"lstmkit_compiled_{key}", build_dir, cflags
+
+
+def _import_built(name: str, build_dir: Path):
+    """The extension built before in build_dir, imported as it is (no ninja, no lock); None if
+    it is not there or does not import (a build cut short)."""
+    path = build_dir / f"{name}.so"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError:
+        return None
+    return module
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """One build per directory at a time, on a lock the kernel releases when its holder dies.
+    torch's own lock file is a plain file: a build killed while holding it (SIGKILL) left it
+    behind, and every later load waited on it forever; under this lock it can only be stale."""
+    try:
+        import fcntl
+    except ImportError:                              # not POSIX: torch's lock alone
+        yield
+        return
+    with open(build_dir / "build.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)
+        yield
+
+
+def _build():
+    name, build_dir, cflags = _extension()
+    built = _import_built(name, build_dir)
+    if built is not None:
+        return built
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"no C++ compiler ({cxx!r} not found)")
+    from torch.utils import cpp_extension
+
     build_dir.mkdir(parents=True, exist_ok=True)
-    if not list(build_dir.glob("*.so")):
-        print(f"lstmkit: building the compiled engine into {build_dir} (once; about a minute)",
-              file=sys.stderr, flush=True)
-    with _ninja_on_path():
-        return cpp_extension.load(
-            name=f"lstmkit_compiled_{key}", sources=[str(p) for p in sources],
-            extra_cflags=cflags, extra_ldflags=["-fopenmp"], build_directory=str(build_dir),
-            verbose=bool(os.environ.get("LSTMKIT_BUILD_VERBOSE")))
+    with _build_lock(build_dir):
+        if not list(build_dir.glob("*.so")):
+            print(f"lstmkit: building the compiled engine into {build_dir} (once; about a "
+                  "minute)", file=sys.stderr, flush=True)
+        with _ninja_on_path():
+            return cpp_extension.load(
+                name=name, sources=[str(p) for p in sorted(CSRC.glob("*.cpp"))],
+                extra_cflags=cflags, extra_ldflags=["-fopenmp"], build_directory=str(build_dir),
+                verbose=bool(os.environ.get("LSTMKIT_BUILD_VERBOSE")))
 
 
 def _load():
