@@ -492,7 +492,7 @@ def test_rows_split_over_threads_match_python_engine(ext, config):
         rows, steps = 21, 20
         x = torch.randn(steps, rows, I)
         w = comp.weights(0)
-        split = ext.row_groups(compiled._spec(comp.cell), x, w.w_ih, w.w_hh)
+        split = ext.row_groups(compiled.cell_spec(comp.cell), x, w.w_ih, w.w_hh)
         _seed("lengths", config)
         lengths = torch.randint(1, steps + 1, (rows,)).tolist()
         lengths[3] = steps

@@ -45,7 +45,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if (p == 1.0 or x.device.type != "cpu" or x.dtype not in compiled.DTYPES
-            or compiled._load() is None):
+            or torch.compiler.is_compiling() or not compiled.available()):
         return F.dropout(x, p, training=True)
     seed = int(torch.randint(0, 2**62, ()))
     return _Dropout.apply(x, p, seed)

@@ -42,6 +42,7 @@ from .cells.rnn import RNNCellMath
 from .dropout import dropout
 from .engine.compiled import bf16_products, run_sequence_compiled, step_macs, trains_faster
 from .engine.compiled import usable as compiled_usable
+from .engine.ops import sequence
 from .engine.sequence import StepRecord, run_sequence
 from .trace import Trace
 
@@ -299,7 +300,11 @@ class _Recurrent(nn.Module):
         finals = [[] for _ in states0]
         records = []
         layer_input = x
-        run = run_sequence_compiled if use_compiled else run_sequence
+        if record:                           # a trace keeps every step: its own Function
+            run = run_sequence_compiled if use_compiled else run_sequence
+        else:
+            def run(cell, x, states0, w, bs, rec):
+                return sequence(cell, x, states0, w, bs, use_compiled)
         for layer in range(self.num_layers):
             outputs, layer_records = [], []
             for d in range(D):
@@ -464,8 +469,7 @@ class _StepCell(nn.Module):
         else:
             compiled = self.engine == "compiled" or (self.engine == "auto"
                                                      and compiled_usable(self.cell, x))
-            run = run_sequence_compiled if compiled else run_sequence
-            hist = run(self.cell, x.unsqueeze(0), states, self.weights())
+            hist = sequence(self.cell, x.unsqueeze(0), states, self.weights(), None, compiled)
             out = [h[0] for h in hist]
         if unbatched:
             out = [o.squeeze(0) for o in out]

@@ -106,6 +106,17 @@ class Cell:
         dL/d(states at t-1) into dprev."""
         raise NotImplementedError
 
+    def spec(self) -> list[int]:
+        """The cell as seven ints, how the operators and the C++ engine name it: family (0 LSTM,
+        1 GRU, 2 RNN), H, P, peephole, coupled, reset_after, relu; ``cell_from_spec`` inverts."""
+        raise NotImplementedError
+
+    def reference_step(self, w: Weights, xw: Tensor, prev: tuple) -> tuple:
+        """The same step in plain differentiable torch ops, no buffers, nothing in place: xw
+        (n, G*H) = W_ih x_t + ``hoisted_bias``, prev the states at t-1; returns the states at t.
+        What second-order autograd differentiates (``lstmkit.engine.reference``)."""
+        raise NotImplementedError
+
     def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs) -> Grads:
         """Gradients of w_hh (and b_hh, w_ch, w_hr where the cell has them) from whole-sequence
         tensors in processing order: hist[k] (T+1, B, size_k), bufs, dgates (T, B, G*H),

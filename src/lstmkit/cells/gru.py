@@ -30,6 +30,25 @@ class GRUCellMath(Cell):
         self.grad_buffers = (3 * H,) if reset_after else ()
         self.bias_hh_hoisted = not reset_after
 
+    def spec(self):
+        H = self.hidden_size
+        return [1, H, H, 0, 0, int(self.reset_after), 0]
+
+    def reference_step(self, w, xw, prev):
+        (h_prev,), H = prev, self.hidden_size
+        x_r, x_z, x_n = xw.split(H, -1)
+        if self.reset_after:
+            hw = h_prev.mm(w.w_hh.t()) if w.b_hh is None else torch.addmm(w.b_hh, h_prev,
+                                                                            w.w_hh.t())
+            h_r, h_z, h_n = hw.split(H, -1)
+            r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+            n = torch.tanh(x_n + r * h_n)
+        else:
+            h_rz = h_prev.mm(w.w_hh[: 2 * H].t())
+            r, z = torch.sigmoid(x_r + h_rz[:, :H]), torch.sigmoid(x_z + h_rz[:, H:])
+            n = torch.tanh(x_n + (r * h_prev).mm(w.w_hh[2 * H :].t()))
+        return ((1 - z) * n + z * h_prev,)
+
     def blocks(self, t):
         """(all, r|z, r, z, n) views of a (..., 3H) gate tensor."""
         return (t, t[..., : 2 * self.hidden_size], *t.split(self.hidden_size, -1))

@@ -33,6 +33,31 @@ class LSTMCellMath(Cell):
         # tanh(c_t), and m_t = o_t * tanh(c_t) when h_t is its projection
         self.step_buffers = (hidden_size, hidden_size) if proj_size else (hidden_size,)
 
+    def spec(self):
+        H = self.hidden_size
+        return [0, H, self.proj_size or H, int(self.peephole), int(self.coupled), 1, 0]
+
+    def reference_step(self, w, xw, prev):
+        h_prev, c_prev = prev
+        pre = xw + h_prev.mm(w.w_hh.t())
+        if self.coupled:
+            a_f, a_g, a_o = pre.split(self.hidden_size, -1)
+            a_i = None
+        else:
+            a_i, a_f, a_g, a_o = pre.split(self.hidden_size, -1)
+        if self.peephole:
+            p = w.w_ch.split(self.hidden_size)
+            p_i, p_f, p_o = (None, *p) if self.coupled else p
+            a_f = a_f + p_f * c_prev
+            if a_i is not None:
+                a_i = a_i + p_i * c_prev
+        f, g = torch.sigmoid(a_f), torch.tanh(a_g)
+        i = 1 - f if self.coupled else torch.sigmoid(a_i)
+        c = f * c_prev + i * g
+        o = torch.sigmoid(a_o + p_o * c if self.peephole else a_o)
+        m = o * torch.tanh(c)
+        return (m.mm(w.w_hr.t()) if self.proj_size else m), c
+
     def blocks(self, t):
         """Views of a (..., G*H) gate tensor that the steps take: (all, the sigma block, then
         i, f, g, o), without i when coupled. The sigma block is (i|f), or f when coupled."""

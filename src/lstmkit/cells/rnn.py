@@ -30,6 +30,14 @@ class RNNCellMath(Cell):
     def num_gates(self) -> int:
         return 1                                              # the pre-activation a_t
 
+    def spec(self):
+        H = self.hidden_size
+        return [2, H, H, 0, 0, 1, int(self.nonlinearity == "relu")]
+
+    def reference_step(self, w, xw, prev):
+        a = xw + prev[0].mm(w.w_hh.t())
+        return (torch.tanh(a) if self.nonlinearity == "tanh" else torch.relu(a),)
+
     def forward_step(self, w, gates, prev, new, buf):
         (h_prev,), (h,), (gates,) = prev, new, gates
         gates.addmm_(h_prev, w.w_hh_t)                      # a_t (n, H)

@@ -41,20 +41,19 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Weights
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from .sequence import StepRecord, run_sequence
+from .sequence import StepRecord, no_double_backward, run_sequence
 from .workspace import scratch
 
 CSRC = Path(__file__).with_name("csrc")
 DTYPES = (torch.float32, torch.float64)
 
 _lock = threading.Lock()
-_state: dict = {"tried": False, "ext": None, "error": None}
+_state: dict = {"tried": False, "ext": None, "error": None, "capability": None, "onednn": False}
 _warned: set[str] = set()
 
 
@@ -172,16 +171,21 @@ def _build():
 def _load():
     """The extension module, built or loaded from the cache at the first call; None if that
     failed (``build_error()`` says why)."""
+    if _state["tried"]:                              # lock-free, so torch.compile traces it
+        return _state["ext"]
     with _lock:
         if not _state["tried"]:
-            _state["tried"] = True
             try:
-                _state["ext"] = _build()
+                ext = _build()
+                # asked once here, so that deciding an engine calls nothing compiled
+                _state.update(ext=ext, capability=ext.capability(), onednn=ext.onednn())
             except Exception as e:                    # no compiler, compile error, no ninja
                 _state["error"] = f"{type(e).__name__}: {e}"
+            _state["tried"] = True
         return _state["ext"]
 
 
+@torch.compiler.assume_constant_result     # torch.compile: asked once while tracing, not traced
 def available() -> bool:
     """True when the compiled engine is built (building it now if it was not)."""
     return _load() is not None
@@ -204,65 +208,72 @@ def _warn_once(key: str, message: str) -> None:
 
 
 # ------------------------------------------------------------------ the autograd.Function
-def _spec(cell: Cell) -> list[int] | None:
-    """The cell as the C++ side takes it: family, H, P, peephole, coupled, reset_after, relu."""
-    H = cell.hidden_size
-    if isinstance(cell, LSTMCellMath):
-        return [0, H, cell.proj_size or H, int(cell.peephole), int(cell.coupled), 1, 0]
-    if isinstance(cell, GRUCellMath):
-        return [1, H, H, 0, 0, int(cell.reset_after), 0]
-    if isinstance(cell, RNNCellMath):
-        return [2, H, H, 0, 0, 1, int(cell.nonlinearity == "relu")]
-    return None
+def cell_spec(cell: Cell) -> list[int] | None:
+    """The cell as the C++ side takes it (``Cell.spec``); None for a cell it has no kernels for."""
+    return cell.spec() if isinstance(cell, (LSTMCellMath, GRUCellMath, RNNCellMath)) else None
+
+
+def compiled_forward(cell: Cell, batch_sizes, x: Tensor, states0, weights, products,
+                     record: StepRecord | None = None):
+    """``sequence_forward`` run by the extension: (gates, hist, bufs). weights: (w_ih, w_hh,
+    b_ih, b_hh, w_ch, w_hr); products as ``products(cell, x)`` gives them."""
+    gates, hist, bufs = _state["ext"].forward(cell_spec(cell), batch_sizes or [], x,
+                                              list(states0), *weights, *products)
+    if record is not None:
+        record.gates, record.hist = gates, hist
+    return gates, hist, bufs
+
+
+def compiled_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, bufs, weights,
+                      grad_hist, needs, products, record: StepRecord | None = None):
+    """``sequence_backward`` run by the extension: [dx, dstates0..., dw_ih, ..., dw_hr], None
+    where not needed or absent."""
+    T, B = x.shape[:2]
+    like = {"dtype": x.dtype, "device": x.device}
+    packed = batch_sizes is not None
+    # inactive rows of dgates and the grad buffers must be zero (they enter sums over steps)
+    dgates = scratch("dgates", (T, B, gates.shape[-1]), **like, zero=packed)
+    gbufs = [scratch(f"grad_buffer{i}", (T, B, width), **like, zero=packed)
+             for i, width in enumerate(cell.grad_buffers)]
+    if record is not None:                            # the trace keeps them
+        dhist = [torch.empty(T, B, size, **like) for size in cell.state_sizes]
+    else:                                             # the extension fills them entirely
+        dhist = [scratch(f"dstate{i}", (T, B, size), **like, zero=False)
+                 for i, size in enumerate(cell.state_sizes)]
+    grads = _state["ext"].backward(cell_spec(cell), batch_sizes or [], x, gates, list(hist),
+                                   list(bufs), *weights, list(grad_hist), dgates, gbufs, dhist,
+                                   list(needs), *products)
+    if record is not None:
+        record.dhist = dhist
+    return [g if need else None for g, need in zip(grads, needs)]
 
 
 class CompiledSequenceFunction(torch.autograd.Function):
-    """apply(cell, spec, batch_sizes, record, products, x, *states0, w_ih, w_hh, b_ih, b_hh,
-             w_ch, w_hr); products as ``products(cell, x)`` gives them.
-
-    ``SequenceFunction``'s contract (see ``lstmkit.engine.sequence``), run by the extension.
-    """
+    """apply(cell, batch_sizes, record, products, x, *states0, w_ih, w_hh, b_ih, b_hh, w_ch,
+    w_hr): the traced run on the extension, as ``SequenceFunction`` on the python engine."""
 
     @staticmethod
-    def forward(ctx, cell: Cell, spec, batch_sizes, record, products, x, *args):
+    def forward(ctx, cell: Cell, batch_sizes, record, products, x, *args):
         k = len(cell.state_sizes)
         weights = args[k:]
-        gates, hist, bufs = _state["ext"].forward(spec, batch_sizes or [], x, list(args[:k]),
-                                                  *weights, *products)
+        gates, hist, bufs = compiled_forward(cell, batch_sizes, x, args[:k], weights, products,
+                                             record)
         ctx.set_materialize_grads(False)
-        ctx.cell, ctx.spec, ctx.batch_sizes, ctx.record = cell, spec, batch_sizes, record
-        ctx.products = products
+        ctx.cell, ctx.batch_sizes, ctx.record, ctx.products = cell, batch_sizes, record, products
         ctx.counts = (k, len(bufs))
         ctx.save_for_backward(x, gates, *hist, *bufs, *weights)
-        if record is not None:
-            record.gates, record.hist = gates, hist
         return tuple(h[1:] for h in hist)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, *grad_hist):
-        cell, record, packed = ctx.cell, ctx.record, ctx.batch_sizes is not None
+        no_double_backward(ctx, grad_hist)
         k, nb = ctx.counts
         saved = ctx.saved_tensors
-        x, gates = saved[0], saved[1]
         hist, bufs, weights = saved[2 : 2 + k], saved[2 + k : 2 + k + nb], saved[2 + k + nb :]
-        T, B = x.shape[:2]
-        like = {"dtype": x.dtype, "device": x.device}
-        # inactive rows of dgates and the grad buffers must be zero (they enter sums over steps)
-        dgates = scratch("dgates", (T, B, gates.shape[-1]), **like, zero=packed)
-        gbufs = [scratch(f"grad_buffer{i}", (T, B, width), **like, zero=packed)
-                 for i, width in enumerate(cell.grad_buffers)]
-        if record is not None:                        # the trace keeps them
-            dhist = [torch.empty(T, B, size, **like) for size in cell.state_sizes]
-        else:                                         # the extension fills them entirely
-            dhist = [scratch(f"dstate{i}", (T, B, size), **like, zero=False)
-                     for i, size in enumerate(cell.state_sizes)]
-        grads = _state["ext"].backward(ctx.spec, ctx.batch_sizes or [], x, gates, list(hist),
-                                       list(bufs), *weights, list(grad_hist), dgates, gbufs,
-                                       dhist, list(ctx.needs_input_grad[5:]), *ctx.products)
-        if record is not None:
-            record.dhist = dhist
-        return (None, None, None, None, None, *grads)
+        grads = compiled_backward(ctx.cell, ctx.batch_sizes, saved[0], saved[1], hist, bufs,
+                                  weights, grad_hist, ctx.needs_input_grad[4:], ctx.products,
+                                  ctx.record)
+        return (None, None, None, None, *grads)
 
 
 def _unsupported(cell: Cell, x: Tensor) -> str | None:
@@ -272,7 +283,7 @@ def _unsupported(cell: Cell, x: Tensor) -> str | None:
     if x.dtype not in DTYPES:
         return (f"engine='compiled' runs float32 and float64; {x.dtype} runs the python engine "
                 "for now")
-    if _spec(cell) is None:
+    if cell_spec(cell) is None:
         return f"engine='compiled' has no kernels for {type(cell).__name__}"
     return None
 
@@ -319,9 +330,9 @@ def products(cell: Cell, x: Tensor) -> tuple[bool, bool]:
     inner product); (False, False) is at::mm in x's dtype, (True, False) at::mm in bfloat16."""
     long = x.shape[0] >= ONEDNN_MIN_STEPS
     if bf16_products(cell, x):
-        return True, long and _state["ext"].onednn()
+        return True, long and _state["onednn"]
     onednn = (x.dtype == torch.float32 and x.device.type == "cpu" and long
-              and step_macs(cell, x) >= ONEDNN_STEP_MACS and _state["ext"].onednn())
+              and step_macs(cell, x) >= ONEDNN_STEP_MACS and _state["onednn"])
     return False, onednn
 
 
@@ -342,13 +353,11 @@ def trains_faster(x: Tensor) -> bool:
     most ``BRGEMM_MAX_ROWS`` rows and at least ``BRGEMM_MIN_STEPS`` steps."""
     return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3
             and x.shape[0] >= BRGEMM_MIN_STEPS and 1 <= x.shape[1] <= BRGEMM_MAX_ROWS
-            and available() and _state["ext"].capability() == "AVX512")
+            and available() and _state["capability"] == "AVX512")
 
 
-def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,
-                          record: StepRecord | None = None) -> tuple[Tensor, ...]:
-    """``run_sequence`` on the compiled engine; the python engine (after one warning) where the
-    extension is unavailable or the call is one it does not handle."""
+def fallback_reason(cell: Cell, x: Tensor) -> str | None:
+    """None when this call runs compiled; else why not, warned once (the python engine runs)."""
     reason = _unsupported(cell, x)
     if reason is None and not available():
         reason = ("lstmkit: the compiled engine is unavailable "
@@ -356,8 +365,15 @@ def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batc
                   "python engine (lstmkit.engine.compiled.build_error() has the details)")
     if reason is not None:
         _warn_once(reason.split(";")[0], reason)
+    return reason
+
+
+def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,
+                          record: StepRecord | None = None) -> tuple[Tensor, ...]:
+    """``run_sequence`` on the compiled engine; the python engine (after one warning) where the
+    extension is unavailable or the call is one it does not handle."""
+    if fallback_reason(cell, x) is not None:
         return run_sequence(cell, x, states0, weights, batch_sizes, record)
-    return CompiledSequenceFunction.apply(cell, _spec(cell), batch_sizes, record,
-                                          products(cell, x), x, *states0,
-                                          weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh,
-                                          weights.w_ch, weights.w_hr)
+    return CompiledSequenceFunction.apply(cell, batch_sizes, record, products(cell, x), x,
+                                          *states0, weights.w_ih, weights.w_hh, weights.b_ih,
+                                          weights.b_hh, weights.w_ch, weights.w_hr)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Weights, matmul_over_steps
 from .workspace import scratch
@@ -51,112 +50,144 @@ def per_step(tensors, bs: list[int]) -> list[tuple]:
     return list(zip(*[step_views(t, bs) for t in tensors]))
 
 
+def sequence_forward(cell: Cell, batch_sizes, x: Tensor, states0, w: Weights,
+                     record: StepRecord | None = None):
+    """The forward walk: returns (gates, hist, bufs).
+
+    x (T, B, I); states0 the initial states (B, size_k). gates (T, B, G*H) the activated gates;
+    hist[k] (T+1, B, size_k) the state k before the first step (row 0) and after each step s
+    (row s+1); bufs the cell's step buffers (T, B, width). batch_sizes: a list of T ints, or
+    None when every sequence runs all T steps; rows not active at step s hold the initial state.
+    """
+    T, B, _ = x.shape
+    packed = batch_sizes is not None
+    bs = batch_sizes if packed else [B] * T
+    alloc = torch.zeros if packed else torch.empty            # padding rows must stay finite
+
+    gates = hoisted_input_projection(x, w.w_ih, cell.hoisted_bias(w))   # (T, B, G*H)
+    hist = []
+    for s0 in states0:
+        h = s0.new_empty((T + 1, *s0.shape))                  # (T+1, B, size)
+        h[0] = s0
+        if packed:
+            h[1:] = s0
+        hist.append(h)
+    bufs = [alloc(T, B, width, dtype=x.dtype, device=x.device) for width in cell.step_buffers]
+
+    cell.prepare(w, forward=True)
+    steps = zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
+                per_step([h[1:] for h in hist], bs), per_step(bufs, bs))
+    for gates_t, prev, new, buf in steps:
+        cell.forward_step(w, gates_t, prev, new, buf)
+    if record is not None:
+        record.gates, record.hist = gates, hist
+    return gates, hist, bufs
+
+
+def sequence_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, bufs,
+                      w: Weights, grad_hist, needs, record: StepRecord | None = None):
+    """The backward walk: dL/d(inputs) from dL/d(states after each step), grad_hist[k]
+    (T, B, size_k) or None. needs: which of [x, states0..., w_ih, w_hh, b_ih, b_hh, w_ch, w_hr]
+    want a gradient. Returns [dx, dstates0..., dw_ih, dw_hh, db_ih, db_hh, dw_ch, dw_hr], None
+    where not needed or absent."""
+    k = len(cell.state_sizes)
+    T, B, _ = x.shape
+    packed = batch_sizes is not None
+    bs = batch_sizes if packed else [B] * T
+    like = {"dtype": x.dtype, "device": x.device, "zero": packed}   # padding rows: zero
+
+    def buffer(name, width, keep=False):        # (T, B, width); keep: it outlives backward
+        if keep:
+            return (torch.zeros if packed else torch.empty)(T, B, width, dtype=x.dtype,
+                                                             device=x.device)
+        return scratch(name, (T, B, width), **like)
+
+    dgates = buffer("dgates", gates.shape[-1])                                # (T, B, G*H)
+    gbufs = [buffer(f"grad_buffer{i}", width) for i, width in enumerate(cell.grad_buffers)]
+    # dhist[k][s]: dL/d(state k after step s). Step s+1 writes its part (through the
+    # recurrence) there; step s adds what came from outside and completes it to the total.
+    dhist = [buffer(f"dstate{i}", size, keep=record is not None)
+             for i, size in enumerate(cell.state_sizes)]
+    for d in dhist:
+        d[-1].zero_()
+    dstates0 = [torch.zeros(B, size, dtype=x.dtype, device=x.device)
+                for size in cell.state_sizes]
+
+    dnew_steps = per_step(dhist, bs)
+    dprev_steps = [tuple(d[: bs[0]] for d in dstates0)] + \
+        per_step([d[:-1] for d in dhist], bs[1:])                 # where step s writes dL/d(prev)
+    external = [(i, step_views(g, bs)) for i, g in enumerate(grad_hist) if g is not None]
+    cell.prepare(w, forward=False)
+    steps = list(zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
+                     per_step([h[1:] for h in hist], bs), per_step(bufs, bs), dnew_steps,
+                     per_step(cell.blocks(dgates), bs), per_step(gbufs, bs), dprev_steps))
+    for s in range(T - 1, -1, -1):
+        gates_t, prev, new, buf, dnew, dgates_t, gbuf, dprev = steps[s]
+        for i, g in external:
+            dnew[i].add_(g[s])
+        cell.backward_step(w, gates_t, prev, new, buf, dnew, dgates_t, gbuf, dprev)
+        if s and bs[s - 1] < bs[s]:
+            # rows that start at step s (a reverse pass over a packed batch): their dprev
+            # is dL/d(initial state)
+            for d, d0 in zip(dhist, dstates0):
+                d0[bs[s - 1] : bs[s]] = d[s - 1, bs[s - 1] : bs[s]]
+                d[s - 1, bs[s - 1] : bs[s]] = 0
+
+    W = 1 + k                                                   # index of w_ih in needs
+    dx = dgates.reshape(T * B, -1).mm(w.w_ih).view_as(x) if needs[0] else None
+    dw_ih = matmul_over_steps(dgates, x) if needs[W] else None
+    rec = cell.recurrent_grads(w, hist, bufs, dgates, dhist, gbufs)
+    db_ih = db_hh = None
+    if w.b_ih is not None and (needs[W + 2] or needs[W + 3]):
+        db_ih = dgates.sum((0, 1))
+        db_hh = db_ih if cell.bias_hh_hoisted else rec.b_hh
+    if record is not None:
+        record.dhist = dhist
+    grads = [dx, *dstates0, dw_ih, rec.w_hh, db_ih, db_hh, rec.w_ch, rec.w_hr]
+    return [g if need else None for g, need in zip(grads, needs)]
+
+
 class SequenceFunction(torch.autograd.Function):
     """apply(cell, batch_sizes, record, x, *states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
 
-    x (T, B, I); states0 the initial states (B, size_k); returns for each state the sequence
-    (T, B, size_k) of its values after each step s (rows not active at step s hold their last
-    state, or the initial state before they start).
-    batch_sizes: a list of T ints, or None when every sequence runs all T steps.
+    The traced run (``record`` a StepRecord): ``sequence_forward`` and ``sequence_backward`` as
+    one autograd.Function that keeps every step's tensors. Returns hist[k][1:] for each state.
+    Untraced runs go through the ``lstmkit::sequence`` operator (``lstmkit.engine.ops``).
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)   # autocast: float32
     def forward(ctx, cell: Cell, batch_sizes, record, x, *args):
         k = len(cell.state_sizes)
-        states0, w = args[:k], Weights(*args[k:])
-        T, B, _ = x.shape
-        packed = batch_sizes is not None
-        bs = batch_sizes if packed else [B] * T
-        alloc = torch.zeros if packed else torch.empty        # padding rows must stay finite
-
-        gates = hoisted_input_projection(x, w.w_ih, cell.hoisted_bias(w))   # (T, B, G*H)
-        hist = []
-        for s0 in states0:
-            h = s0.new_empty((T + 1, *s0.shape))              # (T+1, B, size)
-            h[0] = s0
-            if packed:
-                h[1:] = s0
-            hist.append(h)
-        bufs = [alloc(T, B, width, dtype=x.dtype, device=x.device) for width in cell.step_buffers]
-
-        cell.prepare(w, forward=True)
-        steps = zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
-                    per_step([h[1:] for h in hist], bs), per_step(bufs, bs))
-        for gates_t, prev, new, buf in steps:
-            cell.forward_step(w, gates_t, prev, new, buf)
-
+        gates, hist, bufs = sequence_forward(cell, batch_sizes, x, args[:k], Weights(*args[k:]),
+                                             record)
         ctx.set_materialize_grads(False)
-        ctx.cell, ctx.bs, ctx.packed, ctx.record = cell, bs, packed, record
+        ctx.cell, ctx.batch_sizes, ctx.record = cell, batch_sizes, record
         ctx.save_for_backward(x, gates, *hist, *bufs, *args[k:])
-        if record is not None:
-            record.gates, record.hist = gates, hist
         return tuple(h[1:] for h in hist)
 
     @staticmethod
-    @once_differentiable
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, *grad_hist):
-        cell, bs, packed, record = ctx.cell, ctx.bs, ctx.packed, ctx.record
-        k = len(cell.state_sizes)
+        no_double_backward(ctx, grad_hist)
+        cell, k = ctx.cell, len(ctx.cell.state_sizes)
         saved = ctx.saved_tensors
-        x, gates = saved[0], saved[1]
-        hist = saved[2 : 2 + k]
         nb = len(cell.step_buffers)
-        bufs = saved[2 + k : 2 + k + nb]
-        w = Weights(*saved[2 + k + nb :])
-        T, B, _ = x.shape
-        like = {"dtype": x.dtype, "device": x.device, "zero": packed}   # padding rows: zero
+        hist, bufs = saved[2 : 2 + k], saved[2 + k : 2 + k + nb]
+        with torch.no_grad():
+            grads = sequence_backward(cell, ctx.batch_sizes, saved[0], saved[1], hist, bufs,
+                                      Weights(*saved[2 + k + nb :]), grad_hist,
+                                      ctx.needs_input_grad[3:], ctx.record)
+        return (None, None, None, *grads)
 
-        def buffer(name, width, keep=False):        # (T, B, width); keep: it outlives backward
-            if keep:
-                return (torch.zeros if packed else torch.empty)(T, B, width, dtype=x.dtype,
-                                                                 device=x.device)
-            return scratch(name, (T, B, width), **like)
 
-        dgates = buffer("dgates", gates.shape[-1])                            # (T, B, G*H)
-        gbufs = [buffer(f"grad_buffer{i}", width) for i, width in enumerate(cell.grad_buffers)]
-        # dhist[k][s]: dL/d(state k after step s). Step s+1 writes its part (through the
-        # recurrence) there; step s adds what came from outside and completes it to the total.
-        dhist = [buffer(f"dstate{i}", size, keep=record is not None)
-                 for i, size in enumerate(cell.state_sizes)]
-        for d in dhist:
-            d[-1].zero_()
-        dstates0 = [torch.zeros(B, size, dtype=x.dtype, device=x.device)
-                    for size in cell.state_sizes]
-
-        dnew_steps = per_step(dhist, bs)
-        dprev_steps = [tuple(d[: bs[0]] for d in dstates0)] + \
-            per_step([d[:-1] for d in dhist], bs[1:])             # where step s writes dL/d(prev)
-        external = [(i, step_views(g, bs)) for i, g in enumerate(grad_hist) if g is not None]
-        cell.prepare(w, forward=False)
-        steps = list(zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
-                         per_step([h[1:] for h in hist], bs), per_step(bufs, bs), dnew_steps,
-                         per_step(cell.blocks(dgates), bs), per_step(gbufs, bs), dprev_steps))
-        for s in range(T - 1, -1, -1):
-            gates_t, prev, new, buf, dnew, dgates_t, gbuf, dprev = steps[s]
-            for i, g in external:
-                dnew[i].add_(g[s])
-            cell.backward_step(w, gates_t, prev, new, buf, dnew, dgates_t, gbuf, dprev)
-            if s and bs[s - 1] < bs[s]:
-                # rows that start at step s (a reverse pass over a packed batch): their dprev
-                # is dL/d(initial state)
-                for d, d0 in zip(dhist, dstates0):
-                    d0[bs[s - 1] : bs[s]] = d[s - 1, bs[s - 1] : bs[s]]
-                    d[s - 1, bs[s - 1] : bs[s]] = 0
-
-        need = ctx.needs_input_grad
-        dstates0 = [d if need[4 + i] else None for i, d in enumerate(dstates0)]
-        dx = dgates.reshape(T * B, -1).mm(w.w_ih).view_as(x) if need[3] else None
-        dw_ih = matmul_over_steps(dgates, x)
-        rec = cell.recurrent_grads(w, hist, bufs, dgates, dhist, gbufs)
-        db_ih = db_hh = None
-        if w.b_ih is not None:
-            db_ih = dgates.sum((0, 1))
-            db_hh = db_ih if cell.bias_hh_hoisted else rec.b_hh
-        if record is not None:
-            record.dhist = dhist
-        return (None, None, None, dx, *dstates0, dw_ih, rec.w_hh, db_ih, db_hh, rec.w_ch, rec.w_hr)
+def no_double_backward(ctx, grads) -> None:
+    """A traced run records its steps for inspection and has no graph of its gradient: raise,
+    rather than return a gradient that second-order autograd would take as exact."""
+    if torch.is_grad_enabled() and (any(g is not None and g.requires_grad for g in grads)
+                                    or any(t.requires_grad for t in ctx.saved_tensors)):
+        raise RuntimeError("lstmkit: a traced run (layer.trace) does not support double "
+                           "backward (create_graph=True); call the layer itself for that")
 
 
 def run_sequence(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,

@@ -1,0 +1,38 @@
+"""The reference walk: a whole sequence in plain differentiable torch ops, one step at a time.
+
+Slow and simple on purpose: no buffers, nothing in place, so autograd records every step and can
+differentiate the gradient again. The operators fall back to it where a graph of the gradient
+is asked for (``create_graph=True``, ``torch.func`` transforms); the engines are tested against
+it. Same contract as ``lstmkit.engine.sequence.sequence_forward``'s state histories: hist[k]
+(T+1, B, size_k), row 0 the initial state, rows not active at a step holding the initial state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..cells.base import Cell, Weights
+
+
+def reference_sequence(cell: Cell, x: Tensor, states0, w: Weights,
+                       batch_sizes: list[int] | None = None) -> list[Tensor]:
+    """hist[k] (T+1, B, size_k) for x (T, B, I) and states0[k] (B, size_k), in processing order;
+    at step s only the first batch_sizes[s] rows are active."""
+    T, B, _ = x.shape
+    bias = cell.hoisted_bias(w)
+    xw = x.matmul(w.w_ih.t())                                           # (T, B, G*H)
+    if bias is not None:
+        xw = xw + bias
+    states0 = tuple(states0)
+    hist = [[s] for s in states0]
+    prev = states0
+    for s in range(T):
+        n = B if batch_sizes is None else batch_sizes[s]
+        new = cell.reference_step(w, xw[s, :n], tuple(p[:n] for p in prev))
+        if n < B:
+            new = tuple(torch.cat([v, s0[n:]]) for v, s0 in zip(new, states0))
+        for h, v in zip(hist, new):
+            h.append(v)
+        prev = new
+    return [torch.stack(h) for h in hist]
