@@ -95,14 +95,14 @@ def check_state_tuple(name: str, hx, count: int, labels: str):
 def check_lengths(name: str, lengths, batch: int, steps: int) -> Tensor:
     """lengths of a padded batch: B ints, sorted longest first, each in 1..T."""
     lengths = torch.as_tensor(lengths)
+    if batch == 0 and lengths.numel() == 0:
+        return lengths.to("cpu", torch.int64).reshape(0)       # an empty batch, as [] reads
     if lengths.dim() != 1 or lengths.numel() != batch:
         raise ValueError(f"{name}: expected lengths as {batch} integers (one per sequence), "
                          f"got shape {shape_str(lengths.shape)}")
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise TypeError(f"{name}: expected integer lengths, got {lengths.dtype}")
     lengths = lengths.to("cpu", torch.int64)
-    if batch == 0:
-        return lengths
     values = lengths.tolist()
     if min(values) < 1 or max(values) > steps:
         raise ValueError(f"{name}: expected every length between 1 and the sequence length "

@@ -282,7 +282,10 @@ class _Recurrent(Quantizable):
             x = x.to(w.dtype)                  # e.g. bfloat16 from a layer autocast ran before
         checks.check_dtype_matches(name, x, w)
         states0 = self._initial_states(hx, x, B, unbatched, sorted_indices)
-        if B == 0 and not record:
+        if B == 0 and record:
+            raise ValueError(f"{name}: trace needs at least one sequence, got an empty batch "
+                             f"of shape {checks.shape_str(input.shape)}")
+        if B == 0:
             output, states = self._empty_batch(x, states0)
             if self.batch_first:
                 output = output.transpose(0, 1)
@@ -330,6 +333,8 @@ class _Recurrent(Quantizable):
         T = input.shape[1] if self.batch_first else input.shape[0]
         B = input.shape[0] if self.batch_first else input.shape[1]
         lengths = checks.check_lengths(name, lengths, B, T)
+        if B == 0:
+            return self._run(input, hx, None, record)              # nothing to pack
         packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first)
         result = self._run(packed, hx, None, record)
         output = result.output if record else result[0]
