@@ -1,5 +1,6 @@
-"""Bad input and bad arguments: a ValueError or TypeError whose message names what was expected
-and what came, raised by lstmkit before anything reaches torch's kernels."""
+"""Bad input and bad arguments: an error whose message names what was expected and what came,
+raised by lstmkit before anything reaches torch's kernels, of the class torch.nn raises for the
+same mistake (tests/test_torch_contract.py compares the classes with torch.nn's)."""
 
 from __future__ import annotations
 
@@ -52,44 +53,46 @@ def test_wrong_number_of_dimensions_batch_first_names_its_layout():
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("shape", [(T, B, I + 2), (T, I + 2)], ids=["batched", "unbatched"])
 def test_wrong_feature_size(cls, engine, shape):
-    with pytest.raises(ValueError, match=rf"expected {I} input features \(input_size\), "
+    with pytest.raises(RuntimeError, match=rf"expected {I} input features \(input_size\), "
                        rf"got {I + 2}"):
         layer(cls, engine)(x(*shape))
 
 
 def test_wrong_feature_size_packed():
     packed = pack_padded_sequence(x(T, B, I + 1), [T, 2])
-    with pytest.raises(ValueError, match=rf"expected {I} input features.*got {I + 1}"):
+    with pytest.raises(RuntimeError, match=rf"expected {I} input features.*got {I + 1}"):
         layer()(packed)
 
 
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("shape", [(0, B, I), (T, 0, I), (0, I)],
-                         ids=["empty-sequence", "empty-batch", "empty-unbatched"])
-def test_empty_input(cls, engine, shape):
+@pytest.mark.parametrize("shape", [(0, B, I), (0, I), (0, 0, I)],
+                         ids=["empty-sequence", "empty-unbatched", "empty-both"])
+def test_no_time_step(cls, engine, shape):
+    """torch.nn raises RuntimeError for L = 0 (an empty batch it takes: test_torch_contract)."""
     shape_txt = re.escape("(" + ", ".join(map(str, shape)) + ")")
-    with pytest.raises(ValueError, match=rf"empty input of shape {shape_txt}"):
+    with pytest.raises(RuntimeError, match=rf"{cls}: expected at least one time step, got "
+                       rf"input of shape {shape_txt}"):
         layer(cls, engine)(x(*shape))
 
 
 def test_empty_batch_batch_first():
-    with pytest.raises(ValueError, match=r"empty input of shape \(0, 5, 3\)"):
-        layer(batch_first=True)(x(0, T, I))
+    out, (h, c) = layer(batch_first=True)(x(0, T, I))
+    assert out.shape == (0, T, H) and h.shape == c.shape == (1, 0, H)
 
 
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
 def test_integer_input(cls, engine, dtype):
-    with pytest.raises(TypeError, match=rf"expected a floating-point input.*got {dtype}"):
+    with pytest.raises(ValueError, match=rf"expected a floating-point input.*got {dtype}"):
         layer(cls, engine)(x(T, B, I, dtype=dtype))
 
 
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("engine", ENGINES)
 def test_input_dtype_differs_from_parameters(cls, engine):
-    with pytest.raises(TypeError, match=r"expected input of dtype torch.float32 like the "
+    with pytest.raises(ValueError, match=r"expected input of dtype torch.float32 like the "
                        r"parameters, got torch.float64"):
         layer(cls, engine)(x(T, B, I, dtype=torch.float64))
 
@@ -105,34 +108,34 @@ def test_input_not_a_tensor():
 @pytest.mark.parametrize("engine", ENGINES)
 def test_wrong_h0_shape(cls, engine):
     m = layer(cls, engine, num_layers=2)
-    with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 2, 4\).*got \(1, 2, 4\)"):
+    with pytest.raises(RuntimeError, match=r"expected h_0 of shape \(2, 2, 4\).*got \(1, 2, 4\)"):
         m(x(T, B, I), hx_for(cls, 1, B, H))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_wrong_c0_shape(engine):
     m = layer("LSTM", engine, proj_size=2)
-    with pytest.raises(ValueError, match=r"expected c_0 of shape \(1, 2, 4\).*got \(1, 2, 2\)"):
+    with pytest.raises(RuntimeError, match=r"expected c_0 of shape \(1, 2, 4\).*got \(1, 2, 2\)"):
         m(x(T, B, I), (torch.zeros(1, B, 2), torch.zeros(1, B, 2)))
 
 
 @pytest.mark.parametrize("cls", LAYERS)
 def test_wrong_hx_shape_unbatched(cls):
-    with pytest.raises(ValueError, match=r"expected h_0 of shape \(1, 4\).*got \(1, 1, 4\)"):
+    with pytest.raises(RuntimeError, match=r"expected h_0 of shape \(1, 4\).*got \(1, 1, 4\)"):
         layer(cls)(x(T, I), hx_for(cls, 1, 1, H))
 
 
 @pytest.mark.parametrize("cls", LAYERS)
 def test_wrong_hx_batch_for_packed_input(cls):
     packed = pack_padded_sequence(x(T, B, I), [3, 5], enforce_sorted=False)
-    with pytest.raises(ValueError, match=r"expected h_0 of shape \(1, 2, 4\).*got \(1, 3, 4\)"):
+    with pytest.raises(RuntimeError, match=r"expected h_0 of shape \(1, 2, 4\).*got \(1, 3, 4\)"):
         layer(cls)(packed, hx_for(cls, 1, 3, H))
 
 
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("engine", ENGINES)
 def test_wrong_hx_dtype(cls, engine):
-    with pytest.raises(TypeError, match=r"expected h_0 of dtype torch.float32 like the input, "
+    with pytest.raises(RuntimeError, match=r"expected h_0 of dtype torch.float32 like the input, "
                        r"got torch.float64"):
         layer(cls, engine)(x(T, B, I), hx_for(cls, 1, B, H, dtype=torch.float64))
 
@@ -140,18 +143,19 @@ def test_wrong_hx_dtype(cls, engine):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_wrong_c0_dtype(engine):
     hx = (torch.zeros(1, B, H), torch.zeros(1, B, H, dtype=torch.float64))
-    with pytest.raises(TypeError, match=r"expected c_0 of dtype torch.float32.*got torch.float64"):
+    with pytest.raises(RuntimeError, match=r"expected c_0 of dtype torch.float32.*got "
+                       r"torch.float64"):
         layer("LSTM", engine)(x(T, B, I), hx)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("hx,got", [
-    (torch.zeros(1, B, H), "Tensor"),
-    ((torch.zeros(1, B, H),), "tuple"),
-    ((torch.zeros(1, B, H),) * 3, "tuple"),
+@pytest.mark.parametrize("hx,error,got", [
+    (torch.zeros(1, B, H), TypeError, "Tensor"),
+    ((torch.zeros(1, B, H),), RuntimeError, "tuple of 1"),
+    ((torch.zeros(1, B, H),) * 3, RuntimeError, "tuple of 3"),
 ])
-def test_lstm_hx_not_a_pair(engine, hx, got):
-    with pytest.raises(TypeError, match=rf"expected hx as a tuple \(h_0, c_0\), got {got}"):
+def test_lstm_hx_not_a_pair(engine, hx, error, got):
+    with pytest.raises(error, match=rf"expected hx as a tuple \(h_0, c_0\), got {got}"):
         layer("LSTM", engine)(x(T, B, I), hx)
 
 
@@ -242,29 +246,36 @@ def test_engine_changed_after_construction_is_checked_at_forward():
 
 # ------------------------------------------------------------------ constructor arguments
 @pytest.mark.parametrize("cls", LAYERS)
-@pytest.mark.parametrize("arg,value", [
-    ("input_size", 0), ("hidden_size", 0), ("hidden_size", -3), ("hidden_size", 4.0),
-    ("hidden_size", True), ("num_layers", 0),
+@pytest.mark.parametrize("arg,value,error,says", [
+    ("input_size", 0, ValueError, "must be greater than zero, got 0"),
+    ("hidden_size", 0, ValueError, "must be greater than zero, got 0"),
+    ("hidden_size", -3, ValueError, "must be greater than zero, got -3"),
+    ("hidden_size", 4.0, TypeError, "should be of type int, got float (4.0)"),
+    ("num_layers", 0, ValueError, "must be greater than zero, got 0"),
+    ("num_layers", 1.5, TypeError, "should be an integer, got float (1.5)"),
+    ("num_layers", "2", TypeError, "should be an integer, got str ('2')"),
 ])
-def test_sizes_must_be_positive_integers(cls, arg, value):
+def test_sizes_must_be_positive_integers(cls, arg, value, error, says):
     kw = {"input_size": I, "hidden_size": H, "num_layers": 1, arg: value}
-    with pytest.raises(ValueError, match=rf"{cls}: {arg} must be a positive integer, "
-                       rf"got {re.escape(repr(value))}"):
+    with pytest.raises(error, match=rf"{cls}: {arg} {re.escape(says)}"):
         getattr(lstmkit, cls)(**kw)
 
 
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
 @pytest.mark.parametrize("arg", ["input_size", "hidden_size"])
-def test_cell_sizes_must_be_positive_integers(cls, arg):
-    kw = {"input_size": I, "hidden_size": H, arg: 0}
-    with pytest.raises(ValueError, match=rf"{cls}: {arg} must be a positive integer, got 0"):
-        getattr(lstmkit, cls)(**kw)
+def test_cell_sizes_must_not_be_negative(cls, arg):
+    """torch.nn's cells take a size of 0 (empty weights) and raise RuntimeError below it."""
+    getattr(lstmkit, cls)(**{"input_size": I, "hidden_size": H, arg: 0})
+    with pytest.raises(RuntimeError, match=rf"{cls}: {arg} must be zero or more, got -1"):
+        getattr(lstmkit, cls)(**{"input_size": I, "hidden_size": H, arg: -1})
 
 
-@pytest.mark.parametrize("proj_size", [H, H + 1, -1])
-def test_proj_size_out_of_range(proj_size):
-    with pytest.raises(ValueError, match=rf"proj_size must be 0 or in 1..hidden_size-1 "
-                       rf"\(3\), got {proj_size}"):
+@pytest.mark.parametrize("proj_size,says", [
+    (H, "has to be smaller than hidden_size (4), got 4"),
+    (H + 1, "has to be smaller than hidden_size (4), got 5"),
+    (-1, "should be a positive integer or zero to disable projections, got -1")])
+def test_proj_size_out_of_range(proj_size, says):
+    with pytest.raises(ValueError, match=rf"LSTM: proj_size {re.escape(says)}"):
         lstmkit.LSTM(I, H, proj_size=proj_size)
 
 
@@ -277,8 +288,8 @@ def test_proj_size_not_an_integer():
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("dropout", [1.5, -0.1, float("nan"), "0.5"])
 def test_dropout_out_of_range(cls, dropout):
-    with pytest.raises(ValueError, match=rf"dropout must be a number in \[0, 1\], "
-                       rf"got {re.escape(repr(dropout))}"):
+    with pytest.raises(ValueError, match=rf"{cls}: dropout should be a number in \[0, 1\].*"
+                       rf"got {type(dropout).__name__} \({re.escape(repr(dropout))}\)"):
         getattr(lstmkit, cls)(I, H, 2, dropout=dropout)
 
 
@@ -318,31 +329,31 @@ def test_cell_wrong_number_of_dimensions(cls, engine, shape):
 @pytest.mark.parametrize("cls", CELLS)
 @pytest.mark.parametrize("engine", ENGINES)
 def test_cell_wrong_feature_size(cls, engine):
-    with pytest.raises(ValueError, match=rf"expected {I} input features.*got {I + 1} in input "
+    with pytest.raises(RuntimeError, match=rf"expected {I} input features.*got {I + 1} in input "
                        rf"of shape \(2, 4\)"):
         cell(cls, engine)(x(B, I + 1))
 
 
 def test_cell_wrong_feature_size_unbatched_names_the_shape_given():
     """Library bug: an unbatched (4,) input is reported as 'input of shape (1, 4)'."""
-    with pytest.raises(ValueError, match=r"got 4 in input of shape \(4,?\)"):
+    with pytest.raises(RuntimeError, match=r"got 4 in input of shape \(4,?\)"):
         cell()(x(I + 1))
 
 
 @pytest.mark.parametrize("cls", CELLS)
 @pytest.mark.parametrize("engine", ENGINES)
 def test_cell_integer_and_mismatched_dtype(cls, engine):
-    with pytest.raises(TypeError, match=r"floating-point input.*got torch.int64"):
+    with pytest.raises(RuntimeError, match=r"floating-point input.*got torch.int64"):
         cell(cls, engine)(x(B, I, dtype=torch.int64))
-    with pytest.raises(TypeError, match=r"expected input of dtype torch.float32.*got "
+    with pytest.raises(RuntimeError, match=r"expected input of dtype torch.float32.*got "
                        r"torch.float64"):
         cell(cls, engine)(x(B, I, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("cls", CELLS)
 def test_cell_empty_batch(cls):
-    with pytest.raises(ValueError, match=r"empty input of shape \(0, 3\)"):
-        cell(cls)(x(0, I))
+    out = cell(cls)(x(0, I))
+    assert all(o.shape == (0, H) for o in (out if cls == "LSTMCell" else (out,)))
 
 
 @pytest.mark.parametrize("cls", CELLS)
@@ -350,21 +361,21 @@ def test_cell_empty_batch(cls):
 def test_cell_wrong_hx_shape(cls, engine):
     hx = torch.zeros(B + 1, H)
     hx = (hx, torch.zeros(B, H)) if cls == "LSTMCell" else hx
-    with pytest.raises(ValueError, match=r"expected h of shape \(2, 4\).*got \(3, 4\)"):
+    with pytest.raises(RuntimeError, match=r"expected h of shape \(2, 4\).*got \(3, 4\)"):
         cell(cls, engine)(x(B, I), hx)
 
 
 def test_cell_hx_shape_message_does_not_speak_of_layers():
     """Library bug: a cell's hx shape error explains the shape as
     '(num_layers * num_directions, N, H)', the layers' h_0 layout, which a cell does not have."""
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(RuntimeError) as info:
         cell("GRUCell")(x(B, I), torch.zeros(B + 1, H))
     assert "num_layers" not in str(info.value)
 
 
 @pytest.mark.parametrize("cls", ["GRUCell", "RNNCell"])
 def test_cell_wrong_hx_dtype(cls):
-    with pytest.raises(TypeError, match=r"expected h of dtype torch.float32.*got torch.float64"):
+    with pytest.raises(RuntimeError, match=r"expected h of dtype torch.float32.*got torch.float64"):
         cell(cls)(x(B, I), torch.zeros(B, H, dtype=torch.float64))
 
 

@@ -12,6 +12,13 @@ Parameters are named and laid out as torch's (``weight_ih_l{k}{_reverse}`` of sh
 so ``load_state_dict`` works both ways with torch.nn modules. The variants add what torch lacks:
 peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-gate rows).
 
+The layers follow torch.nn 2.13's contract: its constructor checks and exception classes, its
+forward errors' classes (lstmkit's messages), an empty batch, ``mode``, ``_flat_weights``,
+``all_weights``, ``flatten_parameters()`` and its repr. They are not subclasses of nn.LSTM and
+the rest, on purpose: code that sees ``isinstance(m, nn.LSTM)`` calls torch's kernels on torch's
+internals, which would silently drop a variant's peepholes or coupled gate; ``to_torch()`` gives
+the equivalent torch module of a standard layer, and quantization.py covers torch.ao.
+
 ``engine``: "python" walks time with the hand-written BPTT of ``lstmkit.engine.sequence``;
 "compiled" runs the same BPTT in C++ (``lstmkit.engine.compiled``, every configuration);
 "torch" calls torch's fused kernels (standard configurations only); "auto" takes the fastest
@@ -29,6 +36,8 @@ AUTO_BF16_MACS multiply-adds runs compiled.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 
 import torch
 from torch import _VF, Tensor, nn
@@ -44,6 +53,7 @@ from .engine.compiled import bf16_products, run_sequence_compiled, step_macs, tr
 from .engine.compiled import usable as compiled_usable
 from .engine.ops import sequence
 from .engine.sequence import StepRecord, run_sequence
+from .quantization import QUANTIZABLE, Quantizable
 from .trace import Trace
 
 ENGINES = ("auto", "python", "torch", "compiled")
@@ -57,6 +67,23 @@ AUTO_SHORT_T = 4
 AUTO_BF16_MACS = 32_000_000
 
 
+# lstmkit's keywords and their defaults: printed in a repr, named in errors, where they differ
+VARIANT_DEFAULTS = {"peephole": False, "coupled": False, "reset_after": True}
+
+
+def _variant(module: nn.Module) -> str:
+    """The variant keywords a module differs by, e.g. "peephole=True, coupled=True"."""
+    return ", ".join(f"{k}={getattr(module, k)}" for k, default in VARIANT_DEFAULTS.items()
+                     if getattr(module, k, default) != default)
+
+
+def _lstmkit_repr(module: nn.Module) -> str:
+    """What a repr adds to torch's: the variant keywords and the engine, where not default."""
+    variant = _variant(module)
+    s = ", " + variant if variant else ""
+    return s + (f", engine={module.engine!r}" if module.engine != "auto" else "")
+
+
 def _check_engine(name: str, engine: str, standard: bool) -> None:
     if engine not in ENGINES:
         raise ValueError(f"{name}: engine must be one of {ENGINES}, got {engine!r}")
@@ -66,7 +93,7 @@ def _check_engine(name: str, engine: str, standard: bool) -> None:
                          "or 'auto'")
 
 
-class _Recurrent(nn.Module):
+class _Recurrent(Quantizable):
     """Shared body of LSTM, GRU and RNN: parameters, stacking, directions, packing, engines."""
 
     family: str                                # "lstm", "gru" or "rnn"
@@ -74,30 +101,24 @@ class _Recurrent(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, engine: str = "auto",
-                 cell: Cell, peepholes: int = 0, standard: bool = True):
+                 make_cell: Callable[[int, int], Cell], peepholes: int = 0,
+                 standard: bool = True):
         super().__init__()
         name = type(self).__name__
-        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                           ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-                or not 0 <= dropout <= 1:
-            raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
-        if not isinstance(proj_size, int) or isinstance(proj_size, bool) or proj_size < 0 \
-                or (proj_size and proj_size >= hidden_size):
-            raise ValueError(f"{name}: proj_size must be 0 or in 1..hidden_size-1 "
-                             f"({hidden_size - 1}), got {proj_size}")
+        input_size, hidden_size, num_layers, dropout, proj_size = checks.check_layer_args(
+            name, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
+        # any value, by its truth value, as torch takes it (and prints it in the repr)
         self.bidirectional, self.proj_size = bidirectional, proj_size
-        self.cell, self._standard = cell, standard
+        self.cell = cell = make_cell(hidden_size, proj_size)     # from the checked sizes
+        self._standard = standard
         _check_engine(name, engine, self._standard)
         self.engine = engine
 
         factory = {"device": device, "dtype": dtype}
         G, H, P = cell.num_gates, hidden_size, proj_size or hidden_size
-        D = 2 if bidirectional else 1
+        D = self.num_directions
         self._param_names = []
         for layer in range(num_layers):
             layer_in = input_size if layer == 0 else P * D
@@ -113,6 +134,10 @@ class _Recurrent(nn.Module):
                 for key, shape in shapes.items():
                     self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
                 self._param_names.append({k: k + sfx for k in shapes})
+        torch_keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+        self._all_weights = [list(names.values()) for names in self._param_names]
+        self._flat_weights_names = [names[k] for names in self._param_names
+                                    for k in torch_keys if k in names]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -125,6 +150,13 @@ class _Recurrent(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def mode(self) -> str:
+        """torch's name of the recurrence: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU"."""
+        if self.family == "rnn":
+            return "RNN_" + self.cell.nonlinearity.upper()
+        return self.family.upper()
+
     def weights(self, layer: int, direction: int = 0) -> Weights:
         """The parameters of one layer and direction, in the engine's grouping."""
         names = self._param_names[layer * self.num_directions + direction]
@@ -132,18 +164,60 @@ class _Recurrent(nn.Module):
         return Weights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
                        get("weight_ch"), get("weight_hr"))
 
+    # torch.nn.RNNBase's surface, which libraries read (names as torch's, lists kept current by
+    # computing them on access: after .to(), load_state_dict or assigning a new Parameter).
+    # ``_flat_weights_names`` lists torch's parameters only, per layer and direction w_ih, w_hh,
+    # [b_ih, b_hh], [w_hr]: that list feeds torch's fused kernels, which have no peepholes, so a
+    # peephole's ``weight_ch_l{k}`` appears only in ``_all_weights`` / ``all_weights``, last in
+    # its layer and direction.
+    @property
     def _flat_weights(self) -> list[Tensor]:
-        """torch's flat parameter list: per layer and direction w_ih, w_hh, [b_ih, b_hh], [w_hr]."""
-        keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-        return [getattr(self, names[k]) for names in self._param_names for k in keys if k in names]
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters per layer and direction, as torch's ``all_weights``."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """torch packs the weights for cuDNN here; the engines here read them as they are."""
 
     def extra_repr(self) -> str:
+        """torch's repr for a standard layer, e.g. ``LSTM(10, 20, num_layers=2)``; lstmkit's
+        keywords (variants, engine) follow where they differ from their defaults."""
         s = f"{self.input_size}, {self.hidden_size}"
-        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
-                             ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0)):
-            if getattr(self, key) != default:
-                s += f", {key}={getattr(self, key)}"
-        return s + f", engine={self.engine!r}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s + _lstmkit_repr(self)
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent ``torch.nn`` module: same configuration, device, dtype and training
+        mode, a copy of the parameters. ValueError for a variant torch has no form of."""
+        if not self._standard:
+            raise ValueError(f"{type(self).__name__}: {_variant(self)} has no torch.nn form")
+        w = self.weights(0).w_ih
+        kw = {"num_layers": self.num_layers, "bias": self.bias, "batch_first": self.batch_first,
+              "dropout": self.dropout, "bidirectional": self.bidirectional,
+              "device": w.device, "dtype": w.dtype}
+        if self.family == "lstm":
+            kw["proj_size"] = self.proj_size
+        if self.family == "rnn":
+            kw["nonlinearity"] = self.cell.nonlinearity
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")           # dropout with one layer, warned already
+            module = self.torch_counterpart(self.input_size, self.hidden_size, **kw)
+        module.load_state_dict(self.state_dict())
+        return module.train(self.training)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input, hx=None, lengths=None):
@@ -209,6 +283,14 @@ class _Recurrent(nn.Module):
             x = x.to(w.dtype)                  # e.g. bfloat16 from a layer autocast ran before
         checks.check_dtype_matches(name, x, w)
         states0 = self._initial_states(hx, x, B, unbatched, sorted_indices)
+        if B == 0 and record:
+            raise ValueError(f"{name}: trace needs at least one sequence, got an empty batch "
+                             f"of shape {checks.shape_str(input.shape)}")
+        if B == 0:
+            output, states = self._empty_batch(x, states0)
+            if self.batch_first:
+                output = output.transpose(0, 1)
+            return output, tuple(states) if self.family == "lstm" else states[0]
 
         engine = self._engine_for(record, x, len(batch_sizes) if packed else x.shape[0], packed)
         if engine == "torch":
@@ -233,6 +315,16 @@ class _Recurrent(nn.Module):
         trace.finish(output, states, unsorted_indices)
         return trace
 
+    def _empty_batch(self, x: Tensor, states0: list[Tensor]):
+        """torch's result for a batch of no sequences, before any engine runs: output
+        (L, 0, D * H_out) and the states (D * num_layers, 0, size), all empty, in the graph of
+        the input, h_0 and every parameter, whose gradients then come out as zeros, as torch's
+        do."""
+        zero = sum(t.sum() for t in (x, *states0, *self.parameters())) * 0
+        H_out = self.proj_size or self.hidden_size
+        output = x.new_zeros(x.shape[0], 0, self.num_directions * H_out) + zero
+        return output, [s + zero for s in states0]
+
     def _run_padded_with_lengths(self, input, hx, lengths, record: bool):
         name = type(self).__name__
         checks.check_input(name, input, self.input_size, self.batch_first, packed=False)
@@ -242,6 +334,8 @@ class _Recurrent(nn.Module):
         T = input.shape[1] if self.batch_first else input.shape[0]
         B = input.shape[0] if self.batch_first else input.shape[1]
         lengths = checks.check_lengths(name, lengths, B, T)
+        if B == 0:
+            return self._run(input, hx, None, record)              # nothing to pack
         packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first)
         result = self._run(packed, hx, None, record)
         output = result.output if record else result[0]
@@ -278,8 +372,8 @@ class _Recurrent(nn.Module):
         if self.family == "rnn" and self.cell.nonlinearity == "relu":
             fn = _VF.rnn_relu
         hx = tuple(states0) if self.family == "lstm" else states0[0]
-        args = (hx, self._flat_weights(), self.bias, self.num_layers, self.dropout,
-                self.training, self.bidirectional)
+        args = (hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+                self.training, bool(self.bidirectional))
         if batch_sizes is None:
             result = fn(x, *args, False)
         else:
@@ -336,6 +430,16 @@ def _packed_index(batch_sizes: list[int], B: int, device) -> Tensor:
     return torch.cat([torch.arange(n, device=device) + t * B for t, n in enumerate(batch_sizes)])
 
 
+_NOT_GIVEN = object()
+
+
+def _no_projection(name: str, proj_size) -> None:
+    """torch.nn.GRU and RNN raise ValueError for any proj_size keyword, 0 included."""
+    if proj_size is not _NOT_GIVEN:
+        raise ValueError(f"{name}: proj_size is only supported for LSTM, not RNN or GRU, "
+                         f"got proj_size={proj_size!r}")
+
+
 class LSTM(_Recurrent):
     """Long Short-Term Memory layer, drop-in for ``torch.nn.LSTM``; see ``lstmkit.cells.lstm``.
 
@@ -351,15 +455,17 @@ class LSTM(_Recurrent):
     """
 
     family = "lstm"
+    torch_counterpart = nn.LSTM
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, peephole: bool = False,
                  coupled: bool = False, engine: str = "auto"):
-        cell = LSTMCellMath(hidden_size, proj_size, peephole, coupled)
+        checks.check_flags("LSTM", peephole=peephole, coupled=coupled)
         self.peephole, self.coupled = peephole, coupled
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, engine=engine, cell=cell,
+                         bidirectional, proj_size, device, dtype, engine=engine,
+                         make_cell=lambda H, P: LSTMCellMath(H, P, peephole, coupled),
                          peepholes=(2 if coupled else 3) if peephole else 0,
                          standard=not (peephole or coupled))
 
@@ -377,14 +483,19 @@ class GRU(_Recurrent):
     """
 
     family = "gru"
+    torch_counterpart = nn.GRU
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, reset_after: bool = True, engine: str = "auto"):
+                 device=None, dtype=None, *, reset_after: bool = True, engine: str = "auto",
+                 proj_size=_NOT_GIVEN):
+        _no_projection("GRU", proj_size)
+        checks.check_flags("GRU", reset_after=reset_after)
         self.reset_after = reset_after
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, engine=engine,
-                         cell=GRUCellMath(hidden_size, reset_after), standard=reset_after)
+                         make_cell=lambda H, P: GRUCellMath(H, reset_after),
+                         standard=reset_after)
 
 
 class RNN(_Recurrent):
@@ -392,36 +503,39 @@ class RNN(_Recurrent):
     + b_hh), or relu with nonlinearity="relu"; see ``lstmkit.cells.rnn``."""
 
     family = "rnn"
+    torch_counterpart = nn.RNN
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
-                 engine: str = "auto"):
+                 engine: str = "auto", proj_size=_NOT_GIVEN):
+        _no_projection("RNN", proj_size)
+        RNNCellMath.check_nonlinearity("RNN", nonlinearity)     # first, as torch checks it
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, engine=engine,
-                         cell=RNNCellMath(hidden_size, nonlinearity))
+                         make_cell=lambda H, P: RNNCellMath(H, nonlinearity))
 
 
 # ---------------------------------------------------------------------- single-step cells
-class _StepCell(nn.Module):
+class _StepCell(Quantizable):
     """One time step: ``torch.nn.*Cell``-compatible parameters (weight_ih, weight_hh, bias_ih,
     bias_hh, and weight_ch for peepholes) and call signature."""
 
     family: str
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, device, dtype, *,
-                 cell: Cell, peepholes: int = 0, engine: str = "auto", standard: bool = True):
+                 make_cell: Callable[[int], Cell], peepholes: int = 0, engine: str = "auto",
+                 standard: bool = True):
         super().__init__()
         name = type(self).__name__
-        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}")
+        input_size, hidden_size = checks.check_cell_args(name, input_size, hidden_size, bias)
         _check_engine(name, engine, standard)
+        # bias as given, counted by its truth value, as torch.nn's cells take (and print) it
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        self.cell, self.engine, self._standard = cell, engine, standard
+        self.cell, self.engine, self._standard = make_cell(hidden_size), engine, standard
         factory = {"device": device, "dtype": dtype}
-        G, H = cell.num_gates, hidden_size
+        G, H = self.cell.num_gates, hidden_size
         self.weight_ih = nn.Parameter(torch.empty(G * H, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(G * H, H, **factory))
         if bias:
@@ -435,7 +549,7 @@ class _StepCell(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
@@ -444,7 +558,26 @@ class _StepCell(nn.Module):
                        getattr(self, "weight_ch", None))
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, engine={self.engine!r}"
+        """torch's repr for a standard cell, e.g. ``LSTMCell(10, 20)``; then lstmkit's keywords
+        (variants, engine) where they differ from their defaults."""
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s + _lstmkit_repr(self)
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent ``torch.nn`` cell (same configuration, device, dtype, parameters).
+        ValueError for a variant torch has no form of."""
+        if not self._standard:
+            raise ValueError(f"{type(self).__name__}: {_variant(self)} has no torch.nn form")
+        kw = {"bias": self.bias, "device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
+        if self.family == "rnn":
+            kw["nonlinearity"] = self.nonlinearity
+        module = self.torch_counterpart(self.input_size, self.hidden_size, **kw)
+        module.load_state_dict(self.state_dict())
+        return module.train(self.training)
 
     def forward(self, input: Tensor, hx=None):
         """input (N, H_in) or (H_in,); hx (N, H) or (H,), for LSTMCell a tuple (h, c).
@@ -453,7 +586,7 @@ class _StepCell(nn.Module):
         checks.check_step_input(name, input, self.input_size)
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input                  # (N, H_in)
-        checks.check_dtype_matches(name, x, self.weight_ih)
+        checks.check_dtype_matches(name, x, self.weight_ih, RuntimeError)
         B, H = x.shape[0], self.hidden_size
         n_states = len(self.cell.state_sizes)
         if hx is None:
@@ -461,10 +594,18 @@ class _StepCell(nn.Module):
         else:
             hx = checks.check_state_tuple(name, hx, n_states, "(h, c)")
             shape, layout = ((H,), "(H,) for unbatched input") if unbatched else ((B, H), "(N, H)")
+            for s, label in zip(hx, ("h", "c")):
+                if isinstance(s, Tensor) and s.dim() not in (1, 2):
+                    raise ValueError(f"{name}: expected {label} of shape {layout}, got "
+                                     f"{s.dim()} dimensions with shape {checks.shape_str(s.shape)}")
             states = [checks.check_state(name, label, s, shape, x, layout).reshape(B, H)
                       for s, label in zip(hx, ("h", "c"))]
         _check_engine(name, self.engine, self._standard)
-        if self.engine not in ("python", "compiled") and self._standard:
+        if B == 0 or H == 0:
+            # nothing to compute; in the graph of input, hx and weights (zero gradients)
+            zero = sum(t.sum() for t in (x, *states, *self.parameters())) * 0
+            out = [s + zero for s in states]
+        elif self.engine not in ("python", "compiled") and self._standard:
             out = self._torch_step(x, states)
         else:
             compiled = self.engine == "compiled" or (self.engine == "auto"
@@ -489,13 +630,15 @@ class LSTMCell(_StepCell):
     """One LSTM step, drop-in for ``torch.nn.LSTMCell``; peephole / coupled as in ``LSTM``."""
 
     family = "lstm"
+    torch_counterpart = nn.LSTMCell
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype=None, *, peephole: bool = False, coupled: bool = False,
                  engine: str = "auto"):
+        checks.check_flags("LSTMCell", peephole=peephole, coupled=coupled)
         self.peephole, self.coupled = peephole, coupled
         super().__init__(input_size, hidden_size, bias, device, dtype,
-                         cell=LSTMCellMath(hidden_size, 0, peephole, coupled),
+                         make_cell=lambda H: LSTMCellMath(H, 0, peephole, coupled),
                          peepholes=(2 if coupled else 3) if peephole else 0, engine=engine,
                          standard=not (peephole or coupled))
 
@@ -504,22 +647,31 @@ class GRUCell(_StepCell):
     """One GRU step, drop-in for ``torch.nn.GRUCell``; reset_after as in ``GRU``."""
 
     family = "gru"
+    torch_counterpart = nn.GRUCell
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
                  dtype=None, *, reset_after: bool = True, engine: str = "auto"):
+        checks.check_flags("GRUCell", reset_after=reset_after)
         self.reset_after = reset_after
         super().__init__(input_size, hidden_size, bias, device, dtype,
-                         cell=GRUCellMath(hidden_size, reset_after), engine=engine,
+                         make_cell=lambda H: GRUCellMath(H, reset_after), engine=engine,
                          standard=reset_after)
 
 
 class RNNCell(_StepCell):
-    """One Elman RNN step, drop-in for ``torch.nn.RNNCell``."""
+    """One Elman RNN step, drop-in for ``torch.nn.RNNCell``. An unknown nonlinearity is a
+    ValueError here at construction; torch's cell takes it and raises at its first call."""
 
     family = "rnn"
+    torch_counterpart = nn.RNNCell
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype=None, *, engine: str = "auto"):
+        RNNCellMath.check_nonlinearity("RNNCell", nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias, device, dtype,
-                         cell=RNNCellMath(hidden_size, nonlinearity), engine=engine)
+                         make_cell=lambda H: RNNCellMath(H, nonlinearity), engine=engine)
+
+
+# torch.ao's dynamic quantization treats these as their torch counterparts (quantization.py)
+QUANTIZABLE.extend([LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell])

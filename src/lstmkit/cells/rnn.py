@@ -21,10 +21,15 @@ class RNNCellMath(Cell):
     gates = GATES
 
     def __init__(self, hidden_size: int, nonlinearity: str = "tanh"):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.check_nonlinearity("RNNCellMath", nonlinearity)
         self.hidden_size, self.nonlinearity = hidden_size, nonlinearity
         self.state_sizes = (hidden_size,)
+
+    @staticmethod
+    def check_nonlinearity(name: str, nonlinearity) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"{name}: nonlinearity must be 'tanh' or 'relu', "
+                             f"got {nonlinearity!r}")
 
     @property
     def num_gates(self) -> int:
