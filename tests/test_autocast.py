@@ -68,5 +68,5 @@ def test_a_bfloat16_state_is_taken_under_autocast(engine):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = model(x, state)
     assert out.shape == (6, 3, 16)
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(RuntimeError, match="dtype"):
         model(x, state)                                   # outside autocast: a clear error

@@ -240,6 +240,10 @@ class _Recurrent(Quantizable):
             return "python" if record and self.engine == "torch" else self.engine
         if not compiled_usable(self.cell, x):
             return "torch" if self._standard and not record else "python"
+        if torch.compiler.is_compiling():
+            # one choice for every shape: a choice by T or B would pin them in the graph
+            # (torch.export refuses a dynamic length that the code specialised)
+            return "compiled"
         if self.family == "lstm" and self._standard and not (record or packed) and \
                 T > AUTO_SHORT_T:
             if bf16_products(self.cell, x):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch._C._functorch import TransformType
+from torch.autograd import forward_ad
 
 from ..cells import cell_from_spec
 from ..cells.base import Weights
@@ -219,11 +220,14 @@ torch.library.register_vmap("lstmkit::sequence_backward", _loop_rule(sequence_ba
 
 # ------------------------------------------------------------------ the layers' entry point
 def _differentiating_transform() -> bool:
-    """True inside torch.func.grad / vjp / jacrev / jvp (and the like). torch 2.13's operator
-    autograd does not run under them, so the call takes the reference walk, which they
-    differentiate like any torch code (vmap alone keeps the operator and its batching rule)."""
+    """True inside torch.func.grad / vjp / jacrev / jvp (and the like) or forward-mode AD.
+    torch 2.13's operator autograd does not run under them, so the call takes the reference
+    walk, which they differentiate like any torch code (vmap alone keeps the operator and its
+    batching rule)."""
     if torch.compiler.is_compiling():
         return False
+    if forward_ad._current_level >= 0:                   # forward-mode AD: dual tensors
+        return True
     stack = torch._C._functorch.get_interpreter_stack()
     return bool(stack) and any(
         i.key() in (TransformType.Grad, TransformType.Jvp) for i in stack)
