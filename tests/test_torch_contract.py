@@ -172,12 +172,12 @@ def test_cell_attributes_and_repr_equal_torch(cls, kw):
         assert getattr(ours, attr, None) == getattr(theirs, attr, None)
 
 
-def test_repr_shows_lstmkit_keywords_only_off_their_defaults():
+def test_repr_shows_variant_keywords_only_off_their_defaults():
     assert repr(lstmkit.LSTM(10, 20)) == "LSTM(10, 20)"
-    assert repr(lstmkit.LSTM(10, 20, 2, batch_first=True)) == \
+    assert repr(lstmkit.LSTM(10, 20, 2, batch_first=True, engine="compiled")) == \
         "LSTM(10, 20, num_layers=2, batch_first=True)"
     assert repr(lstmkit.LSTM(10, 20, peephole=True, engine="python")) == \
-        "LSTM(10, 20, peephole=True, engine='python')"
+        "LSTM(10, 20, peephole=True)"
     assert repr(lstmkit.GRUCell(10, 20, reset_after=False)) == "GRUCell(10, 20, reset_after=False)"
 
 

@@ -78,10 +78,11 @@ def _variant(module: nn.Module) -> str:
 
 
 def _lstmkit_repr(module: nn.Module) -> str:
-    """What a repr adds to torch's: the variant keywords and the engine, where not default."""
+    """What a repr adds to torch's: the variant keywords (they change the equations). The engine
+    (how the same numbers are computed, ``module.engine``) is left out, so that a standard
+    layer's repr is torch's on every engine, as code comparing reprs expects."""
     variant = _variant(module)
-    s = ", " + variant if variant else ""
-    return s + (f", engine={module.engine!r}" if module.engine != "auto" else "")
+    return ", " + variant if variant else ""
 
 
 def _check_engine(name: str, engine: str, standard: bool) -> None:
@@ -184,7 +185,7 @@ class _Recurrent(Quantizable):
 
     def extra_repr(self) -> str:
         """torch's repr for a standard layer, e.g. ``LSTM(10, 20, num_layers=2)``; lstmkit's
-        keywords (variants, engine) follow where they differ from their defaults."""
+        variant keywords follow where they differ from their defaults."""
         s = f"{self.input_size}, {self.hidden_size}"
         if self.proj_size != 0:
             s += f", proj_size={self.proj_size}"
@@ -562,8 +563,8 @@ class _StepCell(Quantizable):
                        getattr(self, "weight_ch", None))
 
     def extra_repr(self) -> str:
-        """torch's repr for a standard cell, e.g. ``LSTMCell(10, 20)``; then lstmkit's keywords
-        (variants, engine) where they differ from their defaults."""
+        """torch's repr for a standard cell, e.g. ``LSTMCell(10, 20)``; then lstmkit's variant
+        keywords where they differ from their defaults."""
         s = f"{self.input_size}, {self.hidden_size}"
         if self.bias is not True:
             s += f", bias={self.bias}"
@@ -590,7 +591,6 @@ class _StepCell(Quantizable):
         checks.check_step_input(name, input, self.input_size)
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input                  # (N, H_in)
-        checks.check_dtype_matches(name, x, self.weight_ih, RuntimeError)
         B, H = x.shape[0], self.hidden_size
         n_states = len(self.cell.state_sizes)
         if hx is None:
@@ -604,6 +604,7 @@ class _StepCell(Quantizable):
                                      f"{s.dim()} dimensions with shape {checks.shape_str(s.shape)}")
             states = [checks.check_state(name, label, s, shape, x, layout).reshape(B, H)
                       for s, label in zip(hx, ("h", "c"))]
+        checks.check_dtype_matches(name, x, self.weight_ih, RuntimeError)  # after shapes, as torch
         _check_engine(name, self.engine, self._standard)
         if B == 0 or H == 0:
             # nothing to compute; in the graph of input, hx and weights (zero gradients)
