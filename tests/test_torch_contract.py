@@ -82,7 +82,7 @@ def test_constructor_raises_as_torch(cls, arg, value):
 @pytest.mark.parametrize("proj_size", [0, 2])
 def test_proj_size_keyword_refused_by_gru_and_rnn(cls, proj_size):
     assert outcome(lambda: getattr(nn, cls)(I, H, proj_size=proj_size)) is ValueError
-    with pytest.raises(ValueError, match=rf"{cls}: proj_size is only supported for LSTM"):
+    with pytest.raises(ValueError, match=rf"{cls}: proj_size argument is only supported for LSTM"):
         getattr(lstmkit, cls)(I, H, proj_size=proj_size)
 
 

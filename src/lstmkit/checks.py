@@ -18,23 +18,31 @@ def shape_str(shape) -> str:
 
 
 def _check_tensor_input(name: str, x, input_size: int, layouts: dict[int, str],
-                        dtype_error: type[Exception]) -> None:
+                        dtype_error: type[Exception], cell: bool) -> None:
     """x must be a floating-point tensor whose dimension count is a key of layouts (their
     values name the shapes), with input_size features on its last axis. The classes are
     torch.nn's: ValueError for the dimension count, RuntimeError for the feature size, and
-    dtype_error (the layer's or the cell's, which differ in torch) for an integer input."""
+    dtype_error (the layer's or the cell's, which differ in torch) for an integer input. Each
+    message ends with torch's own words in parentheses, for code that matches them."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected the input as a torch.Tensor or a PackedSequence, "
                         f"got {type(x).__name__}")
     if x.dim() not in layouts:
+        dims = "1D or 2D" if cell else "2D or 3D"
         raise ValueError(f"{name}: expected input of shape {' or '.join(layouts.values())}, "
-                         f"got {x.dim()} dimensions with shape {shape_str(x.shape)}")
+                         f"got {x.dim()} dimensions with shape {shape_str(x.shape)} (Expected "
+                         f"input to be {dims}, got {x.dim()}D instead)")
     if not x.is_floating_point():
         raise dtype_error(f"{name}: expected a floating-point input (float32, float64 or "
                           f"bfloat16), got {x.dtype}")
     if x.shape[-1] != input_size:
+        torch_words = (f"input has inconsistent input_size: got {x.shape[-1]} expected "
+                       f"{input_size}") if cell else ("input.size(-1) must be equal to "
+                                                      f"input_size. Expected {input_size}, got "
+                                                      f"{x.shape[-1]}")
         raise RuntimeError(f"{name}: expected {input_size} input features (input_size), got "
-                           f"{x.shape[-1]} in input of shape {shape_str(x.shape)}")
+                           f"{x.shape[-1]} in input of shape {shape_str(x.shape)} "
+                           f"({torch_words})")
 
 
 def check_input(name: str, x, input_size: int, batch_first: bool, packed: bool) -> None:
@@ -46,29 +54,32 @@ def check_input(name: str, x, input_size: int, batch_first: bool, packed: bool) 
     else:
         layouts = {2: "(L, H_in) unbatched",
                    3: ("(N, L, H_in)" if batch_first else "(L, N, H_in)") + " batched"}
-    _check_tensor_input(name, x, input_size, layouts, ValueError)
+    _check_tensor_input(name, x, input_size, layouts, ValueError, cell=False)
     steps = x.shape[1] if batch_first and x.dim() == 3 else x.shape[0]
     if not packed and steps == 0:
         raise RuntimeError(f"{name}: expected at least one time step, got input of shape "
-                           f"{shape_str(x.shape)}")
+                           f"{shape_str(x.shape)} (Expected sequence length to be larger than 0 "
+                           "in RNN)")
 
 
 def check_step_input(name: str, x, input_size: int) -> None:
     """x is a single-step cell's input: (N, H_in), or (H_in,) unbatched; N may be 0."""
     _check_tensor_input(name, x, input_size, {2: "(N, H_in)", 1: "(H_in,) unbatched"},
-                        RuntimeError)
+                        RuntimeError, cell=True)
 
 
 def check_state(name: str, what: str, s, expected_shape: tuple, like: Tensor,
-                layout: str) -> Tensor:
+                layout: str, torch_name: str | None = None) -> Tensor:
     """s is an initial state (h_0, c_0, ...); returns it, or raises naming the expected shape
     and its layout, e.g. "(num_layers * num_directions, N, H)". A wrong shape, dtype or device
     is a RuntimeError, as torch's kernels raise it."""
     if not isinstance(s, Tensor):
         raise TypeError(f"{name}: expected {what} as a torch.Tensor, got {type(s).__name__}")
     if tuple(s.shape) != tuple(expected_shape):
+        said = f" (Expected {torch_name} size {shape_str(expected_shape)}, got " \
+            f"{list(s.shape)})" if torch_name else ""         # torch's words, a layer's only
         raise RuntimeError(f"{name}: expected {what} of shape {shape_str(expected_shape)} "
-                         f"{layout}, got {shape_str(s.shape)}")
+                           f"{layout}, got {shape_str(s.shape)}{said}")
     if s.dtype != like.dtype:
         raise RuntimeError(f"{name}: expected {what} of dtype {like.dtype} like the input, "
                         f"got {s.dtype}")

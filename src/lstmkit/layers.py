@@ -362,12 +362,14 @@ class _Recurrent(Quantizable):
         states = []
         for s, size, label in zip(hx, sizes, ("h_0", "c_0")):
             shape = (LD, size) if unbatched else (LD, B, size)
-            layout = "(num_layers * num_directions, H)" if unbatched else \
-                "(num_layers * num_directions, N, H)"
+            H = "H_out" if label == "h_0" and self.proj_size else "H"
+            layout = f"(num_layers * num_directions, {H})" if unbatched else \
+                f"(num_layers * num_directions, N, {H})"
             if (isinstance(s, Tensor) and s.dtype != x.dtype and s.is_floating_point()
                     and torch.is_autocast_enabled(x.device.type)):
                 s = s.to(x.dtype)           # a state autocast left in bfloat16, as torch takes
-            s = checks.check_state(name, label, s, shape, x, layout)
+            torch_name = f"hidden[{label == 'c_0':d}]" if len(sizes) == 2 else "hidden"
+            s = checks.check_state(name, label, s, shape, x, layout, torch_name)
             s = s.unsqueeze(1) if unbatched else s
             states.append(s if sorted_indices is None else s.index_select(1, sorted_indices))
         return states
@@ -441,8 +443,8 @@ _NOT_GIVEN = object()
 def _no_projection(name: str, proj_size) -> None:
     """torch.nn.GRU and RNN raise ValueError for any proj_size keyword, 0 included."""
     if proj_size is not _NOT_GIVEN:
-        raise ValueError(f"{name}: proj_size is only supported for LSTM, not RNN or GRU, "
-                         f"got proj_size={proj_size!r}")
+        raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or "
+                         f"GRU; got proj_size={proj_size!r}")
 
 
 class LSTM(_Recurrent):
@@ -601,7 +603,8 @@ class _StepCell(Quantizable):
             for s, label in zip(hx, ("h", "c")):
                 if isinstance(s, Tensor) and s.dim() not in (1, 2):
                     raise ValueError(f"{name}: expected {label} of shape {layout}, got "
-                                     f"{s.dim()} dimensions with shape {checks.shape_str(s.shape)}")
+                                     f"{s.dim()} dimensions with shape {checks.shape_str(s.shape)}"
+                                     f" (Expected hidden to be 1D or 2D, got {s.dim()}D instead)")
             states = [checks.check_state(name, label, s, shape, x, layout).reshape(B, H)
                       for s, label in zip(hx, ("h", "c"))]
         checks.check_dtype_matches(name, x, self.weight_ih, RuntimeError)  # after shapes, as torch

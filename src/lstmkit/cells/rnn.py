@@ -29,7 +29,8 @@ class RNNCellMath(Cell):
     def check_nonlinearity(name: str, nonlinearity) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"{name}: nonlinearity must be 'tanh' or 'relu', "
-                             f"got {nonlinearity!r}")
+                             f"got {nonlinearity!r} (Unknown nonlinearity '{nonlinearity}'. "
+                             "Select from 'tanh' or 'relu'.)")
 
     @property
     def num_gates(self) -> int:

@@ -34,7 +34,7 @@ from .reference import reference_sequence
 from .sequence import sequence_backward, sequence_forward
 
 ENGINES = ("python", "compiled")
-_lib = torch.library.Library("lstmkit", "DEF")  # noqa: TOR901 (an operator library, kept alive)
+_lib = torch.library.Library("lstmkit", "DEF")          # kept alive: the ops live with it
 _lib.define("sequence(Tensor x, Tensor[] states0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
             "Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, int[] spec, int[] batch_sizes, "
             "str engine, bool bf16, bool onednn) -> (Tensor[] hist, Tensor gates, Tensor[] bufs)")
