@@ -72,6 +72,15 @@ def assert_close(a, b, tol=1e-10):
     assert (a - b).abs().max().item() <= tol, (a - b).abs().max().item()
 
 
+@pytest.fixture(params=["eager", "operator"])
+def path(request, monkeypatch):
+    """Eager calls run the kernels through an autograd.Function; "operator" makes them go
+    through lstmkit::sequence, as they do under torch's tracers: both must give the same."""
+    if request.param == "operator":
+        monkeypatch.setattr(ops, "_plain_eager", lambda *t: False)
+    return request.param
+
+
 # ------------------------------------------------------------------ torch.library's own checks
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", CONFIGS)
@@ -92,7 +101,7 @@ def test_opcheck(ext, name, engine, packed):
 # ------------------------------------------------------------------ double backward
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_gradgradcheck(ext, name, engine):
+def test_gradgradcheck(ext, name, engine, path):
     """Second derivatives w.r.t. the input, the initial states and every parameter."""
     m = layer(name, engine)
     names = [n for n, _ in m.named_parameters()]
@@ -109,7 +118,7 @@ def test_gradgradcheck(ext, name, engine):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_gradgradcheck_packed_bidirectional(ext, engine):
+def test_gradgradcheck_packed_bidirectional(ext, engine, path):
     m = layer("lstm-peephole", engine, bidirectional=True)
     x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
 
@@ -119,17 +128,18 @@ def test_gradgradcheck_packed_bidirectional(ext, engine):
     assert gradgradcheck(f, (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-def _penalty_grads(module, x):
+def _penalty_grads(module, x, params=None):
     """Parameter gradients of a WGAN-GP-style input-gradient penalty."""
     x = x.clone().requires_grad_()
     out = module(x)[0]
     (dx,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
-    return torch.autograd.grad(dx.pow(2).sum() + out.sum(), list(module.parameters()))
+    params = list(module.parameters() if params is None else params)
+    return torch.autograd.grad(dx.pow(2).sum() + out.sum(), params)
 
 
 @pytest.mark.parametrize("engine", ("python", "compiled", "auto", "torch"))
 @pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if c[2]])
-def test_gradient_penalty_equals_torch(ext, name, engine):
+def test_gradient_penalty_equals_torch(ext, name, engine, path):
     m = layer(name, engine, num_layers=2)
     x = torch.randn(5, B, I, dtype=DT)
     for ours, theirs in zip(_penalty_grads(m, x), _penalty_grads(twin(m), x)):
@@ -150,7 +160,7 @@ class _Independent(torch.nn.Module):
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if not c[2]])
-def test_gradient_penalty_of_variants_equals_independent_reference(ext, name, engine):
+def test_gradient_penalty_of_variants_equals_independent_reference(ext, name, engine, path):
     m = layer(name, engine, num_layers=2)
     x = torch.randn(5, B, I, dtype=DT)
     for ours, theirs in zip(_penalty_grads(m, x), _penalty_grads(_Independent(m), x)):
@@ -159,7 +169,7 @@ def test_gradient_penalty_of_variants_equals_independent_reference(ext, name, en
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_first_order_backward_stays_on_the_engine(ext, engine, monkeypatch):
+def test_first_order_backward_stays_on_the_engine(ext, engine, path, monkeypatch):
     """Without create_graph the hand-written BPTT runs, never the reference walk."""
     def fail(*a, **k):
         raise AssertionError("the reference walk ran")
@@ -170,13 +180,13 @@ def test_first_order_backward_stays_on_the_engine(ext, engine, monkeypatch):
     assert x.grad.abs().max() > 0
 
 
-def test_trace_refuses_double_backward():
-    m = layer("lstm", "python")
-    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
-    trace = m.trace(x)
-    with pytest.raises(RuntimeError, match="traced run.*double backward"):
-        (dx,) = torch.autograd.grad(trace.output.sum(), x, create_graph=True)
-        dx.sum().backward()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_trace_double_backward_equals_the_layers(ext, engine):
+    m = layer("lstm-peephole", engine)
+    x = torch.randn(T, B, I, dtype=DT)
+    got = _penalty_grads(lambda x: (m.trace(x).output,), x, m.parameters())
+    for ours, theirs in zip(got, _penalty_grads(m, x)):
+        assert_close(ours, theirs)
 
 
 def test_reference_walk_matches_the_engine(ext):

@@ -49,10 +49,10 @@ from .cells.gru import GRUCellMath
 from .cells.lstm import LSTMCellMath
 from .cells.rnn import RNNCellMath
 from .dropout import dropout
-from .engine.compiled import bf16_products, run_sequence_compiled, step_macs, trains_faster
+from .engine.compiled import bf16_products, step_macs, trains_faster
 from .engine.compiled import usable as compiled_usable
 from .engine.ops import sequence
-from .engine.sequence import StepRecord, run_sequence
+from .engine.sequence import StepRecord
 from .quantization import QUANTIZABLE, Quantizable
 from .trace import Trace
 
@@ -401,19 +401,15 @@ class _Recurrent(Quantizable):
         finals = [[] for _ in states0]
         records = []
         layer_input = x
-        if record:                           # a trace keeps every step: its own Function
-            run = run_sequence_compiled if use_compiled else run_sequence
-        else:
-            def run(cell, x, states0, w, bs, rec):
-                return sequence(cell, x, states0, w, bs, use_compiled)
         for layer in range(self.num_layers):
             outputs, layer_records = [], []
             for d in range(D):
                 index = layer * D + d
                 rec = StepRecord() if record else None
                 xd = layer_input.flip(0) if d else layer_input
-                hist = run(self.cell, xd, [s[index] for s in states0], self.weights(layer, d),
-                           (bs[::-1] if d and bs else bs), rec)
+                hist = sequence(self.cell, xd, [s[index] for s in states0],
+                                self.weights(layer, d), (bs[::-1] if d and bs else bs),
+                                use_compiled, rec)
                 out = hist[0]                                        # (T, N, H_out)
                 outputs.append(out.flip(0) if d else out)
                 for k, h in enumerate(hist):

@@ -42,11 +42,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..cells.base import Cell, Weights
+from ..cells.base import Cell
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from .sequence import StepRecord, no_double_backward, run_sequence
+from .sequence import StepRecord
 from .workspace import scratch
 
 CSRC = Path(__file__).with_name("csrc")
@@ -248,34 +248,6 @@ def compiled_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, b
     return [g if need else None for g, need in zip(grads, needs)]
 
 
-class CompiledSequenceFunction(torch.autograd.Function):
-    """apply(cell, batch_sizes, record, products, x, *states0, w_ih, w_hh, b_ih, b_hh, w_ch,
-    w_hr): the traced run on the extension, as ``SequenceFunction`` on the python engine."""
-
-    @staticmethod
-    def forward(ctx, cell: Cell, batch_sizes, record, products, x, *args):
-        k = len(cell.state_sizes)
-        weights = args[k:]
-        gates, hist, bufs = compiled_forward(cell, batch_sizes, x, args[:k], weights, products,
-                                             record)
-        ctx.set_materialize_grads(False)
-        ctx.cell, ctx.batch_sizes, ctx.record, ctx.products = cell, batch_sizes, record, products
-        ctx.counts = (k, len(bufs))
-        ctx.save_for_backward(x, gates, *hist, *bufs, *weights)
-        return tuple(h[1:] for h in hist)
-
-    @staticmethod
-    def backward(ctx, *grad_hist):
-        no_double_backward(ctx, grad_hist)
-        k, nb = ctx.counts
-        saved = ctx.saved_tensors
-        hist, bufs, weights = saved[2 : 2 + k], saved[2 + k : 2 + k + nb], saved[2 + k + nb :]
-        grads = compiled_backward(ctx.cell, ctx.batch_sizes, saved[0], saved[1], hist, bufs,
-                                  weights, grad_hist, ctx.needs_input_grad[4:], ctx.products,
-                                  ctx.record)
-        return (None, None, None, None, *grads)
-
-
 def _unsupported(cell: Cell, x: Tensor) -> str | None:
     """Why this call cannot run compiled (None if it can)."""
     if x.device.type != "cpu":
@@ -366,14 +338,3 @@ def fallback_reason(cell: Cell, x: Tensor) -> str | None:
     if reason is not None:
         _warn_once(reason.split(";")[0], reason)
     return reason
-
-
-def run_sequence_compiled(cell: Cell, x: Tensor, states0, weights: Weights, batch_sizes=None,
-                          record: StepRecord | None = None) -> tuple[Tensor, ...]:
-    """``run_sequence`` on the compiled engine; the python engine (after one warning) where the
-    extension is unavailable or the call is one it does not handle."""
-    if fallback_reason(cell, x) is not None:
-        return run_sequence(cell, x, states0, weights, batch_sizes, record)
-    return CompiledSequenceFunction.apply(cell, batch_sizes, record, products(cell, x), x,
-                                          *states0, weights.w_ih, weights.w_hh, weights.b_ih,
-                                          weights.b_hh, weights.w_ch, weights.w_hr)

@@ -31,7 +31,7 @@ from ..cells import cell_from_spec
 from ..cells.base import Weights
 from .compiled import compiled_backward, compiled_forward, fallback_reason, products
 from .reference import reference_sequence
-from .sequence import sequence_backward, sequence_forward
+from .sequence import StepRecord, sequence_backward, sequence_forward
 
 ENGINES = ("python", "compiled")
 _lib = torch.library.Library("lstmkit", "DEF")          # kept alive: the ops live with it
@@ -52,31 +52,40 @@ def _check_engine(engine: str) -> None:
 
 
 # ------------------------------------------------------------------ kernels
+def _forward(cell, bs, compiled, products, x, states0, weights, record=None):
+    """(gates, hist, bufs) on the named engine; bs None or a list of T batch sizes."""
+    if compiled:
+        return compiled_forward(cell, bs, x, states0, weights, products, record)
+    with torch.autocast(x.device.type, enabled=False):          # float32 math, as documented
+        return sequence_forward(cell, bs, x, states0, Weights(*weights), record)
+
+
+def _backward_kernel(cell, bs, compiled, products, x, gates, hist, bufs, weights, grad_hist,
+                     needs, record=None):
+    """[dx, dstates0..., dw_ih, ..., dw_hr] by the hand-written BPTT, None where not needed."""
+    if compiled:
+        return compiled_backward(cell, bs, x, gates, hist, bufs, weights, grad_hist, needs,
+                                 products, record)
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        return sequence_backward(cell, bs, x, gates, hist, bufs, Weights(*weights), grad_hist,
+                                 needs, record)
+
+
 def _sequence(x, states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, spec, batch_sizes, engine, bf16,
               onednn):
     _check_engine(engine)
-    cell, bs = cell_from_spec(spec), list(batch_sizes) or None
-    weights = (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
-    if engine == "compiled":
-        gates, hist, bufs = compiled_forward(cell, bs, x, states0, weights, (bf16, onednn))
-    else:
-        with torch.autocast(x.device.type, enabled=False):      # float32 math, as documented
-            gates, hist, bufs = sequence_forward(cell, bs, x, states0, Weights(*weights))
+    gates, hist, bufs = _forward(cell_from_spec(spec), list(batch_sizes) or None,
+                                 engine == "compiled", (bf16, onednn), x, states0,
+                                 (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr))
     return list(hist), gates, list(bufs)
 
 
 def _sequence_backward(grad_hist, x, gates, hist, bufs, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
                        spec, batch_sizes, needs, engine, bf16, onednn):
     _check_engine(engine)
-    cell, bs = cell_from_spec(spec), list(batch_sizes) or None
-    weights = (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr)
-    if engine == "compiled":
-        grads = compiled_backward(cell, bs, x, gates, hist, bufs, weights, grad_hist, needs,
-                                  (bf16, onednn))
-    else:
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            grads = sequence_backward(cell, bs, x, gates, hist, bufs, Weights(*weights),
-                                      grad_hist, needs)
+    grads = _backward_kernel(cell_from_spec(spec), list(batch_sizes) or None,
+                             engine == "compiled", (bf16, onednn), x, gates, hist, bufs,
+                             (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr), grad_hist, needs)
     out = [g for g in grads if g is not None]
     # an operator's outputs may not alias: d b_hh is d b_ih where b_hh is hoisted
     return [g.clone() if any(g is o for o in out[:i]) else g for i, g in enumerate(out)]
@@ -125,9 +134,9 @@ def _backward(ctx, grad_hist, grad_gates, grad_bufs):
     spec, batch_sizes, engine, bf16, onednn = ctx.args
     needs = ctx.needs
     grad_hist = list(grad_hist) if grad_hist is not None else [None] * k
-    if torch.is_grad_enabled() and (any(n for n in needs) or
-                                    any(g is not None and g.requires_grad for g in grad_hist)):
-        grads = _reference_grads(x, states0, weights, grad_hist, spec, batch_sizes, needs)
+    if _graph_wanted(needs, grad_hist):
+        grads = reference_grads(cell_from_spec(spec), x, states0, weights, grad_hist,
+                                list(batch_sizes) or None, needs, first_row=True)
     else:
         out = iter(sequence_backward_op(
             [None if g is None else g[1:] for g in grad_hist], x, gates, list(hist), list(bufs),
@@ -142,17 +151,25 @@ def _backward(ctx, grad_hist, grad_gates, grad_bufs):
             [] if not batch_sizes else None, None, None, None)
 
 
-def _reference_grads(x, states0, weights, grad_hist, spec, batch_sizes, needs):
+def _graph_wanted(needs, grads) -> bool:
+    """True when this backward runs under create_graph=True for something that needs a graph:
+    then the gradient must itself be differentiable."""
+    return torch.is_grad_enabled() and (
+        any(needs) or any(g is not None and g.requires_grad for g in grads))
+
+
+def reference_grads(cell, x, states0, weights, grad_hist, batch_sizes, needs, first_row=False):
     """The backward as a differentiable function of its inputs: the reference walk recomputed
-    and differentiated with create_graph, so a gradient of the gradient is exact."""
+    and differentiated with create_graph, so a gradient of the gradient is exact. grad_hist[k]
+    is dL/d(hist[k]) with row 0 (first_row) or dL/d(hist[k][1:])."""
     inputs = (x, *states0, *weights)
     wanted = [t for t, need in zip(inputs, needs) if need]
-    pairs = [(h, g) for h, g in zip(range(len(grad_hist)), grad_hist) if g is not None]
+    pairs = [(i, g) for i, g in enumerate(grad_hist) if g is not None]
     if not wanted or not pairs:
-        return [None] * len(inputs)
-    with torch.enable_grad():
-        hist = reference_sequence(cell_from_spec(spec), x, states0, Weights(*weights),
-                                  list(batch_sizes) or None)
+        return [torch.zeros_like(t) if need else None for t, need in zip(inputs, needs)]
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        hist = reference_sequence(cell, x, states0, Weights(*weights), batch_sizes)
+        hist = hist if first_row else [h[1:] for h in hist]
         found = torch.autograd.grad([hist[i] for i, _ in pairs], wanted,
                                     [g for _, g in pairs], create_graph=True, allow_unused=True)
     found = iter(found)
@@ -218,6 +235,55 @@ torch.library.register_vmap("lstmkit::sequence_backward", _loop_rule(sequence_ba
                             lib=_lib)
 
 
+# ------------------------------------------------------------------ eager calls
+class SequenceFunction(torch.autograd.Function):
+    """apply(cell, batch_sizes, compiled, products, record, x, *states0, w_ih, w_hh, b_ih, b_hh,
+    w_ch, w_hr) -> hist[k][1:] for each state.
+
+    The operators' kernels and backward rule, called directly: what a plain eager call runs
+    (a trip through the dispatcher to a Python operator costs tens of microseconds per call,
+    a third of a short training step; benchmarks/bench_operators.py), and every traced run
+    (``record`` a StepRecord, filled with every step's tensors)."""
+
+    @staticmethod
+    def forward(ctx, cell, batch_sizes, compiled, products, record, x, *args):
+        k = len(cell.state_sizes)
+        states0, weights = args[:k], args[k:]
+        gates, hist, bufs = _forward(cell, batch_sizes, compiled, products, x, states0, weights,
+                                     record)
+        ctx.set_materialize_grads(False)
+        ctx.cell, ctx.batch_sizes, ctx.record = cell, batch_sizes, record
+        ctx.compiled, ctx.products = compiled, products
+        ctx.save_for_backward(x, *states0, *weights, gates, *hist, *bufs)
+        return tuple(h[1:] for h in hist)
+
+    @staticmethod
+    def backward(ctx, *grad_hist):
+        cell = ctx.cell
+        k = len(cell.state_sizes)
+        saved = ctx.saved_tensors
+        x, states0, weights = saved[0], saved[1 : 1 + k], saved[1 + k : 7 + k]
+        gates, hist, bufs = saved[7 + k], saved[8 + k : 8 + 2 * k], saved[8 + 2 * k :]
+        needs = ctx.needs_input_grad[5:]
+        if _graph_wanted(needs, grad_hist):
+            grads = reference_grads(cell, x, states0, weights, grad_hist, ctx.batch_sizes,
+                                    needs)
+        else:
+            grads = _backward_kernel(cell, ctx.batch_sizes, ctx.compiled, ctx.products, x, gates,
+                                     hist, bufs, weights, grad_hist, needs, ctx.record)
+        return (None, None, None, None, None, *grads)
+
+
+def _plain_eager(*tensors) -> bool:
+    """True when nothing is watching this call: no torch.compile, export or jit tracing, no
+    torch.func transform, no dispatch mode (fake tensors, proxies), plain tensors."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or torch._C._len_torch_dispatch_stack()
+                or torch._C._functorch.get_interpreter_stack()
+                or any(t is not None and type(t) is not torch.Tensor
+                       and type(t) is not torch.nn.Parameter for t in tensors))
+
+
 # ------------------------------------------------------------------ the layers' entry point
 def _differentiating_transform() -> bool:
     """True inside torch.func.grad / vjp / jacrev / jvp (and the like) or forward-mode AD.
@@ -233,16 +299,25 @@ def _differentiating_transform() -> bool:
         i.key() in (TransformType.Grad, TransformType.Jvp) for i in stack)
 
 
-
 def sequence(cell, x: Tensor, states0, w: Weights, batch_sizes: list[int] | None = None,
-             compiled: bool = False) -> tuple[Tensor, ...]:
+             compiled: bool = False, record: StepRecord | None = None) -> tuple[Tensor, ...]:
     """Run ``cell`` over x (T, B, I) in processing order, on the compiled engine if asked and it
     can run this call (else, warned once, the python engine); returns each state after each
-    step, (T, B, size_k), as ``run_sequence`` does."""
-    if _differentiating_transform():
+    step, (T, B, size_k). A plain eager call or a traced one (``record``) runs the kernels
+    directly; under torch.compile, export, jit.trace or vmap the call is ``lstmkit::sequence``;
+    under torch.func's differentiating transforms the reference walk."""
+    weights = (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_ch, w.w_hr)
+    if record is None and _differentiating_transform():
         return tuple(h[1:] for h in reference_sequence(cell, x, states0, w, batch_sizes))
     compiled = compiled and fallback_reason(cell, x) is None
-    hist, _, _ = sequence_op(x, list(states0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_ch, w.w_hr,
-                             cell.spec(), batch_sizes or [], "compiled" if compiled else "python",
-                             *(products(cell, x) if compiled else (False, False)))
+    prods = products(cell, x) if compiled else (False, False)
+    if not compiled and torch.is_autocast_enabled(x.device.type):
+        # the python engine computes in float32 under autocast
+        x, states0 = x.float(), [s.float() for s in states0]
+        weights = tuple(None if t is None else t.float() for t in weights)
+    if record is not None or _plain_eager(x, *states0, *weights):
+        return SequenceFunction.apply(cell, batch_sizes, compiled, prods, record, x, *states0,
+                                      *weights)
+    hist, _, _ = sequence_op(x, list(states0), *weights, cell.spec(), batch_sizes or [],
+                             "compiled" if compiled else "python", *prods)
     return tuple(h[1:] for h in hist)
