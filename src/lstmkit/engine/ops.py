@@ -18,6 +18,10 @@ instead taken through ``lstmkit.engine.reference``, the same equations in differ
 so second derivatives are exact rather than silently zero. ``vmap``: over the batch of x and
 the initial states the vmapped rows join the batch (one call); anything else (batched weights,
 packed batches, the backward) runs one call per vmapped slice.
+
+The layers call ``sequence``: the operator where torch traces or transforms the call, and in
+plain eager code (and for traces) ``SequenceFunction``, the same kernels and the same backward
+rule without the dispatcher's cost.
 """
 
 from __future__ import annotations
