@@ -13,11 +13,12 @@ so ``load_state_dict`` works both ways with torch.nn modules. The variants add w
 peepholes ``weight_ch_l{k}{_reverse}`` and coupled input-forget gates (no input-gate rows).
 
 The layers follow torch.nn 2.13's contract: its constructor checks and exception classes, its
-forward errors' classes (lstmkit's messages, ending in torch's words), an empty batch, ``mode``, ``_flat_weights``,
-``all_weights``, ``flatten_parameters()`` and its repr. They are not subclasses of nn.LSTM and
-the rest, on purpose: code that sees ``isinstance(m, nn.LSTM)`` calls torch's kernels on torch's
-internals, which would silently drop a variant's peepholes or coupled gate; ``to_torch()`` gives
-the equivalent torch module of a standard layer, and quantization.py covers torch.ao.
+forward errors' classes (lstmkit's messages, ending in torch's words), an empty batch, ``mode``,
+``_flat_weights``, ``all_weights``, ``flatten_parameters()`` and its repr. They are not
+subclasses of nn.LSTM and the rest, on purpose: code that sees ``isinstance(m, nn.LSTM)`` calls
+torch's kernels on torch's internals, which would silently drop a variant's peepholes or coupled
+gate; ``to_torch()`` gives the equivalent torch module of a standard layer, and quantization.py
+covers torch.ao.
 
 ``engine``: "python" walks time with the hand-written BPTT of ``lstmkit.engine.sequence``;
 "compiled" runs the same BPTT in C++ (``lstmkit.engine.compiled``, every configuration);
@@ -27,11 +28,11 @@ LSTM over a padded batch of more than 4 steps, except for training calls (grad e
 or input requiring it) that the compiled engine runs on brgemm (``trains_faster``: float32,
 AVX-512, up to 64 rows, 16 steps or more); otherwise the compiled engine (GRU, RNN, variants,
 traces, packed batches, short calls such as generating one token at a time); the python engine
-where the compiled one cannot run; under torch.compile and torch.export the compiled engine
-for every shape (a choice by length would pin it in the graph). Under bfloat16 autocast (torch's kernels then run in
-bfloat16, the compiled engine its matrix products, with gates, cell state and outputs in
-float32) the same, except that a standard LSTM whose per-step product has at least
-AUTO_BF16_MACS multiply-adds runs compiled.
+where the compiled one cannot run; under torch.compile and torch.export the compiled engine for
+every shape (a choice by length would pin it in the graph). Under bfloat16 autocast (torch's
+kernels then run in bfloat16, the compiled engine its matrix products, with gates, cell state
+and outputs in float32) the same, except that a standard LSTM whose per-step product has at
+least AUTO_BF16_MACS multiply-adds runs compiled.
 """
 
 from __future__ import annotations
