@@ -272,13 +272,18 @@ def step_macs(cell: Cell, x: Tensor) -> int:
     return x.shape[1] * cell.state_sizes[0] * cell.num_gates * cell.hidden_size
 
 
-def bf16_products(cell: Cell, x: Tensor) -> bool:
+def autocast_bf16() -> bool:
+    """True under ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def bf16_products(cell: Cell, x: Tensor, bf16_autocast: bool | None = None) -> bool:
     """True when a call on x (T, B, I) runs its matrix products in bfloat16: a float32 CPU tensor
-    under ``torch.autocast("cpu", dtype=torch.bfloat16)``, with a per-step product of at least
-    ``BF16_MIN_STEP_MACS`` multiply-adds."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu"
-            and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    under bfloat16 autocast (``bf16_autocast``, or the current state when None), with a
+    per-step product of at least ``BF16_MIN_STEP_MACS`` multiply-adds."""
+    if bf16_autocast is None:
+        bf16_autocast = autocast_bf16()
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and bf16_autocast
             and step_macs(cell, x) >= BF16_MIN_STEP_MACS)
 
 
@@ -297,11 +302,12 @@ ONEDNN_STEP_MACS = 8_000_000
 ONEDNN_MIN_STEPS = 16
 
 
-def products(cell: Cell, x: Tensor) -> tuple[bool, bool]:
+def products(cell: Cell, x: Tensor, bf16_autocast: bool | None = None) -> tuple[bool, bool]:
     """How a call on x (T, B, I) runs its matrix products: (in bfloat16, on oneDNN's prepacked
-    inner product); (False, False) is at::mm in x's dtype, (True, False) at::mm in bfloat16."""
+    inner product); (False, False) is at::mm in x's dtype, (True, False) at::mm in bfloat16.
+    Decided by x's sizes, so the operators decide it in their kernels, where sizes are known."""
     long = x.shape[0] >= ONEDNN_MIN_STEPS
-    if bf16_products(cell, x):
+    if bf16_products(cell, x, bf16_autocast):
         return True, long and _state["onednn"]
     onednn = (x.dtype == torch.float32 and x.device.type == "cpu" and long
               and step_macs(cell, x) >= ONEDNN_STEP_MACS and _state["onednn"])

@@ -7,7 +7,7 @@ implementation that derives output shapes from the spec, so ``torch.compile``,
 direction instead of a Python time loop they would unroll or freeze.
 
     sequence(x (T, B, I), states0 [(B, size_k)], w_ih, w_hh, b_ih?, b_hh?, w_ch?, w_hr?, spec,
-             batch_sizes, engine, bf16, onednn) -> (hist [(T+1, B, size_k)], gates, bufs)
+             batch_sizes, engine, bf16_autocast) -> (hist [(T+1, B, size_k)], gates, bufs)
 
 hist[k] row 0 is the initial state, row s+1 the state after step s (processing order); gates
 (T, B, G*H) and bufs (the cell's step buffers) are what the backward reads, not differentiable.
@@ -33,7 +33,7 @@ from torch.autograd import forward_ad
 
 from ..cells import cell_from_spec
 from ..cells.base import Weights
-from .compiled import compiled_backward, compiled_forward, fallback_reason, products
+from .compiled import autocast_bf16, compiled_backward, compiled_forward, fallback_reason, products
 from .reference import reference_sequence
 from .sequence import StepRecord, sequence_backward, sequence_forward
 
@@ -41,11 +41,11 @@ ENGINES = ("python", "compiled")
 _lib = torch.library.Library("lstmkit", "DEF")          # kept alive: the ops live with it
 _lib.define("sequence(Tensor x, Tensor[] states0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
             "Tensor? b_hh, Tensor? w_ch, Tensor? w_hr, int[] spec, int[] batch_sizes, "
-            "str engine, bool bf16, bool onednn) -> (Tensor[] hist, Tensor gates, Tensor[] bufs)")
+            "str engine, bool bf16_autocast) -> (Tensor[] hist, Tensor gates, Tensor[] bufs)")
 _lib.define("sequence_backward(Tensor?[] grad_hist, Tensor x, Tensor gates, Tensor[] hist, "
             "Tensor[] bufs, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_ch, "
-            "Tensor? w_hr, int[] spec, int[] batch_sizes, bool[] needs, str engine, bool bf16, "
-            "bool onednn) -> Tensor[]")
+            "Tensor? w_hr, int[] spec, int[] batch_sizes, bool[] needs, str engine, "
+            "bool bf16_autocast) -> Tensor[]")
 sequence_op = torch.ops.lstmkit.sequence.default
 sequence_backward_op = torch.ops.lstmkit.sequence_backward.default
 
@@ -75,20 +75,27 @@ def _backward_kernel(cell, bs, compiled, products, x, gates, hist, bufs, weights
                                  needs, record)
 
 
-def _sequence(x, states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, spec, batch_sizes, engine, bf16,
-              onednn):
+def _products(engine, cell, x, bf16_autocast):
+    """The compiled engine's product choice, made where x's sizes are concrete."""
+    return products(cell, x, bf16_autocast) if engine == "compiled" else (False, False)
+
+
+def _sequence(x, states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, spec, batch_sizes, engine,
+              bf16_autocast):
     _check_engine(engine)
-    gates, hist, bufs = _forward(cell_from_spec(spec), list(batch_sizes) or None,
-                                 engine == "compiled", (bf16, onednn), x, states0,
+    cell = cell_from_spec(spec)
+    gates, hist, bufs = _forward(cell, list(batch_sizes) or None, engine == "compiled",
+                                 _products(engine, cell, x, bf16_autocast), x, states0,
                                  (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr))
     return list(hist), gates, list(bufs)
 
 
 def _sequence_backward(grad_hist, x, gates, hist, bufs, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
-                       spec, batch_sizes, needs, engine, bf16, onednn):
+                       spec, batch_sizes, needs, engine, bf16_autocast):
     _check_engine(engine)
-    grads = _backward_kernel(cell_from_spec(spec), list(batch_sizes) or None,
-                             engine == "compiled", (bf16, onednn), x, gates, hist, bufs,
+    cell = cell_from_spec(spec)
+    grads = _backward_kernel(cell, list(batch_sizes) or None, engine == "compiled",
+                             _products(engine, cell, x, bf16_autocast), x, gates, hist, bufs,
                              (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr), grad_hist, needs)
     out = [g for g in grads if g is not None]
     # an operator's outputs may not alias: d b_hh is d b_ih where b_hh is hoisted
@@ -96,7 +103,7 @@ def _sequence_backward(grad_hist, x, gates, hist, bufs, w_ih, w_hh, b_ih, b_hh, 
 
 
 def _sequence_fake(x, states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, spec, batch_sizes, engine,
-                   bf16, onednn):
+                   bf16_autocast):
     _check_engine(engine)
     cell = cell_from_spec(spec)
     T, B = x.shape[0], x.shape[1]
@@ -106,7 +113,7 @@ def _sequence_fake(x, states0, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr, spec, batch_s
 
 
 def _sequence_backward_fake(grad_hist, x, gates, hist, bufs, w_ih, w_hh, b_ih, b_hh, w_ch, w_hr,
-                            spec, batch_sizes, needs, engine, bf16, onednn):
+                            spec, batch_sizes, needs, engine, bf16_autocast):
     inputs = [x, *(h[0] for h in hist), w_ih, w_hh, b_ih, b_hh, w_ch, w_hr]
     return [t.new_empty(t.shape) for t, need in zip(inputs, needs) if need and t is not None]
 
@@ -120,12 +127,12 @@ torch.library.register_fake("lstmkit::sequence_backward", _sequence_backward_fak
 # ------------------------------------------------------------------ autograd
 def _setup_context(ctx, inputs, output):
     x, states0, *weights = inputs[:8]
-    spec, batch_sizes, engine, bf16, onednn = inputs[8:]
+    spec, batch_sizes, engine, bf16_autocast = inputs[8:]
     hist, gates, bufs = output
     ctx.mark_non_differentiable(gates, *bufs)
     ctx.set_materialize_grads(False)
     ctx.k = len(states0)
-    ctx.args = (spec, batch_sizes, engine, bf16, onednn)
+    ctx.args = (spec, batch_sizes, engine, bf16_autocast)
     ctx.needs = [t is not None and t.requires_grad for t in (x, *states0, *weights)]
     ctx.save_for_backward(x, *states0, *weights, gates, *hist, *bufs)
 
@@ -135,7 +142,7 @@ def _backward(ctx, grad_hist, grad_gates, grad_bufs):
     saved = ctx.saved_tensors
     x, states0, weights = saved[0], saved[1 : 1 + k], saved[1 + k : 7 + k]
     gates, hist, bufs = saved[7 + k], saved[8 + k : 8 + 2 * k], saved[8 + 2 * k :]
-    spec, batch_sizes, engine, bf16, onednn = ctx.args
+    spec, batch_sizes, engine, bf16_autocast = ctx.args
     needs = ctx.needs
     grad_hist = list(grad_hist) if grad_hist is not None else [None] * k
     if _graph_wanted(needs, grad_hist):
@@ -144,7 +151,7 @@ def _backward(ctx, grad_hist, grad_gates, grad_bufs):
     else:
         out = iter(sequence_backward_op(
             [None if g is None else g[1:] for g in grad_hist], x, gates, list(hist), list(bufs),
-            *weights, spec, batch_sizes, needs, engine, bf16, onednn))
+            *weights, spec, batch_sizes, needs, engine, bf16_autocast))
         grads = [next(out) if need and t is not None else None
                  for t, need in zip((x, *states0, *weights), needs)]
         for i, g in enumerate(grad_hist):             # row 0 of hist is the initial state
@@ -152,7 +159,7 @@ def _backward(ctx, grad_hist, grad_gates, grad_bufs):
                 grads[1 + i] = grads[1 + i] + g[0]
     # no gradient for the non-tensor arguments; an empty list counts as one of tensors
     return (grads[0], list(grads[1 : 1 + k]), *grads[1 + k :], None,
-            [] if not batch_sizes else None, None, None, None)
+            [] if not batch_sizes else None, None, None)
 
 
 def _graph_wanted(needs, grads) -> bool:
@@ -314,14 +321,14 @@ def sequence(cell, x: Tensor, states0, w: Weights, batch_sizes: list[int] | None
     if record is None and _differentiating_transform():
         return tuple(h[1:] for h in reference_sequence(cell, x, states0, w, batch_sizes))
     compiled = compiled and fallback_reason(cell, x) is None
-    prods = products(cell, x) if compiled else (False, False)
     if not compiled and torch.is_autocast_enabled(x.device.type):
         # the python engine computes in float32 under autocast
         x, states0 = x.float(), [s.float() for s in states0]
         weights = tuple(None if t is None else t.float() for t in weights)
     if record is not None or _plain_eager(x, *states0, *weights):
+        prods = products(cell, x) if compiled else (False, False)
         return SequenceFunction.apply(cell, batch_sizes, compiled, prods, record, x, *states0,
                                       *weights)
     hist, _, _ = sequence_op(x, list(states0), *weights, cell.spec(), batch_sizes or [],
-                             "compiled" if compiled else "python", *prods)
+                             "compiled" if compiled else "python", autocast_bf16())
     return tuple(h[1:] for h in hist)
