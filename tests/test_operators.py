@@ -63,10 +63,6 @@ def reference_output(module, x, standard: bool):
     return twin(module)(x)[0] if standard else run_layer(module, x)[0]
 
 
-def layer(name, engine, **extra):
-    return make(name, engine, **extra)
-
-
 def assert_close(a, b, tol=1e-10):
     assert a.shape == b.shape
     assert (a - b).abs().max().item() <= tol, (a - b).abs().max().item()
@@ -103,7 +99,7 @@ def test_opcheck(ext, name, engine, packed):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_gradgradcheck(ext, name, engine, path):
     """Second derivatives w.r.t. the input, the initial states and every parameter."""
-    m = layer(name, engine)
+    m = make(name, engine)
     names = [n for n, _ in m.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in m.parameters())
     x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
@@ -119,7 +115,7 @@ def test_gradgradcheck(ext, name, engine, path):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_gradgradcheck_packed_bidirectional(ext, engine, path):
-    m = layer("lstm-peephole", engine, bidirectional=True)
+    m = make("lstm-peephole", engine, bidirectional=True)
     x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
 
     def f(x):
@@ -137,16 +133,6 @@ def _penalty_grads(module, x, params=None):
     return torch.autograd.grad(dx.pow(2).sum() + out.sum(), params)
 
 
-@pytest.mark.parametrize("engine", ("python", "compiled", "auto", "torch"))
-@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if c[2]])
-def test_gradient_penalty_equals_torch(ext, name, engine, path):
-    m = layer(name, engine, num_layers=2)
-    x = torch.randn(5, B, I, dtype=DT)
-    for ours, theirs in zip(_penalty_grads(m, x), _penalty_grads(twin(m), x)):
-        assert theirs.abs().max() > 0
-        assert_close(ours, theirs, 1e-6)
-
-
 class _Independent(torch.nn.Module):
     """A variant layer run by tests/reference_cells.py (plain autograd, no lstmkit code)."""
 
@@ -158,12 +144,17 @@ class _Independent(torch.nn.Module):
         return run_layer(self.module, x)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if not c[2]])
-def test_gradient_penalty_of_variants_equals_independent_reference(ext, name, engine, path):
-    m = layer(name, engine, num_layers=2)
+@pytest.mark.parametrize("name,engine", [
+    (n, e) for n, c in CONFIGS.items() for e in ("python", "compiled", "auto", "torch")
+    if c[2] or e != "torch"])                                    # torch has no variants
+def test_gradient_penalty(ext, name, engine, path):
+    """Parameter gradients of an input-gradient penalty equal torch.nn's (standard cells) or the
+    independent reference's (variants)."""
+    standard = CONFIGS[name][2]
+    m = make(name, engine, num_layers=2)
     x = torch.randn(5, B, I, dtype=DT)
-    for ours, theirs in zip(_penalty_grads(m, x), _penalty_grads(_Independent(m), x)):
+    ref = twin(m) if standard else _Independent(m)
+    for ours, theirs in zip(_penalty_grads(m, x), _penalty_grads(ref, x)):
         assert theirs.abs().max() > 0
         assert_close(ours, theirs, 1e-6)
 
@@ -174,7 +165,7 @@ def test_first_order_backward_stays_on_the_engine(ext, engine, path, monkeypatch
     def fail(*a, **k):
         raise AssertionError("the reference walk ran")
     monkeypatch.setattr(ops, "reference_sequence", fail)
-    m = layer("lstm-peephole", engine)
+    m = make("lstm-peephole", engine)
     x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
     m(x)[0].sum().backward()
     assert x.grad.abs().max() > 0
@@ -182,7 +173,7 @@ def test_first_order_backward_stays_on_the_engine(ext, engine, path, monkeypatch
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_trace_double_backward_equals_the_layers(ext, engine):
-    m = layer("lstm-peephole", engine)
+    m = make("lstm-peephole", engine)
     x = torch.randn(T, B, I, dtype=DT)
     got = _penalty_grads(lambda x: (m.trace(x).output,), x, m.parameters())
     for ours, theirs in zip(got, _penalty_grads(m, x)):
@@ -190,7 +181,7 @@ def test_trace_double_backward_equals_the_layers(ext, engine):
 
 
 def test_reference_walk_matches_the_engine(ext):
-    m = layer("lstm-peephole-coupled", "python")
+    m = make("lstm-peephole-coupled", "python")
     x = torch.randn(T, B, I, dtype=DT)
     s0 = [torch.randn(B, s, dtype=DT) for s in m.cell.state_sizes]
     for bs in (None, [3, 2, 2, 1], [1, 2, 2, 3]):
@@ -204,7 +195,7 @@ def test_reference_walk_matches_the_engine(ext):
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn-tanh", "lstm-peephole"])
 def test_vmap_grad_vjp_jacrev(ext, name, engine):
-    m = layer(name, engine)
+    m = make(name, engine)
     xs = torch.randn(4, T, I, dtype=DT)                 # 4 unbatched sequences (L, H_in)
 
     def run(module):
@@ -234,7 +225,7 @@ def test_vmap_grad_vjp_jacrev(ext, name, engine):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_vmap_over_weights_runs_each_slice(ext, engine):
     """An ensemble: vmap over stacked parameters (the operator's per-slice rule)."""
-    models = [layer("gru", engine, seed=s) for s in range(3)]
+    models = [make("gru", engine, seed=s) for s in range(3)]
     stacked = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models])
                for k, _ in models[0].named_parameters()}
     x = torch.randn(T, B, I, dtype=DT)
@@ -244,7 +235,7 @@ def test_vmap_over_weights_runs_each_slice(ext, engine):
 
 
 def test_forward_mode_ad(ext):
-    m = layer("lstm", "compiled")
+    m = make("lstm", "compiled")
     x, v = torch.randn(T, B, I, dtype=DT), torch.randn(T, B, I, dtype=DT)
     ours = torch.func.jvp(lambda x: m(x)[0], (x,), (v,))[1]
     theirs = torch.func.jvp(lambda x: twin(m)(x)[0], (x,), (v,))[1]
@@ -299,7 +290,7 @@ def test_compile_fullgraph_variant_cell_and_dropout(ext):
 @pytest.mark.parametrize("engine", ("auto", "python", "compiled"))
 @pytest.mark.parametrize("name", ["lstm", "lstm-peephole", "gru-reset-before", "rnn-relu"])
 def test_export_round_trip_at_a_new_length(ext, name, engine, strict):
-    m = layer(name, engine)
+    m = make(name, engine)
     x = torch.randn(5, 2, I, dtype=DT)
     dims = ({0: torch.export.Dim("T"), 1: torch.export.Dim("N")},)
     program = torch.export.export(m, (x,), dynamic_shapes=dims, strict=strict)
@@ -317,7 +308,7 @@ def test_export_round_trip_at_a_new_length(ext, name, engine, strict):
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", ["lstm", "lstm-coupled", "gru"])
 def test_jit_trace_replays_other_shapes(ext, name, engine):
-    m = layer(name, engine)
+    m = make(name, engine)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(m, (torch.randn(5, 2, I, dtype=DT),), check_trace=False)
@@ -329,6 +320,6 @@ def test_jit_trace_replays_other_shapes(ext, name, engine):
 def test_onnx_export_fails_loudly_instead_of_freezing(ext):
     """Until ONNX export maps the operator, torch's exporter must refuse it, not write a graph
     frozen to the example input."""
-    m = layer("lstm", "compiled")
+    m = make("lstm", "compiled")
     with pytest.raises(Exception, match="lstmkit::sequence"):
         torch.onnx.export(m, (torch.randn(T, B, I, dtype=DT),), io.BytesIO(), dynamo=False)
