@@ -54,11 +54,11 @@ def model(package, kind: str, engine: str, I: int, H: int, num_layers: int = 1):
 def forced_operator(fn):
     """fn with every lstmkit call going through lstmkit::sequence."""
     def run():
-        plain, ops._plain_eager = ops._plain_eager, lambda *t: False
+        plain, ops.plain_eager = ops.plain_eager, lambda *t: False
         try:
             fn()
         finally:
-            ops._plain_eager = plain
+            ops.plain_eager = plain
     return run
 
 

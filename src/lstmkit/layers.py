@@ -53,7 +53,7 @@ from .cells.rnn import RNNCellMath
 from .dropout import dropout
 from .engine.compiled import bf16_products, step_macs, trains_faster
 from .engine.compiled import usable as compiled_usable
-from .engine.ops import sequence
+from .engine.ops import plain_eager, sequence
 from .engine.sequence import StepRecord
 from .quantization import QUANTIZABLE, Quantizable
 from .trace import Trace
@@ -243,9 +243,11 @@ class _Recurrent(Quantizable):
             return "python" if record and self.engine == "torch" else self.engine
         if not compiled_usable(self.cell, x):
             return "torch" if self._standard and not record else "python"
-        if torch.compiler.is_compiling():
-            # one choice for every shape: a choice by T or B would pin them in the graph
-            # (torch.export refuses a dynamic length that the code specialised)
+        if not plain_eager(x):
+            # under compile, export, jit.trace, vmap: one choice for every shape (a choice by T
+            # or B would pin them in the graph; torch.export refuses a dynamic length that the
+            # code specialised), and the operator, which has a batching rule (torch's LSTM has
+            # none)
             return "compiled"
         if self.family == "lstm" and self._standard and not (record or packed) and \
                 T > AUTO_SHORT_T:

@@ -285,7 +285,7 @@ class SequenceFunction(torch.autograd.Function):
         return (None, None, None, None, None, *grads)
 
 
-def _plain_eager(*tensors) -> bool:
+def plain_eager(*tensors) -> bool:
     """True when nothing is watching this call: no torch.compile, export or jit tracing, no
     torch.func transform, no dispatch mode (fake tensors, proxies), plain tensors."""
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
@@ -325,7 +325,7 @@ def sequence(cell, x: Tensor, states0, w: Weights, batch_sizes: list[int] | None
         # the python engine computes in float32 under autocast
         x, states0 = x.float(), [s.float() for s in states0]
         weights = tuple(None if t is None else t.float() for t in weights)
-    if record is not None or _plain_eager(x, *states0, *weights):
+    if record is not None or plain_eager(x, *states0, *weights):
         prods = products(cell, x) if compiled else (False, False)
         return SequenceFunction.apply(cell, batch_sizes, compiled, prods, record, x, *states0,
                                       *weights)
