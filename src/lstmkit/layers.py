@@ -28,11 +28,11 @@ LSTM over a padded batch of more than 4 steps, except for training calls (grad e
 or input requiring it) that the compiled engine runs on brgemm (``trains_faster``: float32,
 AVX-512, up to 64 rows, 16 steps or more); otherwise the compiled engine (GRU, RNN, variants,
 traces, packed batches, short calls such as generating one token at a time); the python engine
-where the compiled one cannot run; under torch.compile and torch.export the compiled engine for
-every shape (a choice by length would pin it in the graph). Under bfloat16 autocast (torch's
-kernels then run in bfloat16, the compiled engine its matrix products, with gates, cell state
-and outputs in float32) the same, except that a standard LSTM whose per-step product has at
-least AUTO_BF16_MACS multiply-adds runs compiled.
+where the compiled one cannot run; wherever torch traces or transforms the call (compile,
+export, jit.trace, vmap) the compiled engine for every shape (a choice by length would pin it
+in the graph). Under bfloat16 autocast (torch's kernels then run in bfloat16, the compiled
+engine its matrix products, with gates, cell state and outputs in float32) the same, except that
+a standard LSTM whose per-step product has at least AUTO_BF16_MACS multiply-adds runs compiled.
 """
 
 from __future__ import annotations
