@@ -250,10 +250,10 @@ def test_engine_changed_after_construction_is_checked_at_forward():
     ("input_size", 0, ValueError, "must be greater than zero, got 0"),
     ("hidden_size", 0, ValueError, "must be greater than zero, got 0"),
     ("hidden_size", -3, ValueError, "must be greater than zero, got -3"),
-    ("hidden_size", 4.0, TypeError, "should be of type int, got float (4.0)"),
+    ("hidden_size", 4.0, TypeError, "should be of type int, got: float (4.0)"),
     ("num_layers", 0, ValueError, "must be greater than zero, got 0"),
-    ("num_layers", 1.5, TypeError, "should be an integer, got float (1.5)"),
-    ("num_layers", "2", TypeError, "should be an integer, got str ('2')"),
+    ("num_layers", 1.5, TypeError, "should be an integer, got: float (1.5)"),
+    ("num_layers", "2", TypeError, "should be an integer, got: str ('2')"),
 ])
 def test_sizes_must_be_positive_integers(cls, arg, value, error, says):
     kw = {"input_size": I, "hidden_size": H, "num_layers": 1, arg: value}
@@ -289,7 +289,7 @@ def test_proj_size_not_an_integer():
 @pytest.mark.parametrize("dropout", [1.5, -0.1, float("nan"), "0.5"])
 def test_dropout_out_of_range(cls, dropout):
     with pytest.raises(ValueError, match=rf"{cls}: dropout should be a number in \[0, 1\].*"
-                       rf"got {type(dropout).__name__} \({re.escape(repr(dropout))}\)"):
+                       rf"got: {type(dropout).__name__} \({re.escape(repr(dropout))}\)"):
         getattr(lstmkit, cls)(I, H, 2, dropout=dropout)
 
 

@@ -19,6 +19,7 @@ import functools
 import importlib
 import io
 import pickle
+import re
 
 import pytest
 import torch
@@ -139,8 +140,8 @@ def test_grad(name, i, dtype, engine):
 
 @pytest.mark.parametrize(ARGS, F64)
 def test_gradcheck(name, i, dtype, engine):
-    """As test_modules.test_grad: torch.autograd.gradcheck (float64) with respect to the inputs
-    and all parameters; the parameters enter as one vector (torch.func.functional_call) to keep
+    """As test_modules.test_grad: torch.autograd.gradcheck (float64, with its batched-gradient
+    check, the backward under vmap) with respect to the inputs and all parameters; the parameters enter as one vector (torch.func.functional_call) to keep
     the number of numerical perturbations, and so the run time, small."""
     s, _, kit = build(name, i, dtype, engine)
     args, kw = fresh(s)
@@ -153,7 +154,7 @@ def test_gradcheck(name, i, dtype, engine):
         out = torch.func.functional_call(kit, dict(zip(names, ws)),
                                          tuple(tree_unflatten(list(xs), spec)), kw)
         return tuple(leaves(out))
-    assert torch.autograd.gradcheck(fn, (w, *xs), fast_mode=True)
+    assert torch.autograd.gradcheck(fn, (w, *xs), fast_mode=True, check_batched_grad=True)
 
 
 @pytest.mark.parametrize(ARGS, F64)
@@ -294,8 +295,9 @@ def test_no_grad(name, i, dtype, engine):
 
 @pytest.mark.parametrize(ARGS, ERRORS)
 def test_errors(name, i, dtype, engine):
-    """Each error input raises in lstmkit what it raises in torch.nn (the class, at the same
-    stage: construction or forward); the messages may differ."""
+    """Each error input raises in lstmkit what it raises in torch.nn: the class, at the same
+    stage (construction or forward), with a message that the entry's regex finds (torch's
+    test_modules checks that; lstmkit's own words come first, torch's follow)."""
     err = samples(name, dtype, errors=True)[i]
     mi = err.module_error_input
 
@@ -316,7 +318,8 @@ def test_errors(name, i, dtype, engine):
         got = e
     else:
         got = None
-    if not isinstance(got, expected.type):  # the message says all (no traceback, as above)
+    if not isinstance(got, expected.type) or not re.search(err.error_regex, str(got)):
+        # the message says all (no traceback, as above)
         pytest.fail(f"torch.nn raises {expected.typename}({expected.value}); lstmkit "
                     + (f"raised {type(got).__name__}({got})" if got else "raised nothing"),
                     pytrace=False)

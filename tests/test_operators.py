@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from torch.autograd import gradgradcheck
+from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call, grad, jacrev, vjp, vmap
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -157,6 +157,20 @@ def test_gradient_penalty(ext, name, engine, path):
     for ours, theirs in zip(_penalty_grads(m, x), _penalty_grads(ref, x)):
         assert theirs.abs().max() > 0
         assert_close(ours, theirs, 1e-6)
+
+
+@pytest.mark.parametrize("engine", ("python", "compiled", "auto"))
+@pytest.mark.parametrize("family", ["LSTM", "GRU"])
+def test_batched_gradients(ext, family, engine, path):
+    """Backward under vmap: gradcheck's batched check and is_grads_batched, as torch's own
+    module tests run them (two layers, so a first-order backward runs batched too)."""
+    m = getattr(lstmkit, family)(I, H, num_layers=2, engine=engine, dtype=DT)
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    assert gradcheck(lambda x: m(x)[0], (x,), check_batched_grad=True)
+    out = m(x)[0]
+    v = torch.randn(4, *out.shape, dtype=DT)
+    (batched,) = torch.autograd.grad(out, x, v, is_grads_batched=True)
+    assert_close(batched, torch.stack([torch.autograd.grad(m(x)[0], x, vi)[0] for vi in v]))
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -97,17 +97,17 @@ def test_rnn_cell_nonlinearity_checked_at_construction():
 
 
 def test_messages_name_layer_argument_and_value():
-    with pytest.raises(TypeError, match=r"^LSTM: bias should be of type bool, got str "
+    with pytest.raises(TypeError, match=r"^LSTM: bias should be of type bool, got: str "
                        r"\('False'\)$"):
         lstmkit.LSTM(I, H, bias="False")
-    with pytest.raises(TypeError, match=r"GRU: batch_first should be of type bool, got int \(1\)"):
+    with pytest.raises(TypeError, match=r"GRU: batch_first should be of type bool, got: int \(1\)"):
         lstmkit.GRU(I, H, batch_first=1)
     with pytest.raises(ValueError, match=r"RNN: hidden_size must be greater than zero, got 0"):
         lstmkit.RNN(I, 0)
 
 
 def test_string_bias_of_a_cell_is_taken_as_torch_takes_it_with_a_warning():
-    with pytest.warns(UserWarning, match=r"LSTMCell: bias should be of type bool, got str "
+    with pytest.warns(UserWarning, match=r"LSTMCell: bias should be of type bool, got: str "
                       r"\('False'\); like torch.nn.LSTMCell this cell takes it as True"):
         cell = lstmkit.LSTMCell(I, H, bias="False")
     assert cell.bias_ih is not None and nn.LSTMCell(I, H, bias="False").bias_ih is not None
@@ -126,7 +126,7 @@ def test_dropout_with_one_layer_warns_as_torch():
 ])
 @pytest.mark.parametrize("value", [1, 0, "True", None])
 def test_lstmkit_flags_must_be_bools(cls, flag, value):
-    with pytest.raises(TypeError, match=rf"{cls}: {flag} should be of type bool, got "
+    with pytest.raises(TypeError, match=rf"{cls}: {flag} should be of type bool, got: "
                        rf"{type(value).__name__}"):
         getattr(lstmkit, cls)(I, H, **{flag: value})
 

@@ -69,17 +69,24 @@ def check_step_input(name: str, x, input_size: int) -> None:
 
 
 def check_state(name: str, what: str, s, expected_shape: tuple, like: Tensor,
-                layout: str, torch_name: str | None = None) -> Tensor:
+                layout: str, torch_name: str | None = None, cell_index: int = 0) -> Tensor:
     """s is an initial state (h_0, c_0, ...); returns it, or raises naming the expected shape
     and its layout, e.g. "(num_layers * num_directions, N, H)". A wrong shape, dtype or device
-    is a RuntimeError, as torch's kernels raise it."""
+    is a RuntimeError, as torch's kernels raise it. The shape's message ends in torch's words:
+    a layer's for its state ``torch_name`` ("hidden[0]"), else a cell's for hx[cell_index]."""
     if not isinstance(s, Tensor):
         raise TypeError(f"{name}: expected {what} as a torch.Tensor, got {type(s).__name__}")
     if tuple(s.shape) != tuple(expected_shape):
-        said = f" (Expected {torch_name} size {shape_str(expected_shape)}, got " \
-            f"{list(s.shape)})" if torch_name else ""         # torch's words, a layer's only
+        if torch_name:
+            said = f"Expected {torch_name} size {shape_str(expected_shape)}, got {list(s.shape)}"
+        elif s.dim() == 2 and len(expected_shape) == 2 and s.shape[0] != expected_shape[0]:
+            said = (f"Input batch size {expected_shape[0]} doesn't match hidden{cell_index} "
+                    f"batch size {s.shape[0]}")
+        else:
+            said = (f"hidden{cell_index} has inconsistent hidden_size: got {s.shape[-1]}, "
+                    f"expected {expected_shape[-1]}")
         raise RuntimeError(f"{name}: expected {what} of shape {shape_str(expected_shape)} "
-                           f"{layout}, got {shape_str(s.shape)}{said}")
+                           f"{layout}, got {shape_str(s.shape)} ({said})")
     if s.dtype != like.dtype:
         raise RuntimeError(f"{name}: expected {what} of dtype {like.dtype} like the input, "
                         f"got {s.dtype}")
@@ -127,15 +134,18 @@ def check_lengths(name: str, lengths, batch: int, steps: int) -> Tensor:
 def check_dtype_matches(name: str, x: Tensor, weight: Tensor,
                         error: type[Exception] = ValueError) -> None:
     """torch.nn's layers raise ValueError for an input whose dtype is not the weights', its
-    cells (from the kernel) RuntimeError."""
+    cells (from the kernel) RuntimeError; the layers' message ends in torch's words."""
     if x.dtype != weight.dtype:
+        said = "" if error is not ValueError else (
+            f" (RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype}))")
         raise error(f"{name}: expected input of dtype {weight.dtype} like the parameters, "
-                        f"got {x.dtype}; convert one of them (e.g. layer.to({x.dtype}))")
+                    f"got {x.dtype}; convert one of them (e.g. layer.to({x.dtype})){said}")
 
 
 # ---------------------------------------------------------------- constructor arguments
 def _got(value) -> str:
-    return f"got {type(value).__name__} ({value!r})"
+    return f"got: {type(value).__name__} ({value!r})"                  # torch's "got: int"
 
 
 def _compare(name: str, arg: str, value, test) -> bool:

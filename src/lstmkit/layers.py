@@ -600,13 +600,15 @@ class _StepCell(Quantizable):
         else:
             hx = checks.check_state_tuple(name, hx, n_states, "(h, c)")
             shape, layout = ((H,), "(H,) for unbatched input") if unbatched else ((B, H), "(N, H)")
-            for s, label in zip(hx, ("h", "c")):
+            for k, (s, label) in enumerate(zip(hx, ("h", "c"))):
                 if isinstance(s, Tensor) and s.dim() not in (1, 2):
+                    torch_name = f"hx[{k}]" if n_states == 2 else "hidden"
                     raise ValueError(f"{name}: expected {label} of shape {layout}, got "
                                      f"{s.dim()} dimensions with shape {checks.shape_str(s.shape)}"
-                                     f" (Expected hidden to be 1D or 2D, got {s.dim()}D instead)")
-            states = [checks.check_state(name, label, s, shape, x, layout).reshape(B, H)
-                      for s, label in zip(hx, ("h", "c"))]
+                                     f" (Expected {torch_name} to be 1D or 2D, got {s.dim()}D "
+                                     "instead)")
+            states = [checks.check_state(name, label, s, shape, x, layout, cell_index=k)
+                      .reshape(B, H) for k, (s, label) in enumerate(zip(hx, ("h", "c")))]
         checks.check_dtype_matches(name, x, self.weight_ih, RuntimeError)  # after shapes, as torch
         _check_engine(name, self.engine, self._standard)
         if B == 0 or H == 0:

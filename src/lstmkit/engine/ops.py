@@ -145,7 +145,7 @@ def _backward(ctx, grad_hist, grad_gates, grad_bufs):
     spec, batch_sizes, engine, bf16_autocast = ctx.args
     needs = ctx.needs
     grad_hist = list(grad_hist) if grad_hist is not None else [None] * k
-    if _graph_wanted(needs, grad_hist):
+    if _graph_wanted(needs, grad_hist) or _vmapped(grad_hist):
         grads = reference_grads(cell_from_spec(spec), x, states0, weights, grad_hist,
                                 list(batch_sizes) or None, needs, first_row=True)
     else:
@@ -160,6 +160,15 @@ def _backward(ctx, grad_hist, grad_gates, grad_bufs):
     # no gradient for the non-tensor arguments; an empty list counts as one of tensors
     return (grads[0], list(grads[1 : 1 + k]), *grads[1 + k :], None,
             [] if not batch_sizes else None, None, None)
+
+
+def _vmapped(grads) -> bool:
+    """True when this backward runs under a torch.func transform, vmap above all
+    (``is_grads_batched``, gradcheck's batched check): the kernels write into buffers of their
+    own, which vmap cannot batch; the reference walk it can."""
+    batched = (torch._C._functorch.is_batchedtensor, torch._C._functorch.is_legacy_batchedtensor)
+    return bool(torch._C._functorch.get_interpreter_stack()) or any(
+        g is not None and any(f(g) for f in batched) for g in grads)
 
 
 def _graph_wanted(needs, grads) -> bool:
@@ -276,7 +285,7 @@ class SequenceFunction(torch.autograd.Function):
         x, states0, weights = saved[0], saved[1 : 1 + k], saved[1 + k : 7 + k]
         gates, hist, bufs = saved[7 + k], saved[8 + k : 8 + 2 * k], saved[8 + 2 * k :]
         needs = ctx.needs_input_grad[5:]
-        if _graph_wanted(needs, grad_hist):
+        if _graph_wanted(needs, grad_hist) or _vmapped(grad_hist):
             grads = reference_grads(cell, x, states0, weights, grad_hist, ctx.batch_sizes,
                                     needs)
         else:
