@@ -141,8 +141,9 @@ def test_grad(name, i, dtype, engine):
 @pytest.mark.parametrize(ARGS, F64)
 def test_gradcheck(name, i, dtype, engine):
     """As test_modules.test_grad: torch.autograd.gradcheck (float64, with its batched-gradient
-    check, the backward under vmap) with respect to the inputs and all parameters; the parameters enter as one vector (torch.func.functional_call) to keep
-    the number of numerical perturbations, and so the run time, small."""
+    check, the backward under vmap) with respect to the inputs and all parameters; the
+    parameters enter as one vector (torch.func.functional_call) to keep the number of numerical
+    perturbations, and so the run time, small."""
     s, _, kit = build(name, i, dtype, engine)
     args, kw = fresh(s)
     names, shapes = zip(*[(n, p.shape) for n, p in kit.named_parameters()])
