@@ -366,14 +366,16 @@ class _Recurrent(Quantizable):
         states = []
         for s, size, label in zip(hx, sizes, ("h_0", "c_0")):
             shape = (LD, size) if unbatched else (LD, B, size)
-            H = "H_out" if label == "h_0" and self.proj_size else "H"
-            layout = f"(num_layers * num_directions, {H})" if unbatched else \
-                f"(num_layers * num_directions, N, {H})"
             if (isinstance(s, Tensor) and s.dtype != x.dtype and s.is_floating_point()
                     and torch.is_autocast_enabled(x.device.type)):
                 s = s.to(x.dtype)           # a state autocast left in bfloat16, as torch takes
-            torch_name = f"hidden[{label == 'c_0':d}]" if len(sizes) == 2 else "hidden"
-            s = checks.check_state(name, label, s, shape, x, layout, torch_name)
+            if not (isinstance(s, Tensor) and s.shape == shape and s.dtype == x.dtype
+                    and s.device == x.device):          # the messages only where one is due
+                H = "H_out" if label == "h_0" and self.proj_size else "H"
+                layout = f"(num_layers * num_directions, {H})" if unbatched else \
+                    f"(num_layers * num_directions, N, {H})"
+                torch_name = f"hidden[{label == 'c_0':d}]" if len(sizes) == 2 else "hidden"
+                checks.check_state(name, label, s, shape, x, layout, torch_name)
             s = s.unsqueeze(1) if unbatched else s
             states.append(s if sorted_indices is None else s.index_select(1, sorted_indices))
         return states

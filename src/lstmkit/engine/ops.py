@@ -294,14 +294,21 @@ class SequenceFunction(torch.autograd.Function):
         return (None, None, None, None, None, *grads)
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter, type(None))
+
+
 def plain_eager(*tensors) -> bool:
     """True when nothing is watching this call: no torch.compile, export or jit tracing, no
     torch.func transform, no dispatch mode (fake tensors, proxies), plain tensors."""
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
-                or torch._C._len_torch_dispatch_stack()
-                or torch._C._functorch.get_interpreter_stack()
-                or any(t is not None and type(t) is not torch.Tensor
-                       and type(t) is not torch.nn.Parameter for t in tensors))
+    if torch.compiler.is_compiling():        # first: dynamo cannot trace the calls below
+        return False
+    if (torch._C._functorch.get_interpreter_stack() or torch._C._len_torch_dispatch_stack()
+            or torch.jit.is_tracing()):
+        return False
+    for t in tensors:                        # a loop: this runs at every call of every layer
+        if type(t) not in _PLAIN:
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ the layers' entry point
