@@ -338,3 +338,22 @@ def test_onnx_export_fails_loudly_instead_of_freezing(ext):
     m = make("lstm", "compiled")
     with pytest.raises(Exception, match="lstmkit::sequence"):
         torch.onnx.export(m, (torch.randn(T, B, I, dtype=DT),), io.BytesIO(), dynamo=False)
+
+
+def test_compile_fullgraph_task_model_with_carried_state(ext):
+    """A language model of the tasks (embedding, two layers with dropout, fused decoder and
+    loss) in one graph, the state carried from one call to the next as truncated BPTT does."""
+    from lstmkit.tasks.models import LanguageModel
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = LanguageModel(50, "peephole", embed=16, hidden=16, layers=2)
+    tokens, targets = torch.randint(50, (7, 3)), torch.randint(50, (7, 3))
+    compiled = torch.compile(m, fullgraph=True)
+    loss, state = compiled(tokens, None, targets)
+    again, _ = compiled(tokens, state, targets)
+    want, want_state = m(tokens, None, targets)
+    assert_close(loss, want, 1e-5)
+    assert_close(again, m(tokens, want_state, targets)[0], 1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
