@@ -180,9 +180,7 @@ def check_layer_args(name: str, input_size, hidden_size, num_layers, bias, batch
     if rate > 0 and _compare(name, "num_layers", num_layers, lambda n: n == 1):
         warnings.warn(f"{name}: dropout applies between layers, so dropout={dropout} with "
                       "num_layers=1 has no effect", stacklevel=4)
-    for arg, value in (("bias", bias), ("batch_first", batch_first)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name}: {arg} should be of type bool, {_got(value)}")
+    check_flags(name, bias=bias, batch_first=batch_first)
     for arg, value in (("input_size", input_size), ("hidden_size", hidden_size)):
         if not isinstance(value, int):
             raise TypeError(f"{name}: {arg} should be of type int, {_got(value)}")
@@ -220,7 +218,8 @@ def check_cell_args(name: str, input_size, hidden_size, bias) -> tuple[int, int]
 
 
 def check_flags(name: str, **flags) -> None:
-    """lstmkit's own switches (peephole, coupled, reset_after) must be bools."""
+    """Switches that must be bools: torch's (bias, batch_first) and lstmkit's own (peephole,
+    coupled, reset_after)."""
     for arg, value in flags.items():
         if not isinstance(value, bool):
             raise TypeError(f"{name}: {arg} should be of type bool, {_got(value)}")

@@ -329,7 +329,7 @@ class _Recurrent(Quantizable):
         (L, 0, D * H_out) and the states (D * num_layers, 0, size), all empty, in the graph of
         the input, h_0 and every parameter, whose gradients then come out as zeros, as torch's
         do."""
-        zero = sum(t.sum() for t in (x, *states0, *self.parameters())) * 0
+        zero = _graph_zero(x, *states0, *self.parameters())
         H_out = self.proj_size or self.hidden_size
         output = x.new_zeros(x.shape[0], 0, self.num_directions * H_out) + zero
         return output, [s + zero for s in states0]
@@ -432,6 +432,12 @@ class _Recurrent(Quantizable):
         states = [torch.stack(f) for f in finals]
         trace = Trace(self, records, bs, T, B) if record else None
         return output, states, trace
+
+
+def _graph_zero(*tensors: Tensor) -> Tensor:
+    """A scalar 0 in the graph of every tensor: added to an empty result, it gives each of them
+    a zero gradient, as torch's kernels do for an empty batch."""
+    return sum(t.sum() for t in tensors) * 0
 
 
 def _packed_index(batch_sizes: list[int], B: int, device) -> Tensor:
@@ -615,7 +621,7 @@ class _StepCell(Quantizable):
         _check_engine(name, self.engine, self._standard)
         if B == 0 or H == 0:
             # nothing to compute; in the graph of input, hx and weights (zero gradients)
-            zero = sum(t.sum() for t in (x, *states, *self.parameters())) * 0
+            zero = _graph_zero(x, *states, *self.parameters())
             out = [s + zero for s in states]
         elif self.engine not in ("python", "compiled") and self._standard:
             out = self._torch_step(x, states)

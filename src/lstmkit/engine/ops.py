@@ -134,18 +134,28 @@ def _setup_context(ctx, inputs, output):
     ctx.k = len(states0)
     ctx.args = (spec, batch_sizes, engine, bf16_autocast)
     ctx.needs = [t is not None and t.requires_grad for t in (x, *states0, *weights)]
+    _save(ctx, x, states0, weights, gates, hist, bufs)
+
+
+def _save(ctx, x, states0, weights, gates, hist, bufs) -> None:
+    """What both backward rules read, in the order ``_saved`` unpacks."""
     ctx.save_for_backward(x, *states0, *weights, gates, *hist, *bufs)
+
+
+def _saved(ctx, k: int):
+    """(x, states0, weights, gates, hist, bufs) as ``_save`` kept them; k states."""
+    saved = ctx.saved_tensors
+    return (saved[0], saved[1 : 1 + k], saved[1 + k : 7 + k], saved[7 + k],
+            saved[8 + k : 8 + 2 * k], saved[8 + 2 * k :])
 
 
 def _backward(ctx, grad_hist, grad_gates, grad_bufs):
     k = ctx.k
-    saved = ctx.saved_tensors
-    x, states0, weights = saved[0], saved[1 : 1 + k], saved[1 + k : 7 + k]
-    gates, hist, bufs = saved[7 + k], saved[8 + k : 8 + 2 * k], saved[8 + 2 * k :]
+    x, states0, weights, gates, hist, bufs = _saved(ctx, k)
     spec, batch_sizes, engine, bf16_autocast = ctx.args
     needs = ctx.needs
     grad_hist = list(grad_hist) if grad_hist is not None else [None] * k
-    if _graph_wanted(needs, grad_hist) or _vmapped(grad_hist):
+    if _reference_wanted(needs, grad_hist):
         grads = reference_grads(cell_from_spec(spec), x, states0, weights, grad_hist,
                                 list(batch_sizes) or None, needs, first_row=True)
     else:
@@ -162,20 +172,18 @@ def _backward(ctx, grad_hist, grad_gates, grad_bufs):
             [] if not batch_sizes else None, None, None)
 
 
-def _vmapped(grads) -> bool:
-    """True when this backward runs under a torch.func transform, vmap above all
-    (``is_grads_batched``, gradcheck's batched check): the kernels write into buffers of their
-    own, which vmap cannot batch; the reference walk it can."""
+def _reference_wanted(needs, grads) -> bool:
+    """True when a backward must differentiate the reference walk rather than run the kernels:
+    under create_graph=True for something that needs a graph (the gradient must itself be
+    differentiable), or under a torch.func transform, vmap above all (``is_grads_batched``,
+    gradcheck's batched check), which cannot batch the kernels' writes into their own
+    buffers."""
+    if torch.is_grad_enabled() and (
+            any(needs) or any(g is not None and g.requires_grad for g in grads)):
+        return True
     batched = (torch._C._functorch.is_batchedtensor, torch._C._functorch.is_legacy_batchedtensor)
     return bool(torch._C._functorch.get_interpreter_stack()) or any(
         g is not None and any(f(g) for f in batched) for g in grads)
-
-
-def _graph_wanted(needs, grads) -> bool:
-    """True when this backward runs under create_graph=True for something that needs a graph:
-    then the gradient must itself be differentiable."""
-    return torch.is_grad_enabled() and (
-        any(needs) or any(g is not None and g.requires_grad for g in grads))
 
 
 def reference_grads(cell, x, states0, weights, grad_hist, batch_sizes, needs, first_row=False):
@@ -274,18 +282,15 @@ class SequenceFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.cell, ctx.batch_sizes, ctx.record = cell, batch_sizes, record
         ctx.compiled, ctx.products = compiled, products
-        ctx.save_for_backward(x, *states0, *weights, gates, *hist, *bufs)
+        _save(ctx, x, states0, weights, gates, hist, bufs)
         return tuple(h[1:] for h in hist)
 
     @staticmethod
     def backward(ctx, *grad_hist):
         cell = ctx.cell
-        k = len(cell.state_sizes)
-        saved = ctx.saved_tensors
-        x, states0, weights = saved[0], saved[1 : 1 + k], saved[1 + k : 7 + k]
-        gates, hist, bufs = saved[7 + k], saved[8 + k : 8 + 2 * k], saved[8 + 2 * k :]
+        x, states0, weights, gates, hist, bufs = _saved(ctx, len(cell.state_sizes))
         needs = ctx.needs_input_grad[5:]
-        if _graph_wanted(needs, grad_hist) or _vmapped(grad_hist):
+        if _reference_wanted(needs, grad_hist):
             grads = reference_grads(cell, x, states0, weights, grad_hist, ctx.batch_sizes,
                                     needs)
         else:
