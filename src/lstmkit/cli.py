@@ -323,6 +323,22 @@ def forecast_command(args) -> None:
     print(f"plot: {out}")
 
 
+def export_command(args) -> None:
+    from .export.runs import export_task_model
+
+    out = Path(args.out) if args.out else Path(args.run) / "model.onnx"
+    cfg, task, model = load_run(args.run, for_training=args.int8)   # int8: scored on its data
+    meta = export_task_model(cfg, task, model, out, streaming=args.streaming, int8=args.int8)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {meta['precision']}) and "
+          f"{out.with_suffix('.json')}; onnxruntime matches the run's model to "
+          f"{meta['max_abs_diff_vs_torch']:.1e}")
+    if args.int8:
+        ev, size = meta["evaluation"], meta["size_bytes"]
+        print(f"{ev['split']} data: float32 {task.describe(ev['float32'])}")
+        print(f"{ev['split']} data: int8    {task.describe(ev['int8'])}")
+        print(f"size: float32 {size['float32'] / 1e6:.2f} MB, int8 {size['int8'] / 1e6:.2f} MB")
+
+
 def explain_command(args) -> None:
     from .analysis import worked_unit
 
@@ -453,6 +469,17 @@ def build_parser() -> Parser:
     p.add_argument("--horizon", type=int, required=True, help="steps to forecast")
     p.add_argument("--out", help="the plot to write (default: RUN/forecast-ahead.png)")
     p.set_defaults(func=forecast_command)
+
+    p = sub.add_parser("export", help="a run's model as ONNX (onnxruntime runs it without "
+                       "lstmkit or torch), with model.json beside it")
+    p.add_argument("run", help="a run folder")
+    p.add_argument("--out", help="the .onnx file to write (default: RUN/model.onnx); its "
+                   ".json description is written beside it")
+    p.add_argument("--int8", action="store_true", help="dynamically quantized int8 weights; "
+                   "reports test metrics of float32 and int8")
+    p.add_argument("--streaming", action="store_true", help="state in (initial_h, initial_c) "
+                   "and out (Y_h, Y_c), to feed a sequence in chunks (ptb and chars always)")
+    p.set_defaults(func=export_command)
 
     p = sub.add_parser("explain", help="the classic one-unit LSTM worked by hand, in numbers")
     p.add_argument("--train", action="store_true",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..dropout import Dropout
 from ..layers import GRU, LSTM, RNN
@@ -58,9 +57,12 @@ class SequenceClassifier(nn.Module):
         self.out = nn.Linear(hidden * self.directions, classes)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        packed = pack_padded_sequence(self.embed(tokens), lengths.cpu(), enforce_sorted=False)
-        _, h_n = self.rnn(packed)
-        return self.out(self.drop(final_hidden(h_n, self.layers, self.directions)))
+        # longest first for the layer's lengths=, then back: what packing with
+        # enforce_sorted=False does, in tensor ops that torch.export and ONNX follow
+        order = lengths.argsort(descending=True)
+        _, h_n = self.rnn(self.embed(tokens).index_select(1, order), lengths=lengths[order])
+        final = final_hidden(h_n, self.layers, self.directions).index_select(0, order.argsort())
+        return self.out(self.drop(final))
 
 
 class LanguageModel(nn.Module):
