@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install lstmkit with its test tools into it.
+# Create .venv (once) and install lstmkit with its test tools and the onnx extra into it.
 # Needs only Python 3.11 and pip; torch is pinned to the CPU build 2.13.0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ stamp=.venv/.lstmkit-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    .venv/bin/python -m pip install --quiet -e ".[test,onnx]"
     touch "$stamp"
 fi
 # The compiled engine (engine="compiled", and "auto" where it is fastest) is built on first use

@@ -137,9 +137,10 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
     _require_onnx()
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     for p in list(module.parameters()) + list(module.buffers()):
-        if p.is_floating_point() and p.dtype not in (torch.float32, torch.float64):
-            raise ExportError(f"parameters of dtype {p.dtype} cannot be exported; onnxruntime "
-                              "runs these operators in float32 (convert with .float())")
+        if p.is_floating_point() and p.dtype != torch.float32:
+            raise ExportError(f"parameters of dtype {p.dtype} cannot be exported: "
+                              "onnxruntime runs the LSTM, GRU and RNN operators in float32 "
+                              "only; export a float32 copy (model.float())")
     model, layers = _swap_layers(module)
     if not layers:
         raise ExportError(f"{type(module).__name__} holds no lstmkit layer (LSTM, GRU, RNN)")

@@ -17,7 +17,6 @@ carries its state (text is continued one token at a time), the others with ``str
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -194,15 +193,16 @@ def export_task_model(cfg, task, model: nn.Module, out: str | os.PathLike, *,
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "lstmkit": __version__,
             "task": cfg.task, "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden,
             "model": out.name, "precision": "int8" if int8 else "float32",
-            "inputs": dict(iface.inputs), "outputs": dict(iface.outputs), **task_meta(cfg, task)}
+            "inputs": [{"name": n, "meaning": m} for n, m in iface.inputs],
+            "outputs": [{"name": n, "meaning": m} for n, m in iface.outputs],
+            **task_meta(cfg, task)}
     if stream:
-        sizes = _state_sizes(cfg)
-        kinds = ["h", "c"][: len(sizes)]
-        for k in kinds:
-            meta["inputs"][f"initial_{k}"] = (f"({cfg.layers}, N, {cfg.hidden}) float32: the "
-                                              f"state {k} before this call; zeros to start")
-            meta["outputs"][f"Y_{k}"] = (f"({cfg.layers}, N, {cfg.hidden}) float32: the state "
-                                         f"{k} after this call; feed it to the next")
+        for k in ["h", "c"][: len(_state_sizes(cfg))]:
+            shape = f"({cfg.layers}, N, {cfg.hidden}) float32"
+            meta["inputs"].append({"name": f"initial_{k}", "meaning": f"{shape}: the state "
+                                   f"{k} before this call; zeros to start"})
+            meta["outputs"].append({"name": f"Y_{k}", "meaning": f"{shape}: the state {k} "
+                                    "after this call; feed it to the next call"})
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         f32 = Path(tmp) / "float32.onnx"
         export_onnx(model, f32, args, streaming=stream, opset=opset, input_names=names,
