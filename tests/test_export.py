@@ -251,3 +251,27 @@ def test_a_packed_sequence_input_is_refused():
     packed = pack_padded_sequence(torch.randn(4, 2, I), torch.tensor([4, 3]))
     with pytest.raises(ExportError, match="PackedSequence cannot be exported.*lengths="):
         OnnxLayer(LSTM(I, H))(packed)
+
+
+@pytest.mark.parametrize("name", ["peephole-coupled-2-bi", "gru-cho", "rnn-relu", "proj"])
+def test_torch_onnx_export_of_a_layer(name, tmp_path):
+    """torch.onnx.export itself (dynamo=True) writes ONNX's operators for lstmkit layers, the
+    weight layouts converted inside the graph from the layer's own parameters."""
+    import warnings
+
+    torch.manual_seed(5)
+    layer = CONFIGS[name]().eval()
+    T, N = torch.export.Dim("T"), torch.export.Dim("N")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(layer, (torch.randn(4, 2, I),), dynamo=True, verbose=False,
+                                    dynamic_shapes=({0: T, 1: N},))
+    program.save(str(tmp_path / "m.onnx"))
+    model = onnx.load(tmp_path / "m.onnx")
+    ops = {n.op_type for n in model.graph.node}
+    assert ("Scan" if layer.proj_size else NATIVE_OP[layer.family]) in ops
+    x = torch.randn(10, 3, I)
+    got = _session(tmp_path / "m.onnx").run(None, {model.graph.input[0].name: x.numpy()})
+    with torch.no_grad():
+        for g, e in zip(got, _flat(layer(x))):
+            np.testing.assert_allclose(g, e.numpy(), atol=1e-5, rtol=0)

@@ -266,6 +266,16 @@ class _Recurrent(Quantizable):
 
     def _run(self, input, hx, lengths, record: bool):
         name = type(self).__name__
+        if torch.onnx.is_in_onnx_export() and not record:
+            if torch.jit.is_tracing():
+                raise RuntimeError(
+                    f"{name}: torch.onnx.export(..., dynamo=False) (the TorchScript exporter) "
+                    "cannot write lstmkit::sequence; export with dynamo=True (the default) or "
+                    "lstmkit.export_onnx, which write ONNX's own LSTM/GRU/RNN operators")
+            # torch.onnx.export: ONNX's own LSTM/GRU/RNN operators, weights converted in the
+            # graph (lstmkit.export.layers owns the layouts)
+            from .export.layers import OnnxLayer
+            return OnnxLayer(self, live=True)(input, hx, lengths)
         if lengths is not None:
             if isinstance(input, PackedSequence):
                 raise ValueError(f"{name}: lengths is for a padded batch; a PackedSequence "

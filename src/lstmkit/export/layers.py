@@ -58,20 +58,29 @@ def _kind(layer) -> str:
     return layer.family
 
 
-def onnx_weights(layer, k: int) -> dict[str, Tensor]:
-    """Layer k's W, R and (where present) B and P in ONNX's layout, directions stacked."""
+def onnx_weights(layer, k: int, live: bool = False) -> dict[str, Tensor]:
+    """Layer k's W, R and (where present) B and P in ONNX's layout, directions stacked: copies,
+    or with ``live`` computed from the parameters (as a traced graph records them)."""
     order, H = _ORDER[_kind(layer)], layer.hidden_size
     per_dir = [layer.weights(k, d) for d in range(layer.num_directions)]
-    with torch.no_grad():
-        out = {"W": torch.stack([_reorder(w.w_ih, order, H) for w in per_dir]),
-               "R": torch.stack([_reorder(w.w_hh, order, H) for w in per_dir])}
-        if per_dir[0].b_ih is not None:
-            out["B"] = torch.stack([torch.cat([_reorder(w.b_ih, order, H),
-                                               _reorder(w.b_hh, order, H)]) for w in per_dir])
-        if per_dir[0].w_ch is not None:
-            p_order = _PEEPHOLE_ORDER[_kind(layer)]
-            out["P"] = torch.stack([_reorder(w.w_ch, p_order, H) for w in per_dir])
+    out = {"W": torch.stack([_reorder(w.w_ih, order, H) for w in per_dir]),
+           "R": torch.stack([_reorder(w.w_hh, order, H) for w in per_dir])}
+    if per_dir[0].b_ih is not None:
+        out["B"] = torch.stack([torch.cat([_reorder(w.b_ih, order, H),
+                                           _reorder(w.b_hh, order, H)]) for w in per_dir])
+    if per_dir[0].w_ch is not None:
+        p_order = _PEEPHOLE_ORDER[_kind(layer)]
+        out["P"] = torch.stack([_reorder(w.w_ch, p_order, H) for w in per_dir])
+    if live:
+        return out
     return {name: t.detach().clone().contiguous() for name, t in out.items()}
+
+
+def _scan_weights(layer, k: int, live: bool = False) -> dict[str, Tensor]:
+    """Layer k's parameters per direction in torch's layout, for the Scan form."""
+    return {f"d{d}_{key}": t if live else t.detach().clone()
+            for d in range(layer.num_directions)
+            for key, t in vars(layer.weights(k, d)).items() if t is not None}
 
 
 class OnnxLayer(nn.Module):
@@ -83,7 +92,7 @@ class OnnxLayer(nn.Module):
     state lands in ``stream_out``.
     """
 
-    def __init__(self, layer):
+    def __init__(self, layer, live: bool = False):
         super().__init__()
         if layer.family not in ("lstm", "gru", "rnn"):
             raise ExportError(f"{type(layer).__name__} has no ONNX form")
@@ -96,19 +105,20 @@ class OnnxLayer(nn.Module):
         self.cell = layer.cell
         self.stream_in: tuple | None = None
         self.stream_out: tuple | None = None
+        # live: the layer's own parameters, converted in the traced graph (torch.onnx.export
+        # of a model); else converted once into buffers (export_onnx)
+        self._live = (layer,) if live else None       # a tuple: not a submodule
         self._names = []
-        for k in range(self.num_layers):
-            if self.proj_size:                  # Scan over the reference step: torch's layout
-                tensors = {f"d{d}_{key}": t.detach().clone()
-                           for d in range(self.D)
-                           for key, t in vars(layer.weights(k, d)).items() if t is not None}
-            else:
-                tensors = onnx_weights(layer, k)
+        convert = _scan_weights if self.proj_size else onnx_weights
+        for k in range(self.num_layers if not live else 0):
+            tensors = convert(layer, k)
             for name, t in tensors.items():
                 self.register_buffer(f"l{k}_{name}", t)
             self._names.append(list(tensors))
 
     def _layer(self, k: int) -> dict[str, Tensor]:
+        if self._live is not None:
+            return (_scan_weights if self.proj_size else onnx_weights)(self._live[0], k, live=True)
         return {name: getattr(self, f"l{k}_{name}") for name in self._names[k]}
 
     def forward(self, input, hx=None, lengths=None):
