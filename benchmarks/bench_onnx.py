@@ -111,7 +111,7 @@ def time_case(contenders, T: int, B: int, H: int, reps: int) -> list[float]:
         else:
             with torch.no_grad():
                 times.append(median_ms(lambda c=c: c(x, (h0, c0)), reps))
-    return [times[0], times[1], times[2], times[3], times[4]]
+    return times
 
 
 def speed(tmp: Path, sizes: list[int], threads: int, reps_step: int, reps_batch: int) -> None:

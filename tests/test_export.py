@@ -275,3 +275,17 @@ def test_torch_onnx_export_of_a_layer(name, tmp_path):
     with torch.no_grad():
         for g, e in zip(got, _flat(layer(x))):
             np.testing.assert_allclose(g, e.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("opset", [17, 21])
+def test_opset_is_the_one_asked_for(opset, tmp_path):
+    path = export_onnx(LSTM(I, H, peephole=True), tmp_path / "m.onnx", torch.randn(4, 2, I),
+                       opset=opset)
+    assert [o.version for o in onnx.load(path).opset_import if o.domain == ""] == [opset]
+
+
+@pytest.mark.parametrize("opset", [14, 99])
+def test_an_opset_torch_onnx_cannot_write_is_refused(opset, tmp_path):
+    with pytest.raises(ExportError, match=f"opset {opset} was asked for"):
+        export_onnx(LSTM(I, H), tmp_path / "m.onnx", torch.randn(4, 2, I), opset=opset)
+    assert list(tmp_path.iterdir()) == []

@@ -196,6 +196,11 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
         program.save(tmp, external_data=False)
         import onnx
         onnx.checker.check_model(tmp)
+        written = next(o.version for o in onnx.load(tmp).opset_import if o.domain in ("",
+                                                                                 "ai.onnx"))
+        if opset is not None and written != opset:   # torch.onnx falls back without a word
+            raise ExportError(f"opset {opset} was asked for, but torch.onnx wrote opset "
+                              f"{written} (it converts to opsets 17 and up that onnx knows)")
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
