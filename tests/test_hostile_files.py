@@ -1,5 +1,5 @@
 """Damaged and hostile run folders: every command that reads one (evaluate, predict, sample,
-forecast, train --resume) ends in one line on stderr and exit code 2, unpickles and runs
+forecast, export, train --resume) ends in one line on stderr and exit code 2, unpickles and runs
 nothing, and writes nothing (inside the run folder or out of it). SECURITY.md lists these
 tests."""
 
@@ -64,6 +64,7 @@ COMMANDS = {
     "predict": ("names", ["predict", RUN, "Smith"]),
     "sample": ("chars", ["sample", RUN, "--length", 5]),
     "forecast": ("forecast", ["forecast", RUN, "--horizon", 2]),
+    "export": ("chars", ["export", RUN]),
 }
 
 
