@@ -95,7 +95,7 @@ def test_every_task_exports(runs, key):
         assert meta["transform"] == config["meta"]["transform"] and meta["window"] > 0
 
 
-@pytest.mark.parametrize("key", ["names", "ptb"])
+@pytest.mark.parametrize("key", ["names", "ptb", "jsb"])
 def test_int8_reports_test_metrics_of_both(runs, key, tmp_path):
     run = _run(runs, key)
     out = tmp_path / "int8.onnx"
@@ -105,7 +105,10 @@ def test_int8_reports_test_metrics_of_both(runs, key, tmp_path):
     assert meta["precision"] == "int8" and ev["split"] == "test"
     assert meta["size_bytes"]["int8"] < meta["size_bytes"]["float32"]
     ops = {n.op_type for n in onnx.load(out).graph.node}
-    assert "DynamicQuantizeLSTM" in ops                    # the LSTM itself runs int8
+    if key == "jsb":                                        # a GRU: no int8 operator, said so
+        assert "GRU" in ops and "GRU" in meta["int8_note"] and "note: " in text
+    else:
+        assert "DynamicQuantizeLSTM" in ops and "int8_note" not in meta   # the LSTM runs int8
     results = json.loads((run / "results.json").read_text())["test"]
     # float32 through onnxruntime scores what lstmkit scored at the end of training
     assert ev["float32"]["loss"] == pytest.approx(results["loss"], abs=1e-4)
@@ -212,3 +215,13 @@ def test_streaming_a_bidirectional_run_is_refused(runs):
     _one_line_error(lstmkit("export", run, "--streaming", "--out", run / "s.onnx", check=False),
                     "--streaming needs a unidirectional model")
     _no_leftovers(run, before)
+
+
+def test_without_the_onnx_extra_the_error_says_how_to_install(runs, tmp_path):
+    run = _run(runs, "chars")
+    code = ("import sys\nsys.modules['onnxscript'] = None\nfrom lstmkit.cli import main\n"
+            f"main(['export', {str(run)!r}, '--out', {str(tmp_path / 'm.onnx')!r}])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    _one_line_error(result, "needs the onnx extra", "pip install 'lstmkit[onnx]'")
+    assert not list(tmp_path.iterdir())

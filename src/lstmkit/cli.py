@@ -337,6 +337,8 @@ def export_command(args) -> None:
         print(f"{ev['split']} data: float32 {task.describe(ev['float32'])}")
         print(f"{ev['split']} data: int8    {task.describe(ev['int8'])}")
         print(f"size: float32 {size['float32'] / 1e6:.2f} MB, int8 {size['int8'] / 1e6:.2f} MB")
+        if "int8_note" in meta:
+            print(f"note: {meta['int8_note']}")
 
 
 def explain_command(args) -> None:

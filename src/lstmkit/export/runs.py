@@ -213,6 +213,13 @@ def export_task_model(cfg, task, model: nn.Module, out: str | os.PathLike, *,
             final = Path(tmp) / "int8.onnx"
             quantize_int8(f32, final)
             meta["size_bytes"] = {"float32": f32.stat().st_size, "int8": final.stat().st_size}
+            import onnx
+            left = sorted({n.op_type for n in onnx.load(final).graph.node} &
+                          {"GRU", "RNN", "Scan"})
+            if left:                       # what dynamic quantization has no int8 form of
+                meta["int8_note"] = (f"onnxruntime has no int8 form of {'/'.join(left)}: "
+                                     "those recurrent layers stay float32; the matrix "
+                                     "products outside them are int8")
             meta["evaluation"] = {
                 "split": "test" if cfg.task != "chars" else "valid",
                 "float32": task.evaluate(OnnxTaskModel(f32, cfg, stream), "test"),
