@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from .cells import registry
 from .config import RESUMABLE, Config, defaults_for
-from .tasks.models import CELLS
 
 TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy", "jsb")
 
@@ -49,7 +49,7 @@ TRAIN_OPTIONS = [
     ("--length", "length", int, "adding/copy: the time lag T", "data"),
     ("--train-size", "train_size", int, "names: train on only this many names (0 = all)",
      "data"),
-    ("--cell", "cell", str, f"recurrent cell: {', '.join(CELLS)}", "model"),
+    ("--cell", "cell", str, "recurrent cell: {cells}", "model"),
     ("--hidden", "hidden", int, "hidden units per layer", "model"),
     ("--layers", "layers", int, "stacked recurrent layers", "model"),
     ("--embed", "embed", int, "embedding size (names, ptb, chars, copy)", "model"),
@@ -128,7 +128,8 @@ def add_train_parser(sub) -> None:
             g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
                            help=text)
         else:
-            g.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+            g.add_argument(flag, dest=dest, type=kind, default=None,
+                           help=text.replace("{cells}", ", ".join(registry.names())))
 
 
 def launch_distributed(nproc: int, argv: list[str]) -> None:
@@ -227,7 +228,7 @@ def check_checkpoint(cfg: Config, out: Path) -> None:
                           f"the optimizer state in {out / 'checkpoint'}")
     carry = [tensors[k] for k in sorted(tensors) if k.startswith("carry.")]
     expected = (cfg.layers, cfg.batch_size, cfg.hidden)
-    count = 2 if cfg.cell in ("lstm", "peephole", "coupled") else 1
+    count = len(registry.get(cfg.cell).state_names)
     if carry and (cfg.task not in ("ptb", "chars") or len(carry) != count
                   or any(tuple(t.shape) != expected for t in carry)):
         fail(f"{out / 'checkpoint'}: the carried state is {len(carry)} tensor(s) of shape "
@@ -408,9 +409,9 @@ def experiment_command(args) -> None:
     from .experiments import lags
 
     cells = tuple(c.strip() for c in args.cells.split(","))
-    unknown = [c for c in cells if c not in CELLS]
+    unknown = [c for c in cells if c not in registry.names()]
     if unknown:
-        fail(f"--cells: unknown {unknown}; expected some of {', '.join(CELLS)}")
+        fail(f"--cells: unknown {unknown}; expected some of {', '.join(registry.names())}")
     lengths = tuple(int(v) for v in args.lengths.split(","))
     print(lags(args.out, args.task, cells, lengths, args.steps, args.hidden, args.init,
                args.seed, args.engine, args.threads))

@@ -179,15 +179,15 @@ class Config:
         """Raise ConfigError for the first field whose type does not match its annotation or
         whose value is out of range. With ``rebuild``, meta must also hold what the task needs
         to rebuild its model (a run folder's config.json)."""
-        from .layers import ENGINES
-        from .tasks.models import CELLS
+        from .cells import registry
+        from .layers.engines import ENGINES
 
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not _matches(value, hints[f.name]):
                 raise ConfigError(f.name, _type_name(hints[f.name]), value)
-        choices = {"task": tuple(TASK_DEFAULTS), "cell": CELLS, "optimizer": OPTIMIZERS,
+        choices = {"task": tuple(TASK_DEFAULTS), "cell": registry.names(), "optimizer": OPTIMIZERS,
                    "init": INITS, "engine": ENGINES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

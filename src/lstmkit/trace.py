@@ -25,10 +25,8 @@ from .engine.sequence import StepRecord
 class StepTrace:
     """One layer and direction of a traced run (see the module docstring)."""
 
-    def __init__(self, record: StepRecord, gate_names, hidden_size: int, reverse: bool,
-                 batch_sizes, steps: int, batch: int, coupled: bool):
-        self._record, self._reverse = record, reverse
-        self._gate_names, self._H, self._coupled = gate_names, hidden_size, coupled
+    def __init__(self, record: StepRecord, cell, reverse: bool, batch_sizes, batch: int):
+        self._record, self._reverse, self._cell = record, reverse, cell
         self._mask = None                                        # (T, N, 1) in processing order
         if batch_sizes is not None:
             active = torch.tensor(batch_sizes if not reverse else batch_sizes[::-1])
@@ -60,11 +58,9 @@ class StepTrace:
 
     @property
     def gates(self) -> dict[str, Tensor]:
-        blocks = self._record.gates.split(self._H, -1)
-        gates = {name: self._time_major(b) for name, b in zip(self._gate_names, blocks)}
-        if self._coupled:                                        # i_t = 1 - f_t
-            gates = {"i": self._time_major(1 - blocks[0]), **gates}
-        return gates
+        blocks = self._record.gates.split(self._cell.hidden_size, -1)
+        stored = dict(zip(self._cell.gates, blocks))
+        return {name: self._time_major(g) for name, g in self._cell.gate_values(stored).items()}
 
     @property
     def grad_h(self) -> Tensor | None:
@@ -80,12 +76,9 @@ class StepTrace:
 class Trace:
     """The result of ``layer.trace(...)``: ``output``, ``h_n``, ``c_n`` and ``steps``."""
 
-    def __init__(self, layer, records, batch_sizes, steps: int, batch: int):
-        coupled = getattr(layer, "coupled", False)
-        names = layer.cell.gates
-        self.steps = [[StepTrace(rec, names, layer.hidden_size, bool(d), batch_sizes, steps, batch,
-                                 coupled) for d, rec in enumerate(layer_records)]
-                      for layer_records in records]
+    def __init__(self, layer, records, batch_sizes, batch: int):
+        self.steps = [[StepTrace(rec, layer.cell, bool(d), batch_sizes, batch)
+                       for d, rec in enumerate(layer_records)] for layer_records in records]
         self.output = self.h_n = self.c_n = None
 
     def pad_time(self, total_length: int) -> None:

@@ -1,27 +1,29 @@
-"""The cell families: one time step forward and backward (``base.Cell``), one file each."""
+"""The cells: one time step forward and backward (``base.Cell``), one file each, every one
+registered by name in ``registry``."""
 
 from __future__ import annotations
 
 from functools import cache
 
+from . import registry
 from .base import Cell
 from .gru import GRUCellMath
 from .lstm import LSTMCellMath
 from .rnn import RNNCellMath
 
+__all__ = ["Cell", "GRUCellMath", "LSTMCellMath", "RNNCellMath", "cell_from_spec", "registry"]
+
 
 @cache
 def _cell(spec: tuple[int, ...]) -> Cell:
-    family, H, P, peephole, coupled, reset_after, relu = spec
-    if family == 0:
-        return LSTMCellMath(H, 0 if P == H else P, bool(peephole), bool(coupled))
-    if family == 1:
-        return GRUCellMath(H, bool(reset_after))
-    if family == 2:
-        return RNNCellMath(H, "relu" if relu else "tanh")
-    raise ValueError(f"lstmkit: unknown cell family {family} in spec {list(spec)}")
+    return registry.math_for_family(spec[0]).from_spec(list(spec))
 
 
 def cell_from_spec(spec) -> Cell:
     """The cell that ``Cell.spec()`` describes (one shared instance per spec)."""
-    return _cell(tuple(int(v) for v in spec))
+    key = tuple(int(v) for v in spec)
+    cell = _cell(key)
+    if type(cell) is not registry.math_for_family(key[0]):    # a family number reused
+        _cell.cache_clear()
+        cell = _cell(key)
+    return cell

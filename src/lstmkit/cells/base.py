@@ -67,6 +67,13 @@ class Cell:
     gates: tuple[str, ...] = ()
     hidden_size: int
     state_sizes: tuple[int, ...]
+    state_names: tuple[str, ...] = ("h",)       # ("h", "c") for a cell with a cell state
+    # peephole vectors of H entries each (weight_ch holds them end to end)
+    peephole_vectors: int = 0
+    # spec()[0]; the registry numbers a new cell (lstmkit.cells.registry)
+    family_id: int | None = None
+    # the compiled engine has this cell's steps (csrc/<cell>.cpp); else the python engine runs it
+    compiled_kernel: bool = False
     step_buffers: tuple[int, ...] = ()
     grad_buffers: tuple[int, ...] = ()
     # True when W_hh h + b_hh enters every pre-activation additively, so b_hh joins the hoisted
@@ -108,8 +115,20 @@ class Cell:
 
     def spec(self) -> list[int]:
         """The cell as seven ints, how the operators and the C++ engine name it: family (0 LSTM,
-        1 GRU, 2 RNN), H, P, peephole, coupled, reset_after, relu; ``cell_from_spec`` inverts."""
-        raise NotImplementedError
+        1 GRU, 2 RNN, a registered cell's number), H, P, then four options (LSTM: peephole,
+        coupled; GRU: reset_after; RNN: relu); ``from_spec`` inverts. A cell without options
+        keeps this default."""
+        H = self.hidden_size
+        return [self.family_id, H, H, 0, 0, 0, 0]
+
+    @classmethod
+    def from_spec(cls, spec: list[int]) -> Cell:
+        return cls(spec[1])
+
+    def gate_values(self, gates: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The gates a trace shows, from the stored ones (a cell whose gate is derived from
+        another, such as the coupled LSTM's i_t = 1 - f_t, adds it here)."""
+        return gates
 
     def reference_step(self, w: Weights, xw: Tensor, prev: tuple) -> tuple:
         """The same step in plain differentiable torch ops, no buffers, nothing in place: xw

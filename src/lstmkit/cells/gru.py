@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 
 from .base import Cell, Grads, matmul_over_steps, sigmoid_backward_, tanh_backward_
+from .registry import register
 
 GATES = ("r", "z", "n")
 
 
 class GRUCellMath(Cell):
     gates = GATES
+    family_id, compiled_kernel = 1, True
 
     def __init__(self, hidden_size: int, reset_after: bool = True):
         self.hidden_size, self.reset_after = hidden_size, reset_after
@@ -33,6 +35,10 @@ class GRUCellMath(Cell):
     def spec(self):
         H = self.hidden_size
         return [1, H, H, 0, 0, int(self.reset_after), 0]
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(spec[1], bool(spec[5]))
 
     def reference_step(self, w, xw, prev):
         (h_prev,), H = prev, self.hidden_size
@@ -106,3 +112,10 @@ class GRUCellMath(Cell):
         H = self.hidden_size
         return Grads(w_hh=torch.cat([matmul_over_steps(dgates[..., : 2 * H], h_prev),
                                      matmul_over_steps(dgates[..., 2 * H :], bufs[0])]))
+
+
+register("gru", GRUCellMath, layer="GRU",
+         summary="GRU, torch's form: n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))")
+register("gru-cho", GRUCellMath, options={"reset_after": False}, layer="GRU",
+         summary="GRU, Cho et al. 2014's form: n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1})"
+                 " + b_hn)")

@@ -18,17 +18,22 @@ from __future__ import annotations
 import torch
 
 from .base import Cell, Grads, matmul_over_steps, sigmoid_backward_, tanh_backward, tanh_backward_
+from .registry import register
 
 GATES = ("i", "f", "g", "o")
 COUPLED_GATES = ("f", "g", "o")
 
 
 class LSTMCellMath(Cell):
+    family_id, compiled_kernel = 0, True
+    state_names = ("h", "c")
+
     def __init__(self, hidden_size: int, proj_size: int = 0, peephole: bool = False,
                  coupled: bool = False):
         self.hidden_size, self.proj_size = hidden_size, proj_size
         self.peephole, self.coupled = peephole, coupled
         self.gates = COUPLED_GATES if coupled else GATES
+        self.peephole_vectors = (2 if coupled else 3) if peephole else 0
         self.state_sizes = (proj_size or hidden_size, hidden_size)
         # tanh(c_t), and m_t = o_t * tanh(c_t) when h_t is its projection
         self.step_buffers = (hidden_size, hidden_size) if proj_size else (hidden_size,)
@@ -36,6 +41,14 @@ class LSTMCellMath(Cell):
     def spec(self):
         H = self.hidden_size
         return [0, H, self.proj_size or H, int(self.peephole), int(self.coupled), 1, 0]
+
+    @classmethod
+    def from_spec(cls, spec):
+        _, H, P, peephole, coupled, _, _ = spec
+        return cls(H, 0 if P == H else P, bool(peephole), bool(coupled))
+
+    def gate_values(self, gates):
+        return {"i": 1 - gates["f"], **gates} if self.coupled else gates
 
     def reference_step(self, w, xw, prev):
         h_prev, c_prev = prev
@@ -148,3 +161,11 @@ class LSTMCellMath(Cell):
         if self.proj_size:
             grads.w_hr = matmul_over_steps(dhist[0], bufs[1])  # sum_t dh_t^T m_t
         return grads
+
+
+register("lstm", LSTMCellMath, layer="LSTM",
+         summary="LSTM: input, forget and output gates, candidate memory, cell state")
+register("peephole", LSTMCellMath, options={"peephole": True}, layer="LSTM",
+         summary="LSTM with peepholes: i, f see c_{t-1}, o sees c_t")
+register("coupled", LSTMCellMath, options={"coupled": True}, layer="LSTM",
+         summary="LSTM with coupled input and forget gates: i_t = 1 - f_t")

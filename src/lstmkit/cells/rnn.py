@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import Cell, Grads, matmul_over_steps, tanh_backward
+from .registry import register
 
 GATES: tuple[str, ...] = ()
 threshold_backward = torch.ops.aten.threshold_backward.grad_input
@@ -19,6 +20,7 @@ threshold_backward = torch.ops.aten.threshold_backward.grad_input
 
 class RNNCellMath(Cell):
     gates = GATES
+    family_id, compiled_kernel = 2, True
 
     def __init__(self, hidden_size: int, nonlinearity: str = "tanh"):
         self.check_nonlinearity("RNNCellMath", nonlinearity)
@@ -39,6 +41,10 @@ class RNNCellMath(Cell):
     def spec(self):
         H = self.hidden_size
         return [2, H, H, 0, 0, 1, int(self.nonlinearity == "relu")]
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(spec[1], "relu" if spec[6] else "tanh")
 
     def reference_step(self, w, xw, prev):
         a = xw + prev[0].mm(w.w_hh.t())
@@ -62,3 +68,7 @@ class RNNCellMath(Cell):
 
     def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
         return Grads(w_hh=matmul_over_steps(dgates, hist[0][:-1]))
+
+
+register("rnn", RNNCellMath, layer="RNN",
+         summary="Elman RNN: h_t = tanh(W_ih x_t + W_hh h_{t-1} + b)")

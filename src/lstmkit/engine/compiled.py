@@ -43,9 +43,6 @@ import torch
 from torch import Tensor
 
 from ..cells.base import Cell
-from ..cells.gru import GRUCellMath
-from ..cells.lstm import LSTMCellMath
-from ..cells.rnn import RNNCellMath
 from .sequence import StepRecord
 from .workspace import scratch
 
@@ -210,7 +207,7 @@ def _warn_once(key: str, message: str) -> None:
 # ------------------------------------------------------------------ the autograd.Function
 def cell_spec(cell: Cell) -> list[int] | None:
     """The cell as the C++ side takes it (``Cell.spec``); None for a cell it has no kernels for."""
-    return cell.spec() if isinstance(cell, (LSTMCellMath, GRUCellMath, RNNCellMath)) else None
+    return cell.spec() if cell.compiled_kernel else None
 
 
 def compiled_forward(cell: Cell, batch_sizes, x: Tensor, states0, weights, products,

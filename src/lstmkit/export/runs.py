@@ -116,7 +116,8 @@ def task_meta(cfg, task) -> dict:
 
 
 def _state_sizes(cfg) -> list[int]:
-    return [cfg.hidden] * (2 if cfg.cell in ("lstm", "peephole", "coupled") else 1)
+    from ..cells import registry
+    return [cfg.hidden] * len(registry.get(cfg.cell).state_names)
 
 
 class OnnxTaskModel(nn.Module):

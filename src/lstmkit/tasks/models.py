@@ -1,9 +1,9 @@
 """The networks the tasks train: a recurrent layer of any cell between an input and an output.
 
-Cells by name: lstm, peephole (LSTM with peepholes), coupled (LSTM with i_t = 1 - f_t), gru
-(torch's form: n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))), gru-cho (Cho et al.
-2014's form, which Chung et al. 2014 compared: n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1})
-+ b_hn)), rnn (tanh). Shapes: N batch, L sequence length, V vocabulary, H hidden size, C classes.
+Cells by name, from the registry (``lstmkit.cells.registry``; ``lstmkit train --help`` lists
+them): lstm, peephole, coupled, gru (torch's form), gru-cho (Cho et al. 2014's form, which
+Chung et al. 2014 compared), rnn (tanh), and any cell registered since. Shapes: N batch,
+L sequence length, V vocabulary, H hidden size, C classes.
 """
 
 from __future__ import annotations
@@ -11,29 +11,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..cells import registry
 from ..dropout import Dropout
-from ..layers import GRU, LSTM, RNN
+from ..layers import make_layer
 from ..losses import linear_cross_entropy
 
-CELLS = ("lstm", "peephole", "coupled", "gru", "gru-cho", "rnn")
+
+def __getattr__(name: str):
+    if name == "CELLS":                 # the registered cells, now (a cell may register later)
+        return registry.names()
+    raise AttributeError(name)
 
 
 def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
              bidirectional: bool = False, engine: str = "auto") -> nn.Module:
-    """A time-major recurrent layer of the named cell."""
-    common = dict(num_layers=layers, dropout=dropout if layers > 1 else 0.0,
-                  bidirectional=bidirectional, engine=engine)
-    if cell == "lstm":
-        return LSTM(input_size, hidden, **common)
-    if cell == "peephole":
-        return LSTM(input_size, hidden, peephole=True, **common)
-    if cell == "coupled":
-        return LSTM(input_size, hidden, coupled=True, **common)
-    if cell in ("gru", "gru-cho"):
-        return GRU(input_size, hidden, reset_after=cell == "gru", **common)
-    if cell == "rnn":
-        return RNN(input_size, hidden, **common)
-    raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
+    """A time-major recurrent layer of the registered cell named cell."""
+    return make_layer(cell, input_size, hidden, num_layers=layers,
+                      dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional,
+                      engine=engine)
 
 
 def final_hidden(h_n, layers: int, directions: int) -> Tensor:

@@ -1,0 +1,370 @@
+"""The body every recurrent layer shares: parameters in torch's names and layout, the call
+(input checks, initial states, packed and padded batches, an empty batch), and the layers that
+drop in for torch.nn's (LSTM, GRU, RNN) plus ``Recurrent`` for any registered cell.
+
+Mixed in from beside this file: the engine choice (engines.py), the stacking of layers and
+directions over the engines (stack.py), torch.nn.RNNBase's surface (surface.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .. import checks
+from ..cells import registry
+from ..cells.base import Cell, Weights
+from ..cells.gru import GRUCellMath
+from ..cells.lstm import LSTMCellMath
+from ..cells.rnn import RNNCellMath
+from ..quantization import Quantizable
+from ..trace import Trace
+from .engines import EngineChoice, check_engine
+from .stack import Stacking
+from .surface import TorchRNNSurface
+
+
+class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
+    """Shared body of the recurrent layers: parameters, the call, packing and padding."""
+
+    family: str                                # "lstm", "gru", "rnn", or a registered cell
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, engine: str = "auto",
+                 make_cell: Callable[[int, int], Cell], standard: bool = True):
+        super().__init__()
+        name = type(self).__name__
+        input_size, hidden_size, num_layers, dropout, proj_size = checks.check_layer_args(
+            name, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
+        # any value, by its truth value, as torch takes it (and prints it in the repr)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
+        self.cell = cell = make_cell(hidden_size, proj_size)     # from the checked sizes
+        self._standard = standard
+        check_engine(name, engine, self._standard)
+        self.engine = engine
+
+        factory = {"device": device, "dtype": dtype}
+        G, H, P = cell.num_gates, hidden_size, proj_size or hidden_size
+        D = self.num_directions
+        self._param_names = []
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else P * D
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                shapes = {"weight_ih": (G * H, layer_in), "weight_hh": (G * H, P)}
+                if bias:
+                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                if proj_size:
+                    shapes["weight_hr"] = (P, H)
+                if cell.peephole_vectors:
+                    shapes["weight_ch"] = (cell.peephole_vectors * H,)
+                for key, shape in shapes.items():
+                    self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
+                self._param_names.append({k: k + sfx for k in shapes})
+        torch_keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+        self._all_weights = [list(names.values()) for names in self._param_names]
+        self._flat_weights_names = [names[k] for names in self._param_names
+                                    for k in torch_keys if k in names]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every weight ~ U(-1/sqrt(H), 1/sqrt(H)), as torch initialises its recurrent layers."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def weights(self, layer: int, direction: int = 0) -> Weights:
+        """The parameters of one layer and direction, in the engine's grouping."""
+        names = self._param_names[layer * self.num_directions + direction]
+        get = lambda key: getattr(self, names[key]) if key in names else None  # noqa: E731
+        return Weights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
+                       get("weight_ch"), get("weight_hr"))
+
+    def forward(self, input, hx=None, lengths=None):
+        """Run the layer. Returns ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``.
+
+        ``lengths`` (optional, an lstmkit addition): for a padded batch, each sequence's length,
+        longest first; the output is zero past each length and the final states are those at
+        each sequence's last step, as if the batch had been packed.
+        """
+        return self._run(input, hx, lengths, record=False)
+
+    def trace(self, input, hx=None, lengths=None) -> Trace:
+        """Run the hand-written engine and keep every gate and state (see ``lstmkit.Trace``)."""
+        return self._run(input, hx, lengths, record=True)
+
+    def _run(self, input, hx, lengths, record: bool):
+        name = type(self).__name__
+        if torch.onnx.is_in_onnx_export() and not record:
+            if torch.jit.is_tracing():
+                raise RuntimeError(
+                    f"{name}: torch.onnx.export(..., dynamo=False) (the TorchScript exporter) "
+                    "cannot write lstmkit::sequence; export with dynamo=True (the default) or "
+                    "lstmkit.export_onnx, which write ONNX's own LSTM/GRU/RNN operators")
+            # torch.onnx.export: ONNX's own LSTM/GRU/RNN operators, weights converted in the
+            # graph (lstmkit.export.layers owns the layouts)
+            from .export.layers import OnnxLayer
+            return OnnxLayer(self, live=True)(input, hx, lengths)
+        if lengths is not None:
+            if isinstance(input, PackedSequence):
+                raise ValueError(f"{name}: lengths is for a padded batch; a PackedSequence "
+                                 "carries its own lengths")
+            return self._run_padded_with_lengths(input, hx, lengths, record)
+
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            checks.check_input(name, x, self.input_size, self.batch_first, packed=True)
+            unbatched = False
+            B = int(batch_sizes[0])
+        else:
+            checks.check_input(name, input, self.input_size, self.batch_first, packed=False)
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else input
+            if self.batch_first and not unbatched:
+                x = x.transpose(0, 1)                                   # (L, N, H_in)
+            batch_sizes = sorted_indices = unsorted_indices = None
+            B = x.shape[1]
+        w = self.weights(0).w_ih
+        if x.dtype != w.dtype and x.is_floating_point() and \
+                torch.is_autocast_enabled(x.device.type):
+            x = x.to(w.dtype)                  # e.g. bfloat16 from a layer autocast ran before
+        checks.check_dtype_matches(name, x, w)
+        states0 = self._initial_states(hx, x, B, unbatched, sorted_indices)
+        if B == 0 and record:
+            raise ValueError(f"{name}: trace needs at least one sequence, got an empty batch "
+                             f"of shape {checks.shape_str(input.shape)}")
+        if B == 0:
+            output, states = self._empty_batch(x, states0)
+            if self.batch_first:
+                output = output.transpose(0, 1)
+            return output, self._hidden(states)
+
+        engine = self._engine_for(record, x, len(batch_sizes) if packed else x.shape[0], packed)
+        if engine == "torch":
+            output, states = self._run_torch(x, batch_sizes, states0)
+            trace = None
+        else:
+            output, states, trace = self._run_python(x, batch_sizes, states0, record,
+                                                     engine == "compiled")
+
+        if packed:
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                states = [s.index_select(1, unsorted_indices) for s in states]
+        else:
+            if unbatched:
+                output, states = output.squeeze(1), [s.squeeze(1) for s in states]
+            elif self.batch_first:
+                output = output.transpose(0, 1)
+        hidden = self._hidden(states)
+        if trace is None:
+            return output, hidden
+        trace.finish(output, states, unsorted_indices)
+        return trace
+
+    def _hidden(self, states: list[Tensor]):
+        """h_n, or (h_n, c_n) for a cell with a cell state, as torch returns them."""
+        return tuple(states) if len(states) > 1 else states[0]
+
+    def _empty_batch(self, x: Tensor, states0: list[Tensor]):
+        """torch's result for a batch of no sequences, before any engine runs: output
+        (L, 0, D * H_out) and the states (D * num_layers, 0, size), all empty, in the graph of
+        the input, h_0 and every parameter, whose gradients then come out as zeros, as torch's
+        do."""
+        zero = _graph_zero(x, *states0, *self.parameters())
+        H_out = self.proj_size or self.hidden_size
+        output = x.new_zeros(x.shape[0], 0, self.num_directions * H_out) + zero
+        return output, [s + zero for s in states0]
+
+    def _run_padded_with_lengths(self, input, hx, lengths, record: bool):
+        name = type(self).__name__
+        checks.check_input(name, input, self.input_size, self.batch_first, packed=False)
+        if input.dim() != 3:
+            raise ValueError(f"{name}: lengths needs a batched 3-D input, got shape "
+                             f"{checks.shape_str(input.shape)}")
+        T = input.shape[1] if self.batch_first else input.shape[0]
+        B = input.shape[0] if self.batch_first else input.shape[1]
+        lengths = checks.check_lengths(name, lengths, B, T)
+        if B == 0:
+            return self._run(input, hx, None, record)              # nothing to pack
+        packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first)
+        result = self._run(packed, hx, None, record)
+        output = result.output if record else result[0]
+        output, _ = pad_packed_sequence(output, batch_first=self.batch_first, total_length=T)
+        if record:
+            result.output = output
+            result.pad_time(T)
+            return result
+        return output, result[1]
+
+    def _initial_states(self, hx, x: Tensor, B: int, unbatched: bool, sorted_indices):
+        """h_0 (and c_0) as (D * num_layers, N, size) tensors in the engine's batch order."""
+        name = type(self).__name__
+        LD = self.num_layers * self.num_directions
+        sizes = self.cell.state_sizes
+        if hx is None:
+            return [x.new_zeros(LD, B, size) for size in sizes]
+        hx = checks.check_state_tuple(name, hx, len(sizes), "(h_0, c_0)")
+        states = []
+        for s, size, label in zip(hx, sizes, ("h_0", "c_0")):
+            shape = (LD, size) if unbatched else (LD, B, size)
+            if (isinstance(s, Tensor) and s.dtype != x.dtype and s.is_floating_point()
+                    and torch.is_autocast_enabled(x.device.type)):
+                s = s.to(x.dtype)           # a state autocast left in bfloat16, as torch takes
+            if not (isinstance(s, Tensor) and s.shape == shape and s.dtype == x.dtype
+                    and s.device == x.device):          # the messages only where one is due
+                H = "H_out" if label == "h_0" and self.proj_size else "H"
+                layout = f"(num_layers * num_directions, {H})" if unbatched else \
+                    f"(num_layers * num_directions, N, {H})"
+                torch_name = f"hidden[{label == 'c_0':d}]" if len(sizes) == 2 else "hidden"
+                checks.check_state(name, label, s, shape, x, layout, torch_name)
+            s = s.unsqueeze(1) if unbatched else s
+            states.append(s if sorted_indices is None else s.index_select(1, sorted_indices))
+        return states
+
+
+def _graph_zero(*tensors: Tensor) -> Tensor:
+    """A scalar 0 in the graph of every tensor: added to an empty result, it gives each of them
+    a zero gradient, as torch's kernels do for an empty batch."""
+    return sum(t.sum() for t in tensors) * 0
+
+
+_NOT_GIVEN = object()
+
+
+def _no_projection(name: str, proj_size) -> None:
+    """torch.nn.GRU and RNN raise ValueError for any proj_size keyword, 0 included."""
+    if proj_size is not _NOT_GIVEN:
+        raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or "
+                         f"GRU; got proj_size={proj_size!r}")
+
+
+class LSTM(_Recurrent):
+    """Long Short-Term Memory layer, drop-in for ``torch.nn.LSTM``; see ``lstmkit.cells.lstm``.
+
+        i_t = sigma(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)
+        f_t = sigma(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
+        g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+        o_t = sigma(W_io x_t + b_io + W_ho h_{t-1} + b_ho)
+        c_t = f_t * c_{t-1} + i_t * g_t
+        h_t = o_t * tanh(c_t)                     (h_t = W_hr (o_t * tanh(c_t)) with proj_size)
+
+    peephole=True adds p_i * c_{t-1}, p_f * c_{t-1} and p_o * c_t inside i_t, f_t, o_t
+    (``weight_ch_l{k}`` = (p_i|p_f|p_o)); coupled=True sets i_t = 1 - f_t and drops the i rows.
+    """
+
+    family = "lstm"
+    torch_counterpart = nn.LSTM
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, peephole: bool = False,
+                 coupled: bool = False, engine: str = "auto"):
+        checks.check_flags("LSTM", peephole=peephole, coupled=coupled)
+        self.peephole, self.coupled = peephole, coupled
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, engine=engine,
+                         make_cell=lambda H, P: LSTMCellMath(H, P, peephole, coupled),
+                         standard=not (peephole or coupled))
+
+
+class GRU(_Recurrent):
+    """Gated Recurrent Unit layer, drop-in for ``torch.nn.GRU``; see ``lstmkit.cells.gru``.
+
+        r_t = sigma(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+        z_t = sigma(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+        n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+        h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+
+    reset_after=False is Cho et al. 2014's form:
+    n_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1}) + b_hn).
+    """
+
+    family = "gru"
+    torch_counterpart = nn.GRU
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, reset_after: bool = True, engine: str = "auto",
+                 proj_size=_NOT_GIVEN):
+        _no_projection("GRU", proj_size)
+        checks.check_flags("GRU", reset_after=reset_after)
+        self.reset_after = reset_after
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, engine=engine,
+                         make_cell=lambda H, P: GRUCellMath(H, reset_after),
+                         standard=reset_after)
+
+
+class RNN(_Recurrent):
+    """Elman RNN layer, drop-in for ``torch.nn.RNN``: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1}
+    + b_hh), or relu with nonlinearity="relu"; see ``lstmkit.cells.rnn``."""
+
+    family = "rnn"
+    torch_counterpart = nn.RNN
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
+                 engine: str = "auto", proj_size=_NOT_GIVEN):
+        _no_projection("RNN", proj_size)
+        RNNCellMath.check_nonlinearity("RNN", nonlinearity)     # first, as torch checks it
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, engine=engine,
+                         make_cell=lambda H, P: RNNCellMath(H, nonlinearity))
+
+
+# ---------------------------------------------------------------------- single-step cells
+
+
+class Recurrent(_Recurrent):
+    """A layer of any registered cell (``lstmkit.cells.registry``), with torch's arguments:
+    ``Recurrent(input_size, hidden_size, num_layers=2, cell="peephole")``. Parameters are named
+    and laid out as torch's layers name theirs (``weight_ih_l{k}`` of (G * H, H_in) for the
+    cell's G gate blocks, ``weight_ch_l{k}`` for its peepholes); it returns ``(output, h_n)``,
+    or ``(output, (h_n, c_n))`` for a cell with a cell state. A cell without a compiled kernel
+    runs on the python engine. ``make_layer`` gives the torch-compatible class (LSTM, GRU, RNN)
+    for the built-in cells."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, cell: str,
+                 engine: str = "auto", **options):
+        entry = registry.get(cell)
+        self.family, self.cell_name = entry.name, entry.name
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, engine=engine,
+                         make_cell=lambda H, P: entry.make(H, P, **options), standard=False)
+
+    @property
+    def mode(self) -> str:
+        return self.cell_name.upper()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", cell={self.cell_name!r}"
+
+
+LAYERS = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}
+
+
+def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> _Recurrent:
+    """A layer of the registered cell named cell: LSTM, GRU or RNN (drop-in for torch's) for
+    the cells they host, with the cell's options (``peephole=True`` for "peephole"), else a
+    ``Recurrent``. kwargs: the layer's arguments (num_layers, dropout, bidirectional, ...)."""
+    entry = registry.get(cell)
+    if entry.layer:
+        return LAYERS[entry.layer](input_size, hidden_size, **entry.options, **kwargs)
+    return Recurrent(input_size, hidden_size, cell=cell, **kwargs)
