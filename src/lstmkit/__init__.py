@@ -1,10 +1,10 @@
 """lstmkit: LSTM, its classic variants, GRU and RNN with hand-written backpropagation through
 time, drop-in for torch.nn, with a trace of every gate, state and per-step gradient."""
 
+from ._version import __version__
 from .export import export_onnx
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .trace import StepTrace, Trace
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "Trace", "StepTrace",
-           "export_onnx"]
-__version__ = "0.1.0"
+           "export_onnx", "__version__"]

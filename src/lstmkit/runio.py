@@ -17,6 +17,7 @@ import random
 import re
 import tempfile
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -215,6 +216,27 @@ def _check_param_groups(own: list[dict], saved: list, where: str) -> None:
 
 
 # ------------------------------------------------------------------ checkpoints
+@dataclass
+class TrainState:
+    """Where a run is: everything besides tensors that a checkpoint restores (the trainer's
+    state, train.py)."""
+
+    epoch: int = 0                   # epochs completed
+    batch_in_epoch: int = 0          # batches of the current epoch already trained on
+    step: int = 0                    # optimiser steps so far
+    lr_scale: float = 1.0            # plateau halvings
+    best_valid: float = math.inf
+    best_metrics: dict = field(default_factory=dict)
+    bad_epochs: int = 0              # epochs since validation last improved
+    skipped: int = 0                 # steps whose loss or gradient was not finite
+    records: int = 0                 # lines in metrics.jsonl
+    loss_sum: float = 0.0            # this epoch's training losses so far, and their number
+    loss_count: int = 0
+    bad_in_row: int = 0              # ... of them in a row, up to now
+    train_seconds: float = 0.0
+    python_random: list = field(default_factory=list)
+
+
 def save_checkpoint(run_dir: str | Path, step: int, tensors: dict, meta: dict,
                     keep: int = 2) -> None:
     """Write checkpoint `step` (tensors + JSON), then point latest.json at it, then drop all but
@@ -274,8 +296,6 @@ def _check_rng(state, where) -> None:
 def _check_train_state(state: dict, where) -> None:
     """The trainer's state: TrainState's fields with their types, counts >= 0, and a Python
     random state that random.setstate accepts."""
-    from .train import TrainState  # here, not at the top: train imports this module
-
     hints = typing.get_type_hints(TrainState)
     names = {f.name for f in dataclasses.fields(TrainState)}
     for key, value in state.items():

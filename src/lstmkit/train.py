@@ -27,7 +27,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from . import distributed, plots
 from .config import INITS, Config
 from .runio import (
     RunError,
+    TrainState,
     atomic_save_tensors,
     atomic_write_bytes,
     atomic_write_json,
@@ -56,26 +56,6 @@ LOG_EVERY = 50                       # optimiser steps between train-loss record
 
 class TrainingStopped(RuntimeError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainState:
-    """Where a run is: everything besides tensors that a checkpoint restores."""
-
-    epoch: int = 0                   # epochs completed
-    batch_in_epoch: int = 0          # batches of the current epoch already trained on
-    step: int = 0                    # optimiser steps so far
-    lr_scale: float = 1.0            # plateau halvings
-    best_valid: float = math.inf
-    best_metrics: dict = field(default_factory=dict)
-    bad_epochs: int = 0              # epochs since validation last improved
-    skipped: int = 0                 # steps whose loss or gradient was not finite
-    records: int = 0                 # lines in metrics.jsonl
-    loss_sum: float = 0.0            # this epoch's training losses so far, and their number
-    loss_count: int = 0
-    bad_in_row: int = 0              # ... of them in a row, up to now
-    train_seconds: float = 0.0
-    python_random: list = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------- progress

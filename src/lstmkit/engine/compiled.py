@@ -44,7 +44,7 @@ from torch import Tensor
 
 from ..cells.base import Cell
 from .sequence import StepRecord
-from .workspace import scratch
+from .workspace import on_release, scratch
 
 CSRC = Path(__file__).with_name("csrc")
 DTYPES = (torch.float32, torch.float64)
@@ -176,6 +176,7 @@ def _load():
                 ext = _build()
                 # asked once here, so that deciding an engine calls nothing compiled
                 _state.update(ext=ext, capability=ext.capability(), onednn=ext.onednn())
+                on_release(ext.release_buffers)      # workspace.release() frees its buffers
             except Exception as e:                    # no compiler, compile error, no ninja
                 _state["error"] = f"{type(e).__name__}: {e}"
             _state["tried"] = True

@@ -31,9 +31,18 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device, zero:
     return t.zero_() if zero else t
 
 
+# what else holds per-thread scratch (the compiled engine adds its own when it loads)
+_release_hooks: list = []
+
+
+def on_release(hook) -> None:
+    """Call hook() from ``release()``: a kept buffer pool below this module (the compiled
+    engine's) registers here, so that this module imports nothing above it."""
+    _release_hooks.append(hook)
+
+
 def release() -> None:
     """Free this thread's scratch buffers (the compiled engine's too)."""
     _local.__dict__.pop("pool", None)
-    from . import compiled  # it imports this module: import here, not above
-    if compiled._state["ext"] is not None:
-        compiled._state["ext"].release_buffers()
+    for hook in _release_hooks:
+        hook()

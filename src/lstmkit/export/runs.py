@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import __version__
+from .._version import __version__
 from ..runio import atomic_write_json
 from .layers import ExportError
 from .model import _quiet, export_onnx
