@@ -221,7 +221,7 @@ def test_to_torch_refuses_variants():
 
 @pytest.mark.parametrize("cls", LAYERS + CELLS)
 def test_not_an_instance_of_torch_class(cls):
-    """Deliberate (layers.py's docstring): torch-typed code would run torch's kernels on it."""
+    """Deliberate (lstmkit.layers' docstring): torch-typed code would run torch's kernels on it."""
     assert not isinstance(getattr(lstmkit, cls)(I, H), getattr(nn, cls))
 
 

@@ -53,7 +53,6 @@ class Grads:
     b_hh: Tensor | None = None
     w_ch: Tensor | None = None
     w_hr: Tensor | None = None
-    w_hh_t: Tensor | None = None        # set by Cell.prepare
 
 
 class Cell:
