@@ -10,7 +10,9 @@
 //
 // Gate layout (i|f|g|o), coupled (f|g|o); peepholes (p_i|p_f|p_o), coupled (p_f|p_o).
 // Step buffers: tanh(c_t), and m_t with a projection.
-#include "common.h"
+#include "products.h"
+#include "sequence.h"
+#include "vec_math.h"
 
 namespace lstmkit {
 namespace {
