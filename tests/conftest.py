@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -30,3 +31,17 @@ def hooks(ext):
     return compiled.build_extension("lstmkit_engine_hooks",
                                     [Path(__file__).parent / "csrc" / "engine_hooks.cpp"])
 
+
+# A data test that cannot find the shared data sets skips with a reason that names them; the
+# summary counts those skips on one line, so that a run without ../shared/data says so.
+MISSING_DATA = re.compile(r"LSTMKIT_DATA|real data")
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = sum(1 for report in skipped if isinstance(report.longrepr, tuple)
+                  and MISSING_DATA.search(str(report.longrepr[2])))
+    if missing:
+        terminalreporter.write_line(
+            f"lstmkit: {missing} data test{'s' if missing > 1 else ''} skipped: the shared data "
+            "sets were not found (set LSTMKIT_DATA, e.g. to ../shared/data)", yellow=True)
