@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from bench_compiled import models_for
-from bench_layers import SIZES, median_ms, output_of, train_step
+from bench_layers import add_size_arguments, median_ms, output_of, sizes_from, train_step
 from torch import nn
 
 from lstmkit.data import MissingDataError, load_text
@@ -153,14 +153,13 @@ def train_both(steps: int, T: int = 100, B: int = 32) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per round")
-    parser.add_argument("--sizes", nargs="*", default=None, help="T,B,I,H (default: all five)")
+    add_size_arguments(parser)
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
     parser.add_argument("--train-steps", type=int, default=300,
                         help="steps of the train-both-ways check (0 skips it)")
     parser.add_argument("--out", default=None, help="also write the report to this file")
     args = parser.parse_args()
-    sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
+    sizes = sizes_from(args)
     torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}", flush=True)
