@@ -342,7 +342,7 @@ def trains_faster(x: Tensor) -> bool:
     """True when a standard LSTM's training call on x (T, B, I) runs faster compiled than on
     torch's fused kernel, as measured: float32 on the CPU, an AVX-512 build of the extension, at
     most ``brgemm_max_rows`` rows and at least ``transpose_min_steps`` steps (the extension's
-    ``thresholds()``, from csrc/thresholds.h: 64 and 16), where every product runs on brgemm."""
+    ``thresholds()``, from csrc/thresholds.h), where every product runs on brgemm."""
     if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3
             and available() and _state["capability"] == "AVX512"):
         return False
