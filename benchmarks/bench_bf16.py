@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 from bench_compiled import models_for
-from bench_layers import SIZES, median_ms, output_of, train_step
+from bench_layers import add_size_arguments, median_ms, output_of, sizes_from, train_step
 from torch import nn
 
-import lstmkit
 from lstmkit.data import MissingDataError, load_text
 from lstmkit.data.store import require
+from lstmkit.tasks.models import LanguageModel
 
 MODELS = ("lstm", "gru", "peephole", "coupled", "rnn")
 
@@ -96,17 +96,6 @@ def table(rows) -> str:
 
 
 # ------------------------------------------------------------------ training both ways
-class CharModel(nn.Module):
-    def __init__(self, vocab: int, hidden: int = 512):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, 64)
-        self.rnn = lstmkit.LSTM(64, hidden, engine="compiled")
-        self.out = nn.Linear(hidden, vocab)
-
-    def forward(self, x):
-        return self.out(self.rnn(self.embed(x))[0])
-
-
 def char_data():
     """(train ids, valid ids, vocabulary size, source): Tiny Shakespeare split 90/10 by
     lstmkit.data.load_text (from $LSTMKIT_DATA, else the user's cache), else a seeded random
@@ -131,14 +120,14 @@ def train_both(steps: int, T: int = 100, B: int = 32) -> str:
     results = {}
     for ac in (False, True):
         torch.manual_seed(0)
-        model = CharModel(vocab)
+        model = LanguageModel(vocab, "lstm", 64, 512, 1, engine="compiled")
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
         g = torch.Generator().manual_seed(1)
         t0 = time.perf_counter()
         for _ in range(steps):
             x, y = batch(train, T, B, g)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
-                logits = model(x)
+                logits, _ = model(x)
             loss = nn.functional.cross_entropy(logits.float().view(-1, vocab), y.view(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -150,7 +139,7 @@ def train_both(steps: int, T: int = 100, B: int = 32) -> str:
             losses = []
             for _ in range(20):
                 x, y = batch(valid, T, 64, gv)
-                losses.append(nn.functional.cross_entropy(model(x).view(-1, vocab),
+                losses.append(nn.functional.cross_entropy(model(x)[0].view(-1, vocab),
                                                           y.view(-1)).item())
         results[ac] = (sum(losses) / len(losses), seconds)
     (l32, s32), (l16, s16) = results[False], results[True]
@@ -164,14 +153,13 @@ def train_both(steps: int, T: int = 100, B: int = 32) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per round")
-    parser.add_argument("--sizes", nargs="*", default=None, help="T,B,I,H (default: all five)")
+    add_size_arguments(parser)
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
     parser.add_argument("--train-steps", type=int, default=300,
                         help="steps of the train-both-ways check (0 skips it)")
     parser.add_argument("--out", default=None, help="also write the report to this file")
     args = parser.parse_args()
-    sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
+    sizes = sizes_from(args)
     torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}", flush=True)

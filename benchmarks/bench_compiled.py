@@ -36,7 +36,14 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_layers import SIZES, check_agree, median_ms, output_of, train_step
+from bench_layers import (
+    add_size_arguments,
+    check_agree,
+    median_ms,
+    output_of,
+    sizes_from,
+    train_step,
+)
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -167,17 +174,14 @@ def table(rows) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed runs in a row per round (3 rounds; median of all)")
-    parser.add_argument("--sizes", nargs="*", default=None,
-                        help="sizes as T,B,input,hidden (default: the five standard sizes)")
+    add_size_arguments(parser)
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS,
                         help="which rows to run")
     parser.add_argument("--no-packed", dest="packed", action="store_false",
                         help="skip the table of packed batches")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args()
-    sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
+    sizes = sizes_from(args)
     if not compiled.available():
         raise SystemExit(f"the compiled engine is unavailable: {compiled.build_error()}")
     ext = compiled._state["ext"]

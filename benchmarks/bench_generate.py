@@ -23,6 +23,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 from bench_layers import median_ms
+from plain_lm import PlainLanguageModel
 from torch import nn
 
 import lstmkit
@@ -30,18 +31,6 @@ from lstmkit.runtime import keep_freed_memory
 from lstmkit.tasks.models import LanguageModel
 
 VOCAB, EMBED = 65, 64
-
-
-class PlainModel(nn.Module):
-    def __init__(self, hidden: int, layers: int):
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, EMBED)
-        self.rnn = nn.LSTM(EMBED, hidden, layers)
-        self.decoder = nn.Linear(hidden, VOCAB)
-
-    def forward(self, tokens, state=None):
-        out, state = self.rnn(self.embed(tokens), state)
-        return self.decoder(out), state
 
 
 def generator(model, steps: int):
@@ -58,7 +47,7 @@ def generator(model, steps: int):
 
 def part1(hidden: int, layers: int, steps: int) -> list[str]:
     torch.manual_seed(0)
-    plain = PlainModel(hidden, layers).eval()
+    plain = PlainLanguageModel(VOCAB, EMBED, hidden, layers).eval()
     models = {"plain PyTorch": plain}
     for engine in ("auto", "torch", "compiled", "python"):
         m = LanguageModel(VOCAB, "lstm", EMBED, hidden, layers, engine=engine).eval()

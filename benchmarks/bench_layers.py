@@ -162,17 +162,27 @@ def table(rows, ftz: bool) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """--repeats and --sizes, as the timing benchmarks take them (``sizes_from`` reads them)."""
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed runs in a row per round (3 rounds; median of all)")
     parser.add_argument("--sizes", nargs="*", default=None,
                         help="sizes as T,B,input,hidden (default: the five standard sizes)")
+
+
+def sizes_from(args) -> list[tuple[int, ...]]:
+    """The sizes --sizes names, else SIZES."""
+    return [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_size_arguments(parser)
     parser.add_argument("--denormals", choices=("ftz", "keep", "both"), default="both",
                         help="flush denormals to zero, keep them, or report both")
     parser.add_argument("--out", default=None, help="also write the tables to this file")
     args = parser.parse_args()
-    sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
+    sizes = sizes_from(args)
     settings = {"ftz": [True], "keep": [False], "both": [True, False]}[args.denormals]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32\n")
     tables = []

@@ -20,24 +20,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
+from plain_lm import PlainLanguageModel
 from torch import nn
 
 from lstmkit.runtime import keep_freed_memory
 from lstmkit.tasks.models import LanguageModel
-
-
-class PlainModel(nn.Module):
-    def __init__(self, vocab, embed, hidden, layers):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, embed)
-        self.rnn = nn.LSTM(embed, hidden, layers)
-        self.decoder = nn.Linear(hidden, vocab)
-
-    def loss(self, x, y, state=None):
-        out, state = self.rnn(self.embed(x), state)
-        logits = self.decoder(out)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), state
 
 
 def make_step(model, x, y):
@@ -77,7 +64,7 @@ def main(argv=None):
     torch.manual_seed(0)
     ours = LanguageModel(V, "lstm", H, H, a.layers)
     ours_torch = LanguageModel(V, "lstm", H, H, a.layers, engine="torch")
-    plain = PlainModel(V, H, H, a.layers)
+    plain = PlainLanguageModel(V, H, H, a.layers)
     with torch.no_grad():                                     # same weights, by name
         for (_, q), (_, r), (_, u) in zip(ours.named_parameters(), plain.named_parameters(),
                                           ours_torch.named_parameters()):

@@ -28,9 +28,13 @@ def test_engines_under_autocast(engine, kind):
     x = torch.randn(6, 3, 8)
     ref, ref_grads = run(model, x, False)
     out, grads = run(model, x, True)
-    if engine == "torch":
-        if out.dtype == torch.bfloat16:                        # torch's own bf16 kernels
-            torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    if engine == "torch":          # torch's own kernels under autocast, exactly as torch.nn's
+        want, want_grads = run(model.to_torch(), x, True)
+        assert out.dtype == want.dtype
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        for k in want_grads:
+            torch.testing.assert_close(grads[k], want_grads[k], rtol=0, atol=0)
+        torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
         return
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
@@ -60,13 +64,20 @@ def test_fused_loss_under_autocast_is_float32():
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_bfloat16_state_is_taken_under_autocast(engine):
-    """Truncated BPTT under autocast carries the state the previous segment returned."""
+    """Truncated BPTT under autocast carries the state the previous segment returned: a
+    bfloat16 state is taken as the same values in float32 (exactly the result of passing them
+    so), and the hand-written engines keep computing in float32."""
     torch.manual_seed(0)
     model = lstmkit.LSTM(8, 16, num_layers=2, engine=engine)
     x = torch.randn(6, 3, 8)
     state = tuple(torch.randn(2, 3, 16).bfloat16() for _ in range(2))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = model(x, state)
-    assert out.shape == (6, 3, 16)
+        out, (h, c) = model(x, state)
+        want, (want_h, want_c) = model(x, tuple(s.float() for s in state))
+    for got, ref in ((out, want), (h, want_h), (c, want_c)):
+        assert got.dtype == ref.dtype and torch.equal(got, ref)
+    if engine != "torch":
+        assert out.dtype == torch.float32
+        assert torch.equal(out, model(x, tuple(s.float() for s in state))[0])
     with pytest.raises(RuntimeError, match="dtype"):
         model(x, state)                                   # outside autocast: a clear error

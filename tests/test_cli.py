@@ -149,11 +149,18 @@ def test_forecast_end_to_end(tmp_path):
     assert len(lines) == 6 and (tmp_path / "ahead.png").stat().st_size > 1000
 
 
-def test_copy_runs(tmp_path):
+def test_copy_runs_and_learns(tmp_path):
+    from lstmkit.data.synthetic import copy_task_baseline
+
     run = tmp_path / "copy"
     lstmkit("train", "copy", "--out", run, "--length", 5, "--hidden", 16, "--epochs", 2,
             "--steps-per-epoch", 5, "--batch-size", 8)
     assert_run_folder(run)
+    losses = valid_losses(run)
+    assert len(losses) == 2 and losses[1] < losses[0]       # it learns: the loss falls
+    test = json.loads((run / "results.json").read_text())["test"]
+    assert 0 <= test["accuracy"] <= 1
+    assert test["baseline_loss"] == pytest.approx(copy_task_baseline(5))
 
 
 # ---------------------------------------------------------------------- errors: one line, exit 2

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,18 +311,18 @@ def test_extension_is_vectorised_for_this_cpu(ext):
         assert ext.vectorized()
 
 
-def test_float32_tanh_within_two_ulp(ext):
+def test_float32_tanh_within_two_ulp(hooks):
     """The engine's float32 tanh (one exp and a Taylor core instead of SLEEF's tanh) against the
     float64 tanh, over a dense sweep of [-12, 12] and tiny to large magnitudes."""
     x = torch.cat([torch.linspace(-12, 12, 2_000_001), torch.logspace(-30, 1.2, 200_001),
                    -torch.logspace(-30, 1.2, 200_001),
                    torch.tensor([0.0, -0.0, 0.34657359, -0.34657359, 50.0, -50.0])])
-    got = ext.tanh_float(x).double()
+    got = hooks.tanh_float(x).double()
     want = torch.tanh(x.double())
     ulp = torch.from_numpy(np.spacing(want.abs().float().numpy())).double()
     err = ((got - want).abs() / ulp).max().item()
     assert err <= 2.1, f"max error {err:.2f} ulp"
-    nan = ext.tanh_float(torch.tensor([float("nan"), float("inf"), -float("inf")]))
+    nan = hooks.tanh_float(torch.tensor([float("nan"), float("inf"), -float("inf")]))
     assert nan[0].isnan() and nan[1] == 1 and nan[2] == -1
 
 
@@ -347,6 +348,24 @@ def test_build_runs_the_ninja_beside_python(monkeypatch, tmp_path):
     assert shutil.which("ninja") == str(other)
 
 
+def test_build_key_follows_the_sources(monkeypatch, tmp_path):
+    """The build's name and directory hash every file of csrc/ and the sources, not where they
+    lie: the same sources in another checkout share one build, an edited header gets its own
+    (a worktree never loads another's engine), and the test hooks build beside the engine."""
+    engine = compiled._extension(compiled.ENGINE_MODULE, compiled.engine_sources())
+    hooks = compiled._extension("lstmkit_engine_hooks",
+                                [Path(__file__).parent / "csrc" / "engine_hooks.cpp"])
+    assert hooks[0] != engine[0] and hooks[1] != engine[1]
+    copy = tmp_path / "csrc"
+    shutil.copytree(compiled.CSRC, copy)
+    monkeypatch.setattr(compiled, "CSRC", copy)
+    assert compiled._extension(compiled.ENGINE_MODULE, compiled.engine_sources()) == engine
+    header = copy / "thresholds.h"
+    header.write_text(header.read_text() + "// edited\n")
+    edited = compiled._extension(compiled.ENGINE_MODULE, compiled.engine_sources())
+    assert edited[0] != engine[0] and edited[1] != engine[1]
+
+
 def test_a_stale_build_lock_does_not_stop_a_load(tmp_path):
     """torch's build takes a plain lock file even when there is nothing to build; a process
     killed at start-up while it held the file left it behind, and every later process waited on
@@ -354,7 +373,7 @@ def test_a_stale_build_lock_does_not_stop_a_load(tmp_path):
     (so nothing was built)."""
     if not compiled.available():
         pytest.skip("the compiled engine is unavailable")
-    name, build_dir, _ = compiled._extension()
+    name, build_dir, _ = compiled._extension(compiled.ENGINE_MODULE, compiled.engine_sources())
     target = tmp_path / "lstmkit" / "extensions" / build_dir.name
     target.mkdir(parents=True)
     shutil.copy(build_dir / f"{name}.so", target)
@@ -371,7 +390,7 @@ def test_a_build_first_removes_the_lock_file_a_killed_build_left(monkeypatch, tm
     """Under the build's own lock (released by the kernel when its holder dies) torch's lock
     file can only be stale: it is removed before torch's build runs."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    name, build_dir, _ = compiled._extension()
+    name, build_dir, _ = compiled._extension(compiled.ENGINE_MODULE, compiled.engine_sources())
     build_dir.mkdir(parents=True)
     (build_dir / "lock").touch()
     seen = {}
@@ -383,7 +402,7 @@ def test_a_build_first_removes_the_lock_file_a_killed_build_left(monkeypatch, tm
     from torch.utils import cpp_extension
     monkeypatch.setattr(cpp_extension, "load", fake_load)
     monkeypatch.setenv("CXX", sys.executable)          # any program passes the compiler check
-    assert compiled._build() == "module"
+    assert compiled.build_extension(compiled.ENGINE_MODULE, compiled.engine_sources()) == "module"
     assert seen == {"lock": False, "name": name}
 
 
@@ -415,52 +434,54 @@ def test_bfloat16_runs_python_engine_with_one_warning(monkeypatch):
 
 # ------------------------------------------------------------------ brgemm step products
 @pytest.fixture
-def avx512_ext(ext):
-    """The extension, where its brgemm paths are built (AVX-512 builds only)."""
+def avx512_hooks(ext, hooks):
+    """The test hooks (tests/csrc/engine_hooks.cpp), where the brgemm paths are built (AVX-512
+    builds only); built with the engine's flags, so for the same capability."""
     if ext.capability() != "AVX512":
         pytest.skip("the brgemm path is built for AVX-512 only")
-    return ext
+    assert hooks.avx512()
+    return hooks
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 5, 20), (4, 5, 20), (16, 128, 512), (20, 200, 800),
                                    (16, 512, 128), (7, 33, 17), (64, 64, 1000), (3, 1, 1)])
-def test_brgemm_step_product_is_the_product(avx512_ext, m, k, n):
+def test_brgemm_step_product_is_the_product(avx512_hooks, m, k, n):
     """The small float32 per-step product (out += a b on oneDNN's brgemm, split into column
     blocks over the threads) equals torch's, odd sizes and tails included."""
     torch.manual_seed(m * 1000 + n)
     a, b, out = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
     want = torch.addmm(out.double(), a.double(), b.double())
-    assert avx512_ext.brgemm_add(out, a, b)
+    assert avx512_hooks.brgemm_add(out, a, b)
     torch.testing.assert_close(out.double(), want, atol=1e-4 * (k ** 0.5), rtol=1e-5)
-    assert not avx512_ext.brgemm_add(torch.zeros(65, n), torch.randn(65, k), b)  # too many rows
+    assert not avx512_hooks.brgemm_add(torch.zeros(65, n), torch.randn(65, k), b)  # too many rows
     if k > 1 and n > 1:
-        assert not avx512_ext.brgemm_add(out, a, b.t().contiguous().t())  # not row-major
-    assert not avx512_ext.brgemm_add(out.double(), a.double(), b.double())  # float64
+        assert not avx512_hooks.brgemm_add(out, a, b.t().contiguous().t())  # not row-major
+    assert not avx512_hooks.brgemm_add(out.double(), a.double(), b.double())  # float64
 
 
 @pytest.mark.parametrize("m,k,n", [(700, 200, 800), (3200, 64, 129), (65, 1100, 70), (1, 3, 1),
                                    (130, 513, 17)])
 @pytest.mark.parametrize("add", [False, True])
-def test_brgemm_tiles_are_the_product(avx512_ext, m, k, n, add):
+def test_brgemm_tiles_are_the_product(avx512_hooks, m, k, n, add):
     """The whole-sequence float32 product on brgemm tiles (64 x 64 tiles over the threads, the
     reduction in chunks of 512) equals torch's: partial tiles, a reduction of 1100 (three chunks),
     accumulating or not."""
     torch.manual_seed(m + k + n)
     a, b, out = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
     want = (out.double() if add else 0) + a.double() @ b.double()
-    assert avx512_ext.brgemm_mm(out, a, b, add)
+    assert avx512_hooks.brgemm_mm(out, a, b, add)
     torch.testing.assert_close(out.double(), want, atol=1e-4 * (k ** 0.5), rtol=1e-5)
-    assert not avx512_ext.brgemm_mm(out.double(), a.double(), b.double(), add)  # float64
+    assert not avx512_hooks.brgemm_mm(out.double(), a.double(), b.double(), add)  # float64
     if k > 1 and n > 1:
-        assert not avx512_ext.brgemm_mm(out, a, b.t().contiguous().t(), add)  # not row-major
+        assert not avx512_hooks.brgemm_mm(out, a, b.t().contiguous().t(), add)  # not row-major
 
 
 @pytest.mark.parametrize("r,c", [(700, 800), (65, 17), (1, 1), (130, 3), (3, 130)])
-def test_transpose_is_the_transpose(avx512_ext, r, c):
+def test_transpose_is_the_transpose(avx512_hooks, r, c):
     """The blocked transpose that feeds dgates^T to the weight-gradient products: exact, partial
     16 x 16 blocks and partial 64-row chunks included."""
     a = torch.randn(r, c)
-    assert torch.equal(avx512_ext.transpose(a), a.t())
+    assert torch.equal(avx512_hooks.transpose(a), a.t())
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -480,19 +501,20 @@ def test_long_float32_calls_on_brgemm_match_python_engine(ext, config):
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if not c.startswith("gru")])
-def test_rows_split_over_threads_match_python_engine(ext, config):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_split_over_threads_match_python_engine(ext, config, threads):
     """float32 batches of 16+ rows on AVX-512 builds run each thread's rows through the whole
-    time loop (the LSTM without projection, the RNN): outputs and every gradient within float32
-    tolerance of the python engine, padded and packed (groups with no active row at some steps,
-    a reverse pass whose rows start late), 21 rows split 10 + 11."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    time loop (the LSTM without projection, the RNN; on 2 threads 21 rows split 10 + 11): on 1
+    and 2 threads, outputs and every gradient within float32 tolerance of the python engine,
+    padded and packed (groups with no active row at some steps, a reverse pass whose rows start
+    late). How the rows are split is the engine's business; that the answer does not depend on
+    it is the behaviour tested."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         python, comp = _pair(config, torch.float32, num_layers=2, bidirectional=True)
         rows, steps = 21, 20
         x = torch.randn(steps, rows, I)
-        w = comp.weights(0)
-        split = ext.row_groups(compiled.cell_spec(comp.cell), x, w.w_ih, w.w_hh)
         _seed("lengths", config)
         lengths = torch.randint(1, steps + 1, (rows,)).tolist()
         lengths[3] = steps
@@ -502,8 +524,7 @@ def test_rows_split_over_threads_match_python_engine(ext, config):
                          _run_and_grads(comp, x, h0, mode, lengths=lengths),
                          ATOL[torch.float32], rtol=1e-5)
     finally:
-        torch.set_num_threads(threads)
-    assert split == (2 if ext.capability() == "AVX512" and "proj" not in config else 1)
+        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ oneDNN products
@@ -632,12 +653,50 @@ def test_bfloat16_input_under_autocast_runs_as_float32(ext):
         comp(xb)
 
 
-def test_compiled_engine_accepted_for_every_configuration():
-    for cls, kw in CONFIGS.values():
-        assert cls(I, H, engine="compiled", **kw).engine == "compiled"
-    for cls, kw in [(lstmkit.LSTMCell, {"peephole": True}), (lstmkit.GRUCell, {}),
-                    (lstmkit.RNNCell, {})]:
-        assert cls(I, H, engine="compiled", **kw).engine == "compiled"
+def _flatten(result):
+    """A module's result (output, states), (h, c) or h as a flat list of tensors."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    return [t for part in result for t in _flatten(part)]
+
+
+class _CountingExtension:
+    """The extension, counting the sequences its forward runs."""
+
+    def __init__(self, ext):
+        self.ext, self.forwards = ext, 0
+
+    def __getattr__(self, name):
+        return getattr(self.ext, name)
+
+    def forward(self, *args):
+        self.forwards += 1
+        return self.ext.forward(*args)
+
+
+def test_compiled_engine_runs_every_configuration(ext, monkeypatch):
+    """engine="compiled" runs every layer configuration and every step cell on the extension
+    (one forward per layer and direction, no fallback warning) with the python engine's
+    outputs."""
+    counting = _CountingExtension(ext)
+    monkeypatch.setitem(compiled._state, "ext", counting)
+    monkeypatch.setattr(compiled, "_warned", set())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    steps = [(lstmkit.LSTMCell, {"peephole": True}), (lstmkit.GRUCell, {}), (lstmkit.RNNCell, {})]
+    modules = [(cls, {**kw, "num_layers": 2}) for cls, kw in CONFIGS.values()] + steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)            # a fallback warns
+        for cls, kw in modules:
+            _seed(cls.__name__, repr(kw))
+            python = cls(I, H, dtype=torch.float64, engine="python", **kw)
+            comp = cls(I, H, dtype=torch.float64, engine="compiled", **kw)
+            comp.load_state_dict(python.state_dict())
+            before = counting.forwards
+            inp = x if kw.get("num_layers") else x[0]
+            out, want = comp(inp), python(inp)
+            assert counting.forwards - before == kw.get("num_layers", 1), (cls, kw)
+            for a, b in zip(_flatten(out), _flatten(want)):
+                torch.testing.assert_close(a, b, atol=ATOL[torch.float64], rtol=0)
 
 
 def test_release_frees_buffers_and_the_next_call_is_unchanged(ext):

@@ -318,15 +318,28 @@ def test_dropout_python_engine_deterministic_and_differs_from_eval(kind):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_dropout_training_runs_and_backprops(engine):
+def test_dropout_training_backprops_through_the_masks(engine):
+    """Training with dropout between layers: the gradient through the masks is the derivative
+    of what the forward computed (gradcheck in float64 with the seed fixed, so every evaluation
+    draws the same masks), for the input, the initial states and every parameter."""
     _, ours = build("lstm", 2, False, engine=engine, dropout=0.3)
     ours.train()
+    names = [n for n, _ in ours.named_parameters()]
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    out, (h, c) = ours(x)
-    assert out.shape == (T, B, H) and torch.isfinite(out).all()
-    (out.sum() + c.sum()).backward()
-    assert torch.isfinite(x.grad).all()
-    assert all(p.grad is not None for p in ours.parameters())
+    h0, c0 = (torch.randn(2, B, H, dtype=torch.float64, requires_grad=True) for _ in range(2))
+
+    def run(x, h0, c0, *params):
+        torch.manual_seed(11)
+        out, (h, c) = torch.func.functional_call(ours, dict(zip(names, params)), (x, (h0, c0)))
+        return out, h, c
+
+    params = [p.detach().clone().requires_grad_() for p in ours.parameters()]
+    with torch.no_grad():
+        dropped, _, _ = run(x, h0, c0, *params)
+        kept, _ = ours.eval()(x, (h0, c0))
+    assert not torch.allclose(dropped, kept)                # the masks act
+    ours.train()
+    assert torch.autograd.gradcheck(run, (x, h0, c0, *params), fast_mode=True)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -374,13 +387,44 @@ def test_bfloat16_python_engine_close_to_float32(kind):
 
 
 # ------------------------------------------------------------------ engine="auto"
+# Which engine auto ran is observed through its documented effect: its outputs (and, training,
+# its gradients) are exactly those of the engine it names, and differ in their last bits (or,
+# under autocast, in dtype) from the other engines'.
 def _outputs(module, x):
     out, hid = module(x)
     return [out, *(hid if isinstance(hid, tuple) else [hid])]
 
 
+def _results(module, x, training):
+    """module's outputs on x; training: also the gradients of x and the parameters."""
+    if not training:
+        with torch.no_grad():
+            return _outputs(module, x)
+    module.zero_grad()
+    xg = x.clone().requires_grad_()
+    outputs = _outputs(module, xg)
+    sum(o.float().sin().sum() for o in outputs).backward()
+    return [o.detach() for o in outputs] + [xg.grad] + [p.grad for p in module.parameters()
+                                                         if p.requires_grad]
+
+
+def _engines_giving(module, x, training=False):
+    """The engines auto chooses between (torch's and compiled, python where the compiled one
+    is unavailable) whose named copy of module gives exactly module's results on x."""
+    got = _results(module, x, training)
+    names = ["torch", "compiled" if compiled.available() else "python"]
+    same = set()
+    for name in names:
+        named = copy.deepcopy(module)
+        named.engine = name
+        want = _results(named, x, training)
+        if all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(got, want)):
+            same.add(name)
+    return same
+
+
 def _auto_wants(kind, x, training):
-    """What auto should run a padded float32 call on x (T, B, I) on."""
+    """What auto should run a padded float32 call on x (T, B, I) on (the README's rules)."""
     if kind == "lstm" and x.shape[0] > AUTO_SHORT_T:
         return "compiled" if training and compiled.trains_faster(x) else "torch"
     return "compiled" if compiled.available() else "torch"
@@ -390,22 +434,23 @@ def _auto_wants(kind, x, training):
 @pytest.mark.parametrize("steps", [1, AUTO_SHORT_T, AUTO_SHORT_T + 1, 20])
 def test_auto_engine_runs_the_engine_it_names(kind, steps):
     """auto, inference: torch's fused kernel for a standard LSTM over more than AUTO_SHORT_T
-    padded steps, else compiled; its outputs are exactly those of the engine it names."""
+    padded steps, else compiled; its outputs are exactly those of that engine alone, and close
+    to torch.nn's. A packed LSTM batch runs compiled at any length."""
     ref, ours = build(kind, 2, True, engine="auto", dtype=torch.float32)
     x = torch.randn(steps, B, I)
+    want = _auto_wants(kind, x, training=False)
+    assert want == ("torch" if kind == "lstm" and steps > AUTO_SHORT_T or
+                    not compiled.available() else "compiled")
+    assert _engines_giving(ours, x) == {want}
     with torch.no_grad():
-        want = _auto_wants(kind, x, training=False)
-        assert want == ("torch" if kind == "lstm" and steps > AUTO_SHORT_T or
-                        not compiled.available() else "compiled")
-        assert ours._engine_for(False, x, steps, False) == want
-        if kind == "lstm" and compiled.available():
-            assert ours._engine_for(False, x, steps, True) == "compiled"         # packed
-        named = copy.deepcopy(ours)
-        named.engine = want
-        for a, b in zip(_outputs(ours, x), _outputs(named, x)):
-            assert torch.equal(a, b)
         for a, b in zip(_outputs(ours, x), _outputs(ref, x)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    if kind == "lstm" and compiled.available():
+        packed = pack_padded_sequence(x, [steps] * B)
+        named = copy.deepcopy(ours)
+        named.engine = "compiled"
+        with torch.no_grad():
+            assert torch.equal(ours(packed)[0].data, named(packed)[0].data)
 
 
 @pytest.mark.parametrize("steps", [AUTO_SHORT_T + 1, 15, 16, 40])
@@ -413,58 +458,54 @@ def test_auto_engine_runs_the_engine_it_names(kind, steps):
 def test_auto_engine_trains_a_standard_lstm_compiled_where_faster(steps, batch):
     """auto, training (grad enabled, weights requiring it): a standard float32 LSTM of 16+ steps
     and at most 64 rows runs compiled on AVX-512 builds (compiled.trains_faster), else torch's
-    kernel; outputs and gradients are exactly those of the engine it names. Frozen weights and
+    kernel; outputs and gradients are exactly those of that engine alone. Frozen weights and
     an input without grad: inference, torch's kernel."""
-    ref, ours = build("lstm", 2, False, engine="auto", dtype=torch.float32)
+    _, ours = build("lstm", 2, False, engine="auto", dtype=torch.float32)
     x = torch.randn(steps, batch, I)
-    avx512 = compiled.available() and compiled._state["ext"].capability() == "AVX512"
+    avx512 = compiled.available() and compiled.capability_flags()[0] == "AVX512"
     want = "compiled" if avx512 and steps >= 16 and batch <= 64 else "torch"
     assert compiled.trains_faster(x) == (want == "compiled")
-    assert ours._engine_for(False, x, steps, False) == want
-    named = copy.deepcopy(ours)
-    named.engine = want
-    frozen = copy.deepcopy(ours)
-    results = []
-    for module in (ours, named):
-        xg = x.clone().requires_grad_()
-        out, (h, c) = module(xg)
-        (out.sin().sum() + h.sum() + c.cos().sum()).backward()
-        results.append([out.detach(), h.detach(), c.detach(), xg.grad]
-                       + [p.grad for p in module.parameters()])
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
-    frozen.requires_grad_(False)
-    assert frozen._engine_for(False, x, steps, False) == "torch"
-    assert frozen._engine_for(False, x.clone().requires_grad_(), steps, False) == want
+    assert _engines_giving(ours, x, training=True) == {want}
+    frozen = copy.deepcopy(ours).requires_grad_(False)
+    assert _engines_giving(frozen, x) == {"torch"}
+    assert _engines_giving(frozen, x, training=True) == {want}        # x requires grad
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("steps", [3, 20])
 def test_auto_engine_under_autocast_as_without_it_and_for_traces(kind, steps):
     """Under bfloat16 autocast auto chooses as without it (torch's bfloat16 kernel for a
-    standard LSTM over more than AUTO_SHORT_T steps, else compiled); a trace runs compiled."""
+    standard LSTM over more than AUTO_SHORT_T steps, else compiled), in training too; a trace
+    runs compiled (python without the extension)."""
     _, ours = build(kind, 1, False, engine="auto", dtype=torch.float32)
     x = torch.randn(steps, B, I)
     have = compiled.available()
     want = "torch" if (kind == "lstm" and steps > AUTO_SHORT_T) or not have else "compiled"
-    with torch.no_grad():
-        assert ours._engine_for(False, x, steps, False) == want
-    with torch.autocast("cpu", dtype=torch.bfloat16):   # training too: torch's bfloat16 kernel
-        assert ours._engine_for(False, x, steps, False) == want
-    assert ours._engine_for(True, x, steps, False) == ("compiled" if have else "python")
+    assert _engines_giving(ours, x) == {want}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _engines_giving(ours, x, training=True) == {want}
+    traced = ours.trace(x).output
+    named = copy.deepcopy(ours)
+    named.engine = "compiled" if have else "python"
+    assert torch.equal(traced, named.trace(x).output)
 
 
 def test_auto_engine_under_autocast_runs_large_standard_lstm_compiled():
     """With a per-step product of AUTO_BF16_MACS or more, the compiled engine's bfloat16
-    products beat torch's bfloat16 LSTM: auto takes them (and torch's kernel below that)."""
+    products beat torch's bfloat16 LSTM: auto takes them (float32 outputs), and torch's kernel
+    below that (bfloat16 outputs)."""
+    torch.manual_seed(0)
     big = lstmkit.LSTM(512, 512)                  # 64 x 512 x 2048 = 67M per step at B = 64
-    x = torch.empty(20, 64, 512)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert big._engine_for(False, x, 20, False) == ("compiled" if compiled.available()
-                                                        else "torch")
-        assert big._engine_for(False, x[:, :16], 20, False) == "torch"   # 17M
-    with torch.no_grad():
-        assert big._engine_for(False, x, 20, False) == "torch"
+    x = torch.randn(20, 64, 512)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        large, small = big(x)[0], big(x[:, :16])[0]   # 17M per step at B = 16
+        if compiled.available():
+            named = copy.deepcopy(big)
+            named.engine = "compiled"
+            assert large.dtype == torch.float32 and torch.equal(large, named(x)[0])
+        else:
+            assert large.dtype == torch.bfloat16
+        assert small.dtype == torch.bfloat16
 
 
 VARIANTS = [

@@ -180,11 +180,9 @@ def test_trace_batch_first_lengths(kind):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_trace_steps_span_the_input_when_lengths_are_below_T(kind):
     """lengths whose longest is below the input's T: trace.output has T steps (as forward's),
-    and the steps should too, zero past each length like every other padded position.
-
-    Library bug at the time of writing: the steps stop at max(lengths) (shape (4, 3, ...)
-    for T = 5) while trace.output spans T, so trace.steps[..].h[t] no longer lines up with
-    trace.output[t] for the whole input."""
+    and so do the steps, zero past each length like every other padded position, so that
+    trace.steps[..].h[t] lines up with trace.output[t] over the whole input (they once stopped
+    at max(lengths))."""
     _seed("below-T", kind)
     lengths = (4, 2, 1)
     if kind == "lstm":

@@ -9,8 +9,6 @@ import warnings
 import torch
 from torch import Tensor
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
 
 def shape_str(shape) -> str:
     dims = [str(int(s)) for s in shape]

@@ -140,22 +140,26 @@ def steps_back_curve(per_step: np.ndarray, initial: float) -> np.ndarray:
     return np.concatenate([np.asarray(per_step)[::-1], [initial]])
 
 
+# ----------------------------------------------------------------------------- one step, again
+def _reference_step(layer, x_t: Tensor, prev: tuple) -> tuple:
+    """One step of a one-layer ``layer`` from its parameters: W_ih x_t + b, then the cell's own
+    equations in plain differentiable ops (``Cell.reference_step``), not the engine that
+    ``layer.trace`` runs. prev: the states at t-1; returns the states at t."""
+    w = layer.weights(0)
+    xw = x_t @ w.w_ih.t()
+    bias = layer.cell.hoisted_bias(w)
+    return layer.cell.reference_step(w, xw if bias is None else xw + bias, prev)
+
+
 # ----------------------------------------------------------------------------- RNN: W_hh products
-def _rnn_step(x_t: Tensor, h: Tensor, layer) -> Tensor:
-    """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), from the layer's parameters."""
-    a = x_t @ layer.weight_ih_l0.t() + h @ layer.weight_hh_l0.t()
-    if layer.bias:
-        a = a + layer.bias_ih_l0 + layer.bias_hh_l0
-    return torch.tanh(a)
-
-
 def rnn_jacobian_product(rnn: RNN, x: Tensor, t: int) -> tuple[Tensor, Tensor]:
     """dh_T/dh_t of a one-layer tanh ``lstmkit.RNN`` (initial state zero), two ways.
 
     formula:  prod_{s=T..t+1} diag(1 - h_s^2) W_hh (latest step leftmost), with h_s from
               ``rnn.trace(x)``; t = T gives the identity.
-    autograd: an independent loop of plain tensor operations runs h_1..h_t, makes h_t a leaf,
-              runs on to h_T and takes the Jacobian of h_T w.r.t. h_t for each batch row.
+    autograd: an independent loop over the cell's reference step (plain tensor operations)
+              runs h_1..h_t, makes h_t a leaf, runs on to h_T and takes the Jacobian of h_T
+              w.r.t. h_t for each batch row.
 
     Returns (formula, autograd), each (B, H, H) with [b, j, k] = dh_T[b, j] / dh_t[b, k], in the
     layer's dtype (in float64 they agree to ~1e-15).
@@ -180,42 +184,25 @@ def rnn_jacobian_product(rnn: RNN, x: Tensor, t: int) -> tuple[Tensor, Tensor]:
         h = x_tm.new_zeros(B, H)
         with torch.no_grad():
             for s in range(1, t + 1):
-                h = _rnn_step(x_tm[s - 1], h, rnn)
+                (h,) = _reference_step(rnn, x_tm[s - 1], (h,))
         h_t = h.detach().requires_grad_()
         h = h_t
         for s in range(t + 1, T + 1):
-            h = _rnn_step(x_tm[s - 1], h, rnn)
+            (h,) = _reference_step(rnn, x_tm[s - 1], (h,))
         autograd = _batched_jacobian(h, h_t)
     return formula, autograd.detach()
 
 
 # ----------------------------------------------------------------------------- LSTM: cell path
-def _lstm_step(x_t: Tensor, h: Tensor, c: Tensor, layer) -> tuple[Tensor, Tensor]:
-    """One standard (or coupled) LSTM step from the layer's parameters; returns (h_t, c_t)."""
-    a = x_t @ layer.weight_ih_l0.t() + h @ layer.weight_hh_l0.t()      # (B, G*H)
-    if layer.bias:
-        a = a + layer.bias_ih_l0 + layer.bias_hh_l0
-    blocks = a.split(layer.hidden_size, -1)
-    if layer.coupled:
-        a_f, a_g, a_o = blocks
-        f = torch.sigmoid(a_f)
-        i = 1 - f
-    else:
-        a_i, a_f, a_g, a_o = blocks
-        i, f = torch.sigmoid(a_i), torch.sigmoid(a_f)
-    c = f * c + i * torch.tanh(a_g)
-    m = torch.sigmoid(a_o) * torch.tanh(c)
-    return (m @ layer.weight_hr_l0.t() if layer.proj_size else m), c
-
-
 def lstm_cell_path_product(lstm: LSTM, x: Tensor, t: int) -> tuple[Tensor, Tensor]:
     """dc_T/dc_t of a one-layer ``lstmkit.LSTM`` (initial states zero) along the direct path
     through the cell state, two ways.
 
     formula:  prod_{s=t+1..T} f_s, from the forget gates of ``lstm.trace(x)``; t = T gives ones.
-    autograd: an independent loop of plain tensor operations in which h_{s-1} enters the gates
-              detached, so c_t reaches c_T only through c_s = f_s * c_{s-1} + i_s * g_s; the
-              Jacobian of c_T w.r.t. c_t is then diagonal, and its diagonal is returned.
+    autograd: an independent loop over the cell's reference step (plain tensor operations) in
+              which h_{s-1} enters the gates detached, so c_t reaches c_T only through
+              c_s = f_s * c_{s-1} + i_s * g_s; the Jacobian of c_T w.r.t. c_t is then
+              diagonal, and its diagonal is returned.
 
     The full dc_T/dc_t also runs through h (c_{s-1} -> h_{s-1} -> gates at s); this is the part
     the LSTM was built around, the "constant error carousel" when f = 1. Standard and coupled
@@ -241,11 +228,11 @@ def lstm_cell_path_product(lstm: LSTM, x: Tensor, t: int) -> tuple[Tensor, Tenso
         h, c = x_tm.new_zeros(B, P), x_tm.new_zeros(B, H)
         with torch.no_grad():
             for s in range(1, t + 1):
-                h, c = _lstm_step(x_tm[s - 1], h, c, lstm)
+                h, c = _reference_step(lstm, x_tm[s - 1], (h, c))
         c_t = c.detach().requires_grad_()
         c = c_t
         for s in range(t + 1, T + 1):
-            h, c = _lstm_step(x_tm[s - 1], h.detach(), c, lstm)   # h detached: the c path only
+            h, c = _reference_step(lstm, x_tm[s - 1], (h.detach(), c))   # the c path only
         autograd = _batched_jacobian(c, c_t).diagonal(dim1=1, dim2=2)
     return formula, autograd.detach()
 
@@ -332,6 +319,17 @@ def exploding_demo(hidden: int = 32, length: int = 100, scale: float = 3.0,
             "scale": scale}
 
 
+def _curves(layer, x: Tensor, loss_fn=None) -> dict:
+    """One cell's curves over k = 0..T steps back: grad_h (and grad_c for an LSTM) from
+    ``gradient_norms`` with loss_fn, jacobian from ``jacobian_norms``."""
+    g = gradient_norms(layer, x, loss_fn)
+    curves = {"grad_h": steps_back_curve(g["grad_h"][0, 0], g["grad_h0"][0, 0])}
+    if g["grad_c"] is not None:
+        curves["grad_c"] = steps_back_curve(g["grad_c"][0, 0], g["grad_c0"][0, 0])
+    curves["jacobian"] = jacobian_norms(layer, x)
+    return curves
+
+
 def compare_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 100,
                   hidden: int = 32, seed: int = 0, batch: int = 16, input_size: int = 8) -> dict:
     """Gradient flow in freshly initialised cells (torch's default initialisation), float64.
@@ -357,12 +355,7 @@ def compare_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 1
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             layer = FAMILIES[name](input_size, hidden, dtype=torch.float64)
-        g = gradient_norms(layer, x)
-        curves = {"grad_h": steps_back_curve(g["grad_h"][0, 0], g["grad_h0"][0, 0])}
-        if g["grad_c"] is not None:
-            curves["grad_c"] = steps_back_curve(g["grad_c"][0, 0], g["grad_c0"][0, 0])
-        curves["jacobian"] = jacobian_norms(layer, x)
-        out["cells"][name] = curves
+        out["cells"][name] = _curves(layer, x)
     return out
 
 
@@ -411,12 +404,7 @@ def trained_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 1
         def task_loss(output, model=model):
             return torch.nn.functional.mse_loss(model.out(output[-1])[:, 0], y_eval)
 
-        g = gradient_norms(model.rnn, x_eval, task_loss)
-        curves = {"grad_h": steps_back_curve(g["grad_h"][0, 0], g["grad_h0"][0, 0])}
-        if g["grad_c"] is not None:
-            curves["grad_c"] = steps_back_curve(g["grad_c"][0, 0], g["grad_c0"][0, 0])
-        curves["jacobian"] = jacobian_norms(model.rnn, x_eval)
-        out["cells"][name] = curves
+        out["cells"][name] = _curves(model.rnn, x_eval, task_loss)
     return out
 
 

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..layers import LSTMCell
+from ..cells.lstm import GATES  # the row order of LSTMCell's weights
+from ..layers import LSTM, LSTMCell
 
-GATES = ("i", "f", "g", "o")                # LSTMCell row order
 # {gate: {"short": weight on h_{t-1}, "input": weight on x_t, "bias": b}}
 WEIGHTS: dict[str, dict[str, float]] = {
     "f": {"short": 2.70, "input": 1.63, "bias": 1.62},
@@ -35,10 +35,6 @@ WEIGHTS: dict[str, dict[str, float]] = {
 }
 COMPANIES: dict[str, tuple[float, ...]] = {"A": (0.0, 0.5, 0.25, 1.0), "B": (1.0, 0.5, 0.25, 1.0)}
 TARGETS = {"A": 0.0, "B": 1.0}
-
-
-def _sigmoid(a: float) -> float:
-    return 1.0 / (1.0 + math.exp(-a))
 
 
 # ----------------------------------------------------------------------------- the cell
@@ -80,20 +76,44 @@ def _mix(gate: dict, short: float, x: float) -> tuple[float, str]:
     return a, text
 
 
+def _unit_layer(weights: dict) -> LSTM:
+    """The unit as a one-layer ``LSTM(1, 1)`` holding ``weights`` (float64, python engine), so
+    that a trace shows every gate."""
+    cell = unit_cell(weights, torch.float64)
+    layer = LSTM(1, 1, dtype=torch.float64, engine="python")
+    layer.load_state_dict({f"{name}_l0": value for name, value in cell.state_dict().items()})
+    return layer
+
+
+def _steps(inputs: Sequence[float], weights: dict, long: float, short: float) -> list[dict]:
+    """Every number of each step of the unit over ``inputs`` from c_0 = long, h_0 = short, as
+    ``step_values`` describes it: the gates and the memories from a trace of the unit (the
+    library's LSTM equations), the pre-activations as the lesson writes them out."""
+    if not len(inputs):
+        return []
+    x = torch.tensor([float(v) for v in inputs], dtype=torch.float64).view(-1, 1, 1)
+    hx = (torch.full((1, 1, 1), float(short), dtype=torch.float64),
+          torch.full((1, 1, 1), float(long), dtype=torch.float64))
+    with torch.no_grad():
+        step = _unit_layer(weights).trace(x, hx).steps[0][0]
+    gates = {name: g.flatten().tolist() for name, g in step.gates.items()}
+    cs, hs = step.c.flatten().tolist(), step.h.flatten().tolist()
+    days = []
+    for t, x_t in enumerate(x.flatten().tolist()):
+        f, i, g, o = (gates[name][t] for name in ("f", "i", "g", "o"))
+        pre = {name: _mix(weights[name], short, x_t)[0] for name in ("f", "i", "g", "o")}
+        days.append({"x": x_t, "c_prev": long, "h_prev": short, "a_f": pre["f"], "f": f,
+                     "a_i": pre["i"], "i": i, "a_g": pre["g"], "g": g, "kept": f * long,
+                     "added": i * g, "c": cs[t], "a_o": pre["o"], "o": o,
+                     "tanh_c": math.tanh(cs[t]), "h": hs[t]})
+        long, short = cs[t], hs[t]
+    return days
+
+
 def step_values(long: float, short: float, x: float, weights: dict = WEIGHTS) -> dict:
     """Every number of one step, in plain floats: x, c_prev, h_prev; a_f, f; a_i, i; a_g, g;
     kept = f * c_prev, added = i * g, c; a_o, o, tanh_c, h (a_* are pre-activations)."""
-    a_f = weights["f"]["short"] * short + weights["f"]["input"] * x + weights["f"]["bias"]
-    a_i = weights["i"]["short"] * short + weights["i"]["input"] * x + weights["i"]["bias"]
-    a_g = weights["g"]["short"] * short + weights["g"]["input"] * x + weights["g"]["bias"]
-    a_o = weights["o"]["short"] * short + weights["o"]["input"] * x + weights["o"]["bias"]
-    f, i, g, o = _sigmoid(a_f), _sigmoid(a_i), math.tanh(a_g), _sigmoid(a_o)
-    kept, added = f * long, i * g
-    c = kept + added
-    tanh_c = math.tanh(c)
-    return {"x": x, "c_prev": long, "h_prev": short, "a_f": a_f, "f": f, "a_i": a_i, "i": i,
-            "a_g": a_g, "g": g, "kept": kept, "added": added, "c": c, "a_o": a_o, "o": o,
-            "tanh_c": tanh_c, "h": o * tanh_c}
+    return _steps([x], weights, long, short)[0]
 
 
 def explain_step(long: float, short: float, x: float,
@@ -138,12 +158,9 @@ def run_sequence(inputs: Sequence[float], weights: dict = WEIGHTS,
     "short": h_t, and every number of ``step_values``}; prediction = h_T, the last short-term
     memory.
     """
-    days = []
-    for day, x in enumerate(inputs, 1):
-        v = step_values(long, short, float(x), weights)
-        long, short = v["c"], v["h"]
-        days.append({"day": day, "input": float(x), "long": long, "short": short, **v})
-    return days, short
+    days = [{"day": day, "input": v["x"], "long": v["c"], "short": v["h"], **v}
+            for day, v in enumerate(_steps(inputs, weights, long, short), 1)]
+    return days, days[-1]["short"] if days else short
 
 
 def explain(companies: bool = True, weights: dict = WEIGHTS) -> str:

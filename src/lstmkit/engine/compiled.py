@@ -12,7 +12,11 @@ rows run each step's recurrent product and the weight gradients (and, below the 
 threshold, the input projection and dx) on oneDNN's brgemm micro-kernel; batches of 16 rows or
 more of the LSTM without projection and the RNN run each thread's share of the rows through the
 whole time loop, with no synchronisation between steps. The sources are
-``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family, ``onednn.cpp``.
+``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family, ``onednn.cpp``,
+``dropout.cpp``, and small headers by concern: ``sequence.h`` (what the loop and the cells
+share), ``products.h``, ``brgemm.h``, ``vec_math.h``, ``denormals.h``, ``onednn.h`` and
+``thresholds.h``, the bounds this module reads through the extension (``thresholds()``) to
+choose engines, so that they are written in one place.
 
 The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under
 ``$XDG_CACHE_HOME/lstmkit/extensions`` (``~/.cache/lstmkit/extensions``), one directory per torch
@@ -47,10 +51,12 @@ from .sequence import StepRecord
 from .workspace import on_release, scratch
 
 CSRC = Path(__file__).with_name("csrc")
+ENGINE_MODULE = "lstmkit_compiled"
 DTYPES = (torch.float32, torch.float64)
 
 _lock = threading.Lock()
-_state: dict = {"tried": False, "ext": None, "error": None, "capability": None, "onednn": False}
+_state: dict = {"tried": False, "ext": None, "error": None, "capability": None, "onednn": False,
+                "thresholds": {}}
 _warned: set[str] = set()
 
 
@@ -99,17 +105,19 @@ def _ninja_on_path():
         os.environ["PATH"] = old
 
 
-def _extension() -> tuple[str, Path, list[str]]:
-    """The extension's module name, build directory and compiler flags for these sources, this
-    torch and this CPU."""
+def _extension(prefix: str, sources: list[Path]) -> tuple[str, Path, list[str]]:
+    """The module name, build directory and compiler flags of an extension built from sources
+    (with csrc/ on the include path) for this torch and this CPU. The key hashes the flags, the
+    prefix and every file of csrc/ and of sources, so that a checkout with other sources (another
+    worktree, an edited header) builds beside a cached build instead of loading it."""
     cap, flags = capability_flags()
     cflags = ["-O3", "-fopenmp", *flags]
-    digest = hashlib.sha256(" ".join([torch.__version__, *cflags]).encode())
-    for path in sorted(CSRC.glob("*.[ch]*")):
+    digest = hashlib.sha256(" ".join([prefix, torch.__version__, *cflags]).encode())
+    for path in [*sorted(CSRC.glob("*.[ch]*")), *sources]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     key = digest.hexdigest()[:16]
     build_dir = cache_dir() / f"torch-{torch.__version__}-{cap.lower()}-{key}"
-    return f"lstmkit_compiled_{key}", build_dir, cflags
+    return f"{prefix}_{key}", build_dir, cflags
 
 
 def _import_built(name: str, build_dir: Path):
@@ -143,8 +151,11 @@ def _build_lock(build_dir: Path):
         yield
 
 
-def _build():
-    name, build_dir, cflags = _extension()
+def build_extension(prefix: str, sources: list[Path]):
+    """The extension module built from sources (csrc/ on the include path), from the cache when
+    it was built before, else compiled now (once per user; about a minute). The engine is
+    ``build_extension(ENGINE_MODULE, engine_sources())``; tests build their hooks the same way."""
+    name, build_dir, cflags = _extension(prefix, sources)
     built = _import_built(name, build_dir)
     if built is not None:
         return built
@@ -156,13 +167,19 @@ def _build():
     build_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(build_dir):
         if not list(build_dir.glob("*.so")):
-            print(f"lstmkit: building the compiled engine into {build_dir} (once; about a "
-                  "minute)", file=sys.stderr, flush=True)
+            print(f"lstmkit: building {prefix} into {build_dir} (once; about a minute)",
+                  file=sys.stderr, flush=True)
         with _ninja_on_path():
             return cpp_extension.load(
-                name=name, sources=[str(p) for p in sorted(CSRC.glob("*.cpp"))],
-                extra_cflags=cflags, extra_ldflags=["-fopenmp"], build_directory=str(build_dir),
+                name=name, sources=[str(p) for p in sources], extra_cflags=cflags,
+                extra_include_paths=[str(CSRC)], extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
                 verbose=bool(os.environ.get("LSTMKIT_BUILD_VERBOSE")))
+
+
+def engine_sources() -> list[Path]:
+    """The engine's translation units: every .cpp of csrc/."""
+    return sorted(CSRC.glob("*.cpp"))
 
 
 def _load():
@@ -173,9 +190,10 @@ def _load():
     with _lock:
         if not _state["tried"]:
             try:
-                ext = _build()
+                ext = build_extension(ENGINE_MODULE, engine_sources())
                 # asked once here, so that deciding an engine calls nothing compiled
-                _state.update(ext=ext, capability=ext.capability(), onednn=ext.onednn())
+                _state.update(ext=ext, capability=ext.capability(), onednn=ext.onednn(),
+                              thresholds=ext.thresholds())
                 on_release(ext.release_buffers)      # workspace.release() frees its buffers
             except Exception as e:                    # no compiler, compile error, no ninja
                 _state["error"] = f"{type(e).__name__}: {e}"
@@ -293,7 +311,7 @@ def bf16_products(cell: Cell, x: Tensor, bf16_autocast: bool | None = None) -> b
 # weight reorders (1-6 products each) and per-call cost are not paid back; oneDNN for the input
 # projection and dx alone was no faster at 3.2M and 1M per step. On AVX-512 builds the per-step
 # products of batches up to 64 rows run on brgemm instead, and the smaller calls' whole-sequence
-# products on brgemm tiles (common.h). bfloat16 products take the prepacked path whenever the
+# products on brgemm tiles (csrc/brgemm.h). bfloat16 products take the prepacked path whenever the
 # call is long enough: at::mm re-packs the weights into bfloat16 pairs at every call (one step's
 # product at 64 x 512 x 2048: 459 us, prepacked 342 us).
 ONEDNN_STEP_MACS = 8_000_000
@@ -313,23 +331,22 @@ def products(cell: Cell, x: Tensor, bf16_autocast: bool | None = None) -> tuple[
 
 
 # A standard float32 LSTM's training step (forward and backward) where the extension runs the
-# steps on brgemm (AVX-512 builds, at most BRGEMM_MAX_ROWS rows, BRGEMM_MIN_STEPS steps or more):
-# 0.71-1.07x the time of torch's fused LSTM in three runs of bench_compiled.py over its five
-# sizes, batch 1 to 64 (35 x 20: 0.93-1.07, level; the other four 0.71-0.96); inference alone
-# 0.94-1.11x, so auto keeps torch's kernel for it (BENCHMARKS.md, seventh run). The bounds mirror
-# csrc: kBrgemmMaxRows (common.h) and kTransposeMinSteps (engine.cpp), from which the steps'
-# products run on brgemm.
-BRGEMM_MAX_ROWS = 64
-BRGEMM_MIN_STEPS = 16
-
-
+# steps on brgemm (AVX-512 builds, at most brgemm_max_rows rows, transpose_min_steps steps or
+# more; csrc/thresholds.h, read from the extension): 0.71-1.07x the time of torch's fused LSTM
+# in three runs of bench_compiled.py over its five sizes, batch 1 to 64 (35 x 20: 0.93-1.07,
+# level; the other four 0.71-0.96); inference alone 0.94-1.11x, so auto keeps torch's kernel for
+# it (BENCHMARKS.md, seventh run).
 def trains_faster(x: Tensor) -> bool:
     """True when a standard LSTM's training call on x (T, B, I) runs faster compiled than on
     torch's fused kernel, as measured: float32 on the CPU, an AVX-512 build of the extension, at
-    most ``BRGEMM_MAX_ROWS`` rows and at least ``BRGEMM_MIN_STEPS`` steps."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3
-            and x.shape[0] >= BRGEMM_MIN_STEPS and 1 <= x.shape[1] <= BRGEMM_MAX_ROWS
-            and available() and _state["capability"] == "AVX512")
+    most ``brgemm_max_rows`` rows and at least ``transpose_min_steps`` steps (the extension's
+    ``thresholds()``, from csrc/thresholds.h), where every product runs on brgemm."""
+    if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3
+            and available() and _state["capability"] == "AVX512"):
+        return False
+    bounds = _state["thresholds"]
+    return x.shape[0] >= bounds["transpose_min_steps"] and \
+        1 <= x.shape[1] <= bounds["brgemm_max_rows"]
 
 
 def fallback_reason(cell: Cell, x: Tensor) -> str | None:

@@ -7,18 +7,25 @@
 // reverse; dhist[k][s] starts as the outside gradient of state k after step s and each step adds
 // what it sends back to step s-1; then dx, dW_ih, db and the cell's recurrent weight gradients as
 // single products over all steps. FTZ/DAZ is on for the whole call and restored on return.
-// lowp (bfloat16 autocast): every product in bfloat16 (common.h), all else in float32.
+// lowp (bfloat16 autocast): every product in bfloat16 (products.h), all else in float32.
 // onednn (large float32 calls, and bfloat16 ones): the weight products (input projection, each
 // step's recurrent products, dx) on oneDNN's prepacked inner product (onednn.cpp), the weights
 // reordered once per call. float32 calls of up to 64 rows (AVX-512 builds, brgemm_steps) run
 // their per-step products on brgemm whatever their size, and, when not on oneDNN, the input
-// projection, dx and the weight gradients on brgemm tiles (common.h).
+// projection, dx and the weight gradients on brgemm tiles (brgemm.h, products.h).
 #include <torch/extension.h>
 
 #include <cstring>
+#include <map>
 #include <optional>
+#include <string>
 
-#include "common.h"
+#include "brgemm.h"
+#include "denormals.h"
+#include "onednn.h"
+#include "products.h"
+#include "sequence.h"
+#include "thresholds.h"
 
 namespace lstmkit {
 namespace {
@@ -85,8 +92,6 @@ Sequence make_sequence(const std::vector<int64_t>& spec, const std::vector<int64
   }
   return q;
 }
-
-constexpr int64_t kTransposeMinSteps = 16;
 
 // The threads that share a call's rows, each running its rows through the whole time loop with
 // no synchronisation between steps (CellKernels::splits_rows); 1: the steps run one after
@@ -334,49 +339,11 @@ std::string capability() {
 #endif
 }
 
-// The engine's float32 tanh on a 1-D tensor (for the accuracy test).
-Tensor tanh_float(const Tensor& x) {
-  TORCH_CHECK(x.dim() == 1 && x.scalar_type() == at::kFloat, "tanh_float: a 1-D float32 tensor");
-  const Tensor in = x.contiguous();
-  Tensor out = at::empty_like(in);
-  const float* src = in.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  for_vectors<float>(0, in.numel(), [&](int64_t j, int64_t k) {
-    store(dst, j, k, tanh(load(src, j, k)));
-  });
-  return out;
-}
-
-// out += a b on the brgemm path when it applies (for the tests); false when it does not.
-bool brgemm_add_checked(Tensor out, const Tensor& a, const Tensor& b) {
-  if (!brgemm_fits(out, a, b)) return false;
-  brgemm_add(out, a, b);
-  return true;
-}
-
-// out [+]= a b on the whole-sequence brgemm path (for the tests); false where it does not apply.
-bool brgemm_mm_checked(Tensor out, const Tensor& a, const Tensor& b, bool add) {
-  if (!row_major_product(out, a, b) || capability() != "AVX512") return false;
-  gemm_brgemm(a.size(0), b.size(1), a.size(1), a.data_ptr<float>(), a.size(1),
-              b.data_ptr<float>(), b.size(1), out.data_ptr<float>(), out.size(1), add);
-  return true;
-}
-
-// a^T of a 2-D float32 tensor through transposed (transpose_into; for the tests); undefined
-// where it does not apply.
-Tensor transpose_checked(const Tensor& a) {
-  if (a.dim() != 2 || a.scalar_type() != at::kFloat || capability() != "AVX512") return Tensor();
-  return transposed(a.contiguous());
-}
-
 void release_buffers() { thread_buffer_slot() = Tensor(); }
 
-// How many row groups (threads running their rows through the whole loop) a call on x takes
-// (for the tests).
-int64_t row_groups_for(const std::vector<int64_t>& spec, const Tensor& x, const Tensor& w_ih,
-                       const Tensor& w_hh) {
-  const Sequence q = make_sequence(spec, {}, x, w_ih, w_hh, {}, {}, {}, {}, false, false);
-  return row_groups(q, *make_cell(q.spec, x.scalar_type()));
+// The bounds the python side needs to choose an engine (thresholds.h), so that it keeps no copy.
+std::map<std::string, int64_t> thresholds() {
+  return {{"brgemm_max_rows", kBrgemmMaxRows}, {"transpose_min_steps", kTransposeMinSteps}};
 }
 
 bool vectorized() {
@@ -395,11 +362,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("capability", &lstmkit::capability, "the CPU capability the extension was built for");
   m.def("vectorized", &lstmkit::vectorized, "Vectorized<float/double> are SIMD, not scalar");
   m.def("onednn", &lstmkit::onednn_available, "torch's oneDNN inner-product ops are there");
-  m.def("tanh_float", &lstmkit::tanh_float, "the engine's float32 tanh (for tests)");
-  m.def("brgemm_add", &lstmkit::brgemm_add_checked, "out += a b on brgemm if it applies (tests)");
+  m.def("thresholds", &lstmkit::thresholds, "the bounds compiled.py chooses engines by");
   m.def("release_buffers", &lstmkit::release_buffers, "free this thread's kept buffer");
-  m.def("transpose", &lstmkit::transpose_checked, "a^T through the engine's transpose (tests)");
-  m.def("brgemm_mm", &lstmkit::brgemm_mm_checked, "out [+]= a b on brgemm tiles (tests)");
-  m.def("row_groups", &lstmkit::row_groups_for, "row groups a call takes (tests)");
   lstmkit_register_dropout(m);
 }

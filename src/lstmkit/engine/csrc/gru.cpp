@@ -10,7 +10,9 @@
 // Gate layout (r|z|n). reset_after: b_hh stays out of the hoisted bias, the step buffer keeps
 // W_hh h_{t-1} + b_hh (n, 3H) and the grad buffer its gradient. Reset before: the step buffer
 // keeps r_t * h_{t-1}; a step takes two recurrent products (n_t needs r_t first).
-#include "common.h"
+#include "products.h"
+#include "sequence.h"
+#include "vec_math.h"
 
 namespace lstmkit {
 namespace {

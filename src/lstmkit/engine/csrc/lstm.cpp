@@ -10,7 +10,9 @@
 //
 // Gate layout (i|f|g|o), coupled (f|g|o); peepholes (p_i|p_f|p_o), coupled (p_f|p_o).
 // Step buffers: tanh(c_t), and m_t with a projection.
-#include "common.h"
+#include "products.h"
+#include "sequence.h"
+#include "vec_math.h"
 
 namespace lstmkit {
 namespace {
@@ -47,10 +49,7 @@ class LSTMKernels final : public CellKernels {
     T* tanh_c = ptr<T>(q.bufs[0]) + row * H;
     // m_t = o_t * tanh(c_t): the step buffer with a projection, else h_t itself (P == H)
     T* m = proj_ ? ptr<T>(q.bufs[1]) + row * H : ptr<T>(q.hist[0]) + next * H;
-    const T* p = ptr<T>(q.w.w_ch);
-    const T* p_i = peephole_ && !coupled_ ? p : nullptr;
-    const T* p_f = peephole_ ? p + (coupled_ ? 0 : H) : nullptr;
-    const T* p_o = peephole_ ? p_f + H : nullptr;
+    const auto [p_i, p_f, p_o] = peepholes(q);
     const bool peephole = peephole_, coupled = coupled_;
 
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
@@ -109,10 +108,7 @@ class LSTMKernels final : public CellKernels {
     T* dgates = ptr<T>(q.dgates) + row * GH;
     const T* c_prev = ptr<T>(q.hist[1]) + row * H;
     const T* tanh_c = ptr<T>(q.bufs[0]) + row * H;
-    const T* p = ptr<T>(q.w.w_ch);
-    const T* p_i = peephole_ && !coupled_ ? p : nullptr;
-    const T* p_f = peephole_ ? p + (coupled_ ? 0 : H) : nullptr;
-    const T* p_o = peephole_ ? p_f + H : nullptr;
+    const auto [p_i, p_f, p_o] = peepholes(q);
     const bool peephole = peephole_, coupled = coupled_;
 
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
@@ -173,6 +169,17 @@ class LSTMKernels final : public CellKernels {
   }
 
  private:
+  // The peephole weights of each gate in w_ch (p_i|p_f|p_o), coupled (p_f|p_o); null where absent.
+  struct Peepholes {
+    const T *i, *f, *o;
+  };
+  Peepholes peepholes(const Sequence& q) const {
+    if (!peephole_) return {nullptr, nullptr, nullptr};
+    const T* p = ptr<T>(q.w.w_ch);
+    const T* f = coupled_ ? p : p + H_;
+    return {coupled_ ? nullptr : p, f, f + H_};
+  }
+
   // dp_i = sum_t di_t * c_{t-1}, dp_f = sum_t df_t * c_{t-1}, dp_o = sum_t do_t * c_t over all
   // steps and rows (dgates are pre-activation gradients): one pass, the units split over
   // threads (three ATen multiply-and-sum passes with their temporaries cost about 5% of a

@@ -6,8 +6,10 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <mutex>
+#include <optional>
+#include <string_view>
 
-#include "common.h"
+#include "onednn.h"
 
 namespace lstmkit {
 namespace {

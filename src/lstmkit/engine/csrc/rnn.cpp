@@ -4,7 +4,9 @@
 //     h_t = relu(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)     (nonlinearity="relu")
 //
 // The "gate" block is the pre-activation a_t, left as it is (the python engine keeps it too).
-#include "common.h"
+#include "products.h"
+#include "sequence.h"
+#include "vec_math.h"
 
 namespace lstmkit {
 namespace {
