@@ -18,8 +18,32 @@ from .tasks.models import CELLS
 TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy", "jsb")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (unless the text already gives it); choices
+    show in the option's metavar, {a,b,...}."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if states_default(text) or not action.option_strings or action.required or \
+                action.default is argparse.SUPPRESS:
+            return text
+        text = text and text + " "
+        if action.default is None:
+            return f"{text}(default: none)"
+        if action.default is False and action.nargs == 0:
+            return f"{text}(default: off)"
+        return f"{text}(default: %(default)s)"
+
+
+def states_default(text: str) -> bool:
+    return "(default" in text or "default:" in text
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (and exit code 2)."""
+    """argparse with one-line errors (and exit code 2), and defaults in every option's help."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -102,14 +126,28 @@ TRAIN_OPTIONS = [
 ]
 
 
+def task_default_text(dest: str) -> str:
+    """The default of a training option: "(default: 5.0)", or the most common value and the
+    tasks that differ, "(default: 128; names 256, ptb 200)"."""
+    from collections import Counter
+
+    def show(value):
+        return {True: "on", False: "off", None: "none"}.get(value, value) \
+            if isinstance(value, bool) or value is None else str(value)
+
+    values = {task: show(getattr(defaults_for(task), dest)) for task in TASKS}
+    common = Counter(values.values()).most_common(1)[0][0]
+    others = ", ".join(f"{task} {v}" for task, v in values.items() if v != common)
+    return f"(default: {common}" + (f"; {others})" if others else ")")
+
+
 def add_train_parser(sub) -> None:
     from .config import TASK_DEFAULTS
 
     epilog = "task defaults (options left out take these, else the listed default):\n" + \
         "\n".join(f"  {task}: " + ", ".join(f"{k}={v}" for k, v in d.items())
                   for task, d in TASK_DEFAULTS.items())
-    p = sub.add_parser("train", help="train a model on a task", epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+    p = sub.add_parser("train", help="train a model on a task", epilog=epilog, description=(
                            "Train a model on a task into a run folder (config.json, "
                            "metrics.jsonl, model.safetensors, checkpoint/, plots)."))
     p.add_argument("task", choices=TASKS, help="what to train")
@@ -124,6 +162,8 @@ def add_train_parser(sub) -> None:
     groups = {}
     for flag, dest, kind, text, group in TRAIN_OPTIONS:
         g = groups.setdefault(group, p.add_argument_group(group))
+        if not states_default(text):                 # None below: "not given on the line"
+            text = f"{text} {task_default_text(dest)}"
         if kind == "flag":
             g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
                            help=text)
@@ -439,9 +479,18 @@ def data_command(args) -> None:
 
 
 # ---------------------------------------------------------------------- entry point
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 def build_parser() -> Parser:
+    from . import __version__
+
     parser = Parser(prog="lstmkit", description=(
         "LSTMs and their family with hand-written BPTT: train, evaluate and use models."))
+    parser.add_argument("--version", action="version",
+                        version=f"lstmkit {__version__} (torch {torch_version()}, Python "
+                        f"{sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train_parser(sub)
 
@@ -502,7 +551,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("experiment", help="grids of runs: long time lags")
     p.add_argument("name", choices=("lags",), help="lags: cells x time lags on adding or copy")
-    p.add_argument("--task", choices=("adding", "copy"), default="adding")
+    p.add_argument("--task", choices=("adding", "copy"), default="adding",
+                   help="the long-time-lag task")
     p.add_argument("--cells", default="rnn,lstm,gru,peephole,coupled",
                    help="comma-separated cells")
     p.add_argument("--lengths", default="50,100,200,400", help="comma-separated time lags T")
@@ -510,7 +560,7 @@ def build_parser() -> Parser:
     p.add_argument("--hidden", type=int, default=128, help="hidden units (every cell)")
     p.add_argument("--init", default="default", help="default, unit-forget, chrono, "
                    "orthogonal, unit-forget+orthogonal or chrono+orthogonal")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every run")
     p.add_argument("--engine", default="auto", choices=("auto", "python", "torch", "compiled"),
                    help="the layers' engine (same numbers, different speed)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = default)")
@@ -538,7 +588,11 @@ def main(argv=None) -> None:
     from .train import Interrupted, TrainingStopped
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not argv:                                # a first try: the help, not a usage error
+        parser.print_help()
+        raise SystemExit(0)
+    args = parser.parse_args(argv)
     args.argv = argv
     func = train_command if args.command == "train" else args.func
     try:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ChecksumError, DataError, MissingDataError
+from .files import temporary_file
 from .registry import DATASETS, DataFile, Dataset
 
 ENV_VAR = "LSTMKIT_DATA"
@@ -168,7 +169,7 @@ def _write_verified(dest: Path, chunks, file: DataFile, source: str) -> None:
     The bytes go to a temporary file in dest's folder, are flushed to disk, and only then
     renamed over dest, so dest is either the old file or the complete, checked new one.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp = temporary_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
