@@ -5,6 +5,7 @@ CSV headers and the plots' labels. In-process through tests/cli_harness.py, on t
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import stat
 
@@ -75,3 +76,49 @@ def test_a_runs_files_are_0644(tmp_path):
         {p.name: "0o644" for p in files}
 
 
+
+
+# ---------------------------------------------------------------------- item 11: progress
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_redraws_on_a_terminal(monkeypatch):
+    from lstmkit.train import Progress
+
+    stream = Terminal()
+    bar = Progress(0, 3, total=4, stream=stream)
+    for loss in (None, 0.5, 0.25, 0.125):
+        bar.update(loss)
+    bar.close()
+    assert type(bar.bar).__module__.startswith("tqdm")
+    text = stream.getvalue()
+    assert "\r" in text and "epoch 1/3:" in text and "/4 [" in text and "step/s" in text
+
+
+def test_progress_in_a_pipe_writes_whole_lines(monkeypatch):
+    from lstmkit.train import Progress
+
+    monkeypatch.setattr(Progress, "LOG_SECONDS", 0.0)
+    stream = io.StringIO()
+    bar = Progress(1, 2, total=3, done=1, stream=stream)     # resumed after one batch
+    bar.update(None)
+    bar.update(0.5)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) >= 2
+    assert all(line.startswith("epoch 2/2: ") for line in lines)
+    assert "2/3" in lines[-2] and "loss n/a" in lines[-2]      # no finite step yet: not 0.0000
+    assert "3/3" in lines[-1] and "loss 0.5000" in lines[-1]
+
+
+def test_progress_in_a_pipe_is_quiet_for_short_epochs():
+    from lstmkit.train import Progress
+
+    stream = io.StringIO()
+    bar = Progress(0, 1, total=100, stream=stream)
+    for _ in range(100):
+        bar.update(1.0)
+    bar.close()
+    assert stream.getvalue() == ""

@@ -20,6 +20,7 @@ times over; see BENCHMARKS.md); the setting returns to torch's default (off) aft
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import random
@@ -80,35 +81,51 @@ class TrainState:
 
 # ---------------------------------------------------------------------- progress
 class Progress:
-    """A one-line progress bar on a terminal; plain lines now and then otherwise."""
+    """An epoch's progress bar, drawn by tqdm: redrawn in place on a terminal, a widget in a
+    notebook (tqdm.auto). In a pipe or a CI log, where a bar redrawn with carriage returns
+    piles up into one endless line, it writes a plain line at most every LOG_SECONDS instead
+    (and nothing for an epoch shorter than that: the epoch's summary line follows anyway)."""
 
-    def __init__(self, stream=None, enabled: bool = True):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() and enabled
-        self.enabled = enabled
-        self.last = 0.0
+    LOG_SECONDS = 30.0
 
-    def update(self, epoch: int, epochs: int, done: int, total: int | None, loss: float,
-               rate: float) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last < (0.2 if self.tty else 30.0) and done != total:
-            return
-        self.last = now
-        frac = f" {done}/{total} {100 * done / total:3.0f}%" if total else f" {done}"
-        eta = f"  ETA {format_seconds((total - done) / rate)}" if total and rate > 0 else ""
-        line = (f"epoch {epoch + 1}/{epochs}{frac}  loss {loss:.4f}  {rate:.1f} steps/s{eta}")
-        if self.tty:
-            self.stream.write("\r" + line.ljust(78))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+    def __init__(self, epoch: int, epochs: int, total: int | None, done: int = 0,
+                 stream=None, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        stream = stream or sys.stderr
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        quiet = dict(mininterval=self.LOG_SECONDS, delay=self.LOG_SECONDS)
+        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}",
+                        unit="step", disable=not enabled, dynamic_ncols=True, leave=False,
+                        file=stream if tty else _Lines(stream), **({} if tty else quiet))
+
+    def update(self, loss: float | None) -> None:
+        """One more step; loss is the epoch's mean training loss so far (None before any
+        step had a finite one)."""
+        self.bar.set_postfix_str("loss n/a" if loss is None else f"loss {loss:.4f}",
+                                 refresh=False)
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
+        self.bar.close()
+
+
+class _Lines(io.TextIOBase):
+    """A stream for tqdm that cannot redraw (a pipe, a file): each status it draws becomes
+    one line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
             self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def format_seconds(s: float) -> str:
@@ -351,10 +368,10 @@ class Run:
         self.lr = lr
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         self.model.train()
-        progress = Progress(enabled=group.main)
-        total = task.batches_per_epoch()
-        started = self.counted = time.monotonic()    # rate; train_seconds counted up to
         reason, first = "", st.batch_in_epoch
+        progress = Progress(epoch, cfg.epochs, task.batches_per_epoch(), first,
+                            enabled=group.main)
+        self.counted = time.monotonic()              # train_seconds are counted up to here
         if first == 0:
             st.loss_sum, st.loss_count = 0.0, 0
         for i, batch in enumerate(task.train_batches(generator)):
@@ -369,8 +386,7 @@ class Run:
             st.batch_in_epoch = i + 1
             now = time.monotonic()
             train_loss = st.loss_sum / max(st.loss_count, 1)
-            progress.update(epoch, cfg.epochs, i + 1, total, train_loss,
-                            (i + 1 - first) / max(now - started, 1e-9))
+            progress.update(train_loss if st.loss_count else None)
             if st.step % LOG_EVERY == 0:
                 self.record({"step": st.step, "epoch": epoch + 1, "train_loss": train_loss,
                              "lr": lr, "skipped": st.skipped})
