@@ -32,9 +32,11 @@ REAL_DATA = os.environ.get("LSTMKIT_DATA")  # read before the fixture below clea
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """No LSTMKIT_DATA and a cache inside tmp_path, so no test sees real data by accident."""
+    """No LSTMKIT_DATA, no ../shared/data and a cache inside tmp_path, so no test sees real
+    data by accident."""
     monkeypatch.delenv("LSTMKIT_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(store_module, "_shared_folders", lambda: [])
 
 
 def sha(data: bytes) -> str:

@@ -8,11 +8,14 @@ import argparse
 import io
 import os
 import stat
+from pathlib import Path
 
 import pytest
-from cli_harness import run_cli
+import torch
+from cli_harness import assert_one_line_error, run_cli
 
 from lstmkit.cli import build_parser
+from lstmkit.data import DATASETS, DataError, store
 from lstmkit.runio import atomic_write_bytes
 
 
@@ -122,3 +125,102 @@ def test_progress_in_a_pipe_is_quiet_for_short_epochs():
         bar.update(1.0)
     bar.close()
     assert stream.getvalue() == ""
+
+
+# ---------------------------------------------------------------------- items 1, 9: data, start
+DATA = os.environ.get("LSTMKIT_DATA")
+SHARED_FOLDERS = store._shared_folders
+
+
+def fake_names(folder: Path) -> None:
+    """Names files laid out like the registry's (18 languages, four names each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, f in enumerate(DATASETS["names"].files):
+        folder.joinpath(f.name).write_text("".join(f"Name{chr(97 + k)}{chr(97 + i)}\n"
+                                                   for i in range(4)))
+
+
+NAMES_TINY = ("--epochs", 1, "--max-steps", 2, "--hidden", 4, "--embed", 4, "--layers", 1)
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    """No $LSTMKIT_DATA, no ../shared/data, an empty cache; run from tmp_path/work/project."""
+    monkeypatch.delenv("LSTMKIT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(store, "_shared_folders", lambda: [])
+    cwd = tmp_path / "work" / "project"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    return tmp_path
+
+
+def test_data_is_found_in_shared_data_beside_the_current_directory(no_data, monkeypatch):
+    monkeypatch.setattr(store, "_shared_folders", SHARED_FOLDERS)
+    fake_names(no_data / "work" / "shared" / "data" / "names")
+    result = run_cli("train", "names", "--out", "run", *NAMES_TINY)
+    assert result.code == 0, result.err
+    start = result.out.splitlines()[0]
+    assert start.startswith("train names: cell lstm, engine auto, ") and " parameters; " in start
+    assert f"from {no_data / 'work' / 'shared' / 'data' / 'names'} (../shared/data from the " \
+        "current directory)" in start
+    # $LSTMKIT_DATA comes first
+    fake_names(no_data / "env" / "names")
+    monkeypatch.setenv("LSTMKIT_DATA", str(no_data / "env"))
+    result = run_cli("train", "names", "--out", "run2", *NAMES_TINY)
+    assert f"from {no_data / 'env' / 'names'} (LSTMKIT_DATA)" in result.out.splitlines()[0]
+
+
+@pytest.mark.skipif(not Path(__file__).parents[1].joinpath("..", "shared", "data").is_dir(),
+                    reason="no ../shared/data beside the project")
+def test_shared_data_beside_the_project_is_found_from_anywhere(no_data):
+    places = dict(SHARED_FOLDERS())
+    assert places["../shared/data beside the project"] == \
+        Path(__file__).parents[1].joinpath("..", "shared", "data").resolve()
+
+
+def test_missing_data_is_downloaded_into_the_first_place_saying_so(no_data, monkeypatch):
+    fetched = []
+
+    def fetch(name, data_dir=None, **kwargs):
+        fetched.append(name)
+        fake_names(store.data_dir() / name)
+
+    monkeypatch.setattr(store, "fetch", fetch)
+    result = run_cli("train", "names", "--out", "run", *NAMES_TINY)
+    assert result.code == 0, result.err
+    cache = no_data / "xdg" / "lstmkit"
+    assert fetched == ["names"]
+    assert f"lstmkit: data set names not found; downloading it into {cache}" in result.err
+    assert f"from {cache / 'names'} (cache)" in result.out.splitlines()[0]
+
+
+def test_a_failed_download_is_one_line_saying_where_it_looked(no_data, monkeypatch):
+    def fetch(name, data_dir=None, **kwargs):
+        raise DataError("could not download https://example.org/names.zip: no network")
+
+    monkeypatch.setattr(store, "fetch", fetch)
+    result = run_cli("train", "names", "--out", "run", *NAMES_TINY)
+    notice, error = result.err.splitlines()             # what it tried, then why it failed
+    assert result.code == 2 and notice.startswith("lstmkit: data set names not found; downloading")
+    assert error.startswith("lstmkit: error: ") and "Traceback" not in result.err
+    for fragment in ("Looked in", "no network", "lstmkit data fetch names"):
+        assert fragment in error
+    assert not (no_data / "work" / "project" / "run").exists()
+
+
+def test_a_named_data_dir_is_not_filled_behind_the_users_back(no_data, monkeypatch):
+    monkeypatch.setattr(store, "fetch", lambda *a, **k: pytest.fail("downloaded"))
+    result = run_cli("train", "names", "--out", "run", "--data-dir", no_data / "d", *NAMES_TINY)
+    assert_one_line_error(result, "--data-dir", "lstmkit data fetch names")
+
+
+def test_every_train_prints_one_start_line(tmp_path):
+    result = run_cli("train", "adding", "--out", tmp_path / "r", "--length", 5, "--hidden", 4,
+                     "--epochs", 1, "--steps-per-epoch", 2, "--batch-size", 4, "--cell", "gru",
+                     "--engine", "python")
+    assert result.code == 0, result.err
+    starts = [line for line in result.out.splitlines() if line.startswith("train ")]
+    assert starts == ["train adding: cell gru, engine python, 101 parameters; data train 8 fresh "
+                      f"each epoch, test 1,000 sequences of length 5, made in code; device cpu, "
+                      f"{torch.get_num_threads()} threads"]

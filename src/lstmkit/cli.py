@@ -197,9 +197,6 @@ def train_command(args) -> None:
 
     if args.nproc < 1:
         fail(f"--nproc must be at least 1, got {args.nproc}")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        launch_distributed(args.nproc, args.argv)
-
     given = {dest: getattr(args, dest) for _, dest, *_ in TRAIN_OPTIONS
              if getattr(args, dest) is not None}
     if args.resume and (Path(args.out) / "config.json").exists():
@@ -220,7 +217,22 @@ def train_command(args) -> None:
         cfg = defaults_for(args.task)
     cfg = dataclasses.replace(cfg, **given)
     check_config(cfg)
+    if "WORLD_SIZE" not in os.environ:          # once, before any worker starts
+        get_data(cfg)
+        if args.nproc > 1:
+            launch_distributed(args.nproc, args.argv)
     train(cfg, args.out, resume=args.resume)
+
+
+def get_data(cfg: Config) -> None:
+    """The task's data set, downloaded first when it is in none of the places looked in (and
+    no --data-dir was named), as scripts/demo.sh does."""
+    from .data import obtain
+    from .tasks import TASKS
+
+    name = TASKS[cfg.task].dataset
+    if name and not cfg.path:
+        obtain(name, cfg.data_dir, log=lambda m: sys.stderr.write(f"lstmkit: {m}\n"))
 
 
 def check_config(cfg: Config) -> None:

@@ -305,6 +305,7 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
     task = make_task(cfg)                                   # loads the data, fills cfg.meta
     model = task.build_model()
     initialise(model, cfg)
+    log(start_line(cfg, task, model, group))
     optimizer = make_optimizer(model, cfg)
     metrics_path = out / "metrics.jsonl"
     st, carry = TrainState(), None
@@ -336,6 +337,17 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
     if not group.main:
         return {}
     return finish(cfg, out, task, model, st, stopped, log)
+
+
+def start_line(cfg: Config, task: Task, model: nn.Module, group: distributed.Group) -> str:
+    """What is about to train, on what, where: one line."""
+    params = sum(p.numel() for p in model.parameters())
+    device = next(model.parameters()).device.type
+    where = f"{device}, {torch.get_num_threads()} threads" + \
+        (f" in each of {group.world} processes" if group.active else "")
+    data = " from ".join(part for part in (task.data_sizes(), task.data_source()) if part)
+    return (f"train {cfg.task}: cell {cfg.cell}, engine {cfg.engine}, {params:,} parameters; "
+            f"data {data}; device {where}")
 
 
 class Run:

@@ -2,8 +2,8 @@
 Chorales, airline passengers, sunspots), loaders for any file laid out like them, and tasks
 generated in code.
 
-Real data is found by ``require`` in ``--data-dir``, ``$LSTMKIT_DATA`` or the user cache, and
-downloaded with checksums by ``fetch`` (``lstmkit data fetch NAME``).
+Real data is found by ``require`` in ``--data-dir``, ``$LSTMKIT_DATA``, ``../shared/data`` or the
+user cache, and downloaded with checksums by ``fetch`` (``lstmkit data fetch NAME``).
 """
 
 from .errors import ChecksumError, DataError, MissingDataError
@@ -12,7 +12,7 @@ from .names import ALPHABET, Names, encode_name, load_name_lists, load_names, tr
 from .ptb import WordCorpus, load_ptb, load_word_corpus
 from .registry import DATASETS, DataFile, Dataset
 from .series import Series, load_series
-from .store import ENV_VAR, data_dir, dataset, fetch, require, sha256_file, verify
+from .store import ENV_VAR, data_dir, dataset, fetch, locate, obtain, require, sha256_file, verify
 from .synthetic import (
     ADDING_BASELINE_MSE,
     adding_problem,
@@ -25,7 +25,7 @@ from .text import CharCorpus, load_text
 __all__ = [
     "DataError", "MissingDataError", "ChecksumError",
     "DATASETS", "Dataset", "DataFile", "ENV_VAR",
-    "data_dir", "dataset", "require", "fetch", "verify", "sha256_file",
+    "data_dir", "dataset", "require", "locate", "obtain", "fetch", "verify", "sha256_file",
     "ALPHABET", "Names", "transliterate", "encode_name", "load_names", "load_name_lists",
     "WordCorpus", "load_ptb", "load_word_corpus",
     "CharCorpus", "load_text",

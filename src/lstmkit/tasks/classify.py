@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .. import plots
 from ..data import ALPHABET, encode_name, load_names
-from .base import Task
+from .base import Task, split_sizes
 from .models import SequenceClassifier
 
 SPLIT_SEED = 0               # the train/test/valid split is fixed, whatever the training seed
@@ -34,6 +34,8 @@ class NamesTask(Task):
     select_by = "accuracy"
     higher_is_better = True
     batch_dims = (1, 0, 0)                  # tokens (L, N), lengths (N,), labels (N,)
+    dataset = "names"
+    loss_label = "cross-entropy (nats/name)"
 
     def __init__(self, cfg, for_training=True):
         super().__init__(cfg)
@@ -70,6 +72,9 @@ class NamesTask(Task):
             valid += group[:k]
             train += group[k:]
         return train, valid
+
+    def data_sizes(self):
+        return split_sizes(self.cfg.meta["sizes"], "names")
 
     def build_model(self):
         c = self.cfg

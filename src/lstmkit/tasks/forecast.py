@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import plots
 from ..data import DataError, load_series
-from .base import Task
+from .base import Task, split_sizes
 from .models import SequenceRegressor
 
 SEASON = 12
@@ -79,6 +79,13 @@ def linear_trend(history: torch.Tensor, steps: int) -> torch.Tensor:
 class ForecastTask(Task):
     name = "forecast"
     select_by = "loss"
+    dataset = "airline_passengers"
+
+    @property
+    def loss_label(self):
+        # training fits one step of the scaled changes; validation scores the whole forecast
+        return ("squared error (train: one step of the scaled changes; validation: the "
+                f"forecast{', in log units' if self.transform.log else ''})")
 
     def __init__(self, cfg, for_training=True):
         super().__init__(cfg)
@@ -101,6 +108,9 @@ class ForecastTask(Task):
         cfg.meta = {"transform": self.transform.to_json(), "name": s.name,
                     "points": {"train": self.n_train, "valid": self.n_valid,
                                "test": len(s.test)}}
+
+    def data_sizes(self):
+        return split_sizes(self.cfg.meta["points"], "points")
 
     def build_model(self):
         c = self.cfg

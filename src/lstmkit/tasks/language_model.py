@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DataError, load_ptb, load_text, load_word_corpus
-from .base import Task, detach_state
+from .base import Task, detach_state, split_sizes
 from .models import LanguageModel
 
 EVAL_BATCH = 10
@@ -54,6 +54,9 @@ class LanguageModelTask(Task):
 
     def load(self):
         raise NotImplementedError
+
+    def data_sizes(self):
+        return split_sizes(self.cfg.meta["tokens"], f"{self.tokens_name}s")
 
     def build_model(self):
         c = self.cfg
@@ -138,6 +141,9 @@ class PTBTask(LanguageModelTask):
 
     name = "ptb"
     joiner = " "
+    dataset = "ptb"
+    tokens_name = "word"
+    loss_label = "cross-entropy (nats/word)"
 
     def load(self):
         if self.cfg.path:                     # a folder laid out like PTB: ptb.{train,...}.txt
@@ -162,6 +168,9 @@ class CharsTask(LanguageModelTask):
 
     name = "chars"
     joiner = ""
+    dataset = "tinyshakespeare"
+    tokens_name = "character"
+    loss_label = "cross-entropy (nats/char)"
 
     def load(self):
         corpus = load_text(self.cfg.path, self.cfg.data_dir)
