@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import stat
 from pathlib import Path
@@ -224,3 +225,22 @@ def test_every_train_prints_one_start_line(tmp_path):
     assert starts == ["train adding: cell gru, engine python, 101 parameters; data train 8 fresh "
                       f"each epoch, test 1,000 sequences of length 5, made in code; device cpu, "
                       f"{torch.get_num_threads()} threads"]
+
+
+# ---------------------------------------------------------------------- item 2: chars test split
+def test_chars_holds_out_a_real_test_split(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"line {i}: to be, or not to be.\n" for i in range(80)))
+    run = tmp_path / "chars"
+    result = run_cli("train", "chars", "--out", run, "--path", text, "--hidden", 8, "--embed", 4,
+                     "--layers", 1, "--bptt", 10, "--batch-size", 4, "--epochs", 1)
+    assert result.code == 0, result.err
+    tokens = json.loads((run / "config.json").read_text())["meta"]["tokens"]
+    n = len(text.read_text())
+    assert tokens == {"train": n - 2 * int(n * 0.05), "valid": int(n * 0.05),
+                      "test": int(n * 0.05)}
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["loss"] != results["valid"]["loss"]     # not the valid split again
+    evaluated = run_cli("evaluate", run).out.splitlines()
+    assert evaluated[0].startswith("valid: ") and evaluated[1].startswith("test: ")
+    assert evaluated[0][len("valid"):] != evaluated[1][len("test"):]
