@@ -9,14 +9,17 @@ import io
 import json
 import os
 import stat
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import torch
 from cli_harness import assert_one_line_error, run_cli
 
+from lstmkit import plots
 from lstmkit.cli import build_parser
-from lstmkit.data import DATASETS, DataError, store
+from lstmkit.data import DATASETS, DataError, load_series, store
+from lstmkit.data.dates import infer_frequency, parse_date
 from lstmkit.runio import atomic_write_bytes
 
 
@@ -244,3 +247,111 @@ def test_chars_holds_out_a_real_test_split(tmp_path):
     evaluated = run_cli("evaluate", run).out.splitlines()
     assert evaluated[0].startswith("valid: ") and evaluated[1].startswith("test: ")
     assert evaluated[0][len("valid"):] != evaluated[1][len("test"):]
+
+
+# ---------------------------------------------------------------------- items 3, 4: forecast
+def test_frequency_is_inferred_from_the_dates():
+    def each(start, step, n=6):
+        return [start + k * step for k in range(n)]
+
+    months = [datetime(2000 + m // 12, m % 12 + 1, 1) for m in range(0, 36, 1)]
+    assert infer_frequency(months).name == "monthly" and infer_frequency(months).season == 12
+    assert infer_frequency(months[::3]).name == "quarterly"
+    assert infer_frequency(months[::12]).name == "yearly"
+    assert infer_frequency(months[::12]).season == 1
+    assert infer_frequency(each(datetime(2020, 1, 1), timedelta(days=1))).season == 7
+    assert infer_frequency(each(datetime(2020, 1, 1), timedelta(weeks=1))).name == "weekly"
+    assert infer_frequency(each(datetime(2020, 1, 1), timedelta(hours=1))).season == 24
+    assert infer_frequency(each(datetime(2020, 1, 1), timedelta(days=2))).name == "every 2 days"
+    assert infer_frequency([datetime(2020, 1, 1), datetime(2020, 1, 2),
+                            datetime(2020, 1, 4)]) is None                       # irregular
+    assert infer_frequency(months).add(datetime(2001, 1, 31), 1) == datetime(2001, 2, 28)
+    assert [parse_date(t) for t in ("1949-01", "1949", "1949-01-31 12:00", "12", "x")] == \
+        [datetime(1949, 1, 1), datetime(1949, 1, 1), datetime(1949, 1, 31, 12), None, None]
+
+
+def weekly_pattern_csv(path: Path, days: int = 70, header: bool = True) -> Path:
+    """Daily values repeating every 7 days: a seasonal naive forecast 7 back is exact."""
+    start = datetime(2020, 1, 1)
+    rows = [f"{(start + timedelta(days=k)):%Y-%m-%d},{10 + (k % 7) ** 2}"
+            for k in range(days)]
+    path.write_text(("day,visits\n" if header else "") + "\n".join(rows) + "\n")
+    return path
+
+
+FORECAST_TINY = ("--window", 8, "--horizon", 7, "--difference", 0, "--hidden", 4, "--epochs", 2)
+
+
+def test_forecast_reads_dates_infers_the_frequency_and_writes_a_csv(tmp_path, monkeypatch):
+    csv_path = weekly_pattern_csv(tmp_path / "visits.csv")
+    run = tmp_path / "run"
+    result = run_cli("train", "forecast", "--out", run, "--path", csv_path, *FORECAST_TINY)
+    assert result.code == 0, result.err
+    assert "dates in 'day', daily, seasonal naive 7 back" in result.out.splitlines()[0]
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["mape_seasonal_naive"] < 1e-9        # 7 back, not 12 back
+
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig) or Path(path))
+    result = run_cli("forecast", run, "--horizon", 3, "--out", tmp_path / "ahead.png")
+    assert result.code == 0, result.err
+    assert "dates: 'day', daily, the last 2020-03-10" in result.out
+    assert [line.split(":")[0] for line in result.out.splitlines() if line.startswith("+")] == \
+        ["+1 2020-03-11", "+2 2020-03-12", "+3 2020-03-13"]
+    table = (tmp_path / "ahead.csv").read_text().splitlines()
+    assert table[0] == "step,date,forecast,low_95,high_95" and len(table) == 4
+    assert table[1].startswith("1,2020-03-11,")
+    low, forecast, high = (float(table[1].split(",")[k]) for k in (3, 2, 4))
+    assert low <= forecast <= high
+    (ax,) = figures[0].axes
+    assert ax.get_xlabel() == "date" and ax.get_ylabel() == "visits"
+    assert ax.xaxis.get_major_formatter().__class__.__name__.startswith("Auto")     # dates
+    legend = ax.get_legend()
+    assert legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1       # right of the axes
+
+
+def test_a_headerless_csv_keeps_its_first_row(tmp_path):
+    csv_path = weekly_pattern_csv(tmp_path / "visits.csv", header=False)
+    series = load_series(csv_path, find_dates=True, test_size=7, valid_size=7)
+    assert len(series.values) == 70 and series.values[0] == 10 and not series.has_header
+    assert series.name == "column 1" and series.dates[0] == "2020-01-01"
+    with_header = load_series(weekly_pattern_csv(tmp_path / "h.csv"), test_size=7, valid_size=7)
+    assert with_header.has_header and len(with_header.values) == 70
+    # the start line says how the file was read
+    result = run_cli("train", "forecast", "--out", tmp_path / "run", "--path", csv_path,
+                     *FORECAST_TINY)
+    assert result.code == 0, result.err
+    assert "train 56, valid 7, test 7 points" in result.out.splitlines()[0]
+    assert "no header row: the first row is data" in result.out.splitlines()[0]
+
+
+# ---------------------------------------------------------------------- item 10: plot labels
+def test_confusion_matrix_has_a_title_and_a_labelled_colour_bar(tmp_path, monkeypatch):
+    figures = {}
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.update({Path(path).name: fig}))
+    fake_names(tmp_path / "data" / "names")
+    result = run_cli("train", "names", "--out", tmp_path / "run", "--data-dir", tmp_path / "data",
+                     *NAMES_TINY)
+    assert result.code == 0, result.err
+    ax, bar = figures["confusion.png"].axes
+    assert ax.get_title() == "Test names (18): true language (rows) vs predicted (columns)"
+    assert bar.get_ylabel() == "fraction of the true class (each row sums to 1)"
+    (loss,) = figures["loss.png"].axes
+    assert loss.get_ylabel() == "cross-entropy (nats/name)"
+
+
+@pytest.mark.parametrize("task, args, label", [
+    ("chars", ("--hidden", 4, "--embed", 4, "--layers", 1, "--bptt", 10, "--batch-size", 2),
+     "cross-entropy (nats/char)"),
+    ("adding", ("--length", 5, "--hidden", 4, "--steps-per-epoch", 2, "--batch-size", 4),
+     "mean squared error"),
+])
+def test_loss_axes_name_the_loss(tmp_path, monkeypatch, task, args, label):
+    figures = {}
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.update({Path(path).name: fig}))
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    extra = ("--path", text) if task == "chars" else ()
+    result = run_cli("train", task, "--out", tmp_path / "run", "--epochs", 1, *extra, *args)
+    assert result.code == 0, result.err
+    assert figures["loss.png"].axes[0].get_ylabel() == label

@@ -351,6 +351,8 @@ def sample_command(args) -> None:
 def forecast_command(args) -> None:
     from . import plots
     from .data import load_series
+    from .runio import atomic_write_bytes
+    from .tasks.forecast import calendar, check_range, date_axis
 
     cfg, task, model = load_run(args.run)
     if cfg.task != "forecast":
@@ -362,17 +364,33 @@ def forecast_command(args) -> None:
              f"meta.residual_std for the interval); finish it with `lstmkit train forecast "
              f"--out {args.run} --resume`")
     path = args.csv or cfg.path
-    column = args.value_column or (cfg.value_column if path == cfg.path else None)
-    series = load_series(path, column, None, cfg.data_dir, test_size=0, valid_size=0)
+    own = path == cfg.path                        # the run's own file: its columns
+    series = load_series(path, args.value_column or (cfg.value_column if own else None),
+                         args.date_column or (cfg.date_column if own else None), cfg.data_dir,
+                         test_size=0, valid_size=0, find_dates=True)
+    check_range(series.values, path)
+    dates, frequency = calendar(series)
     pred = task.forecast(model, series.values, args.horizon)
     low, high = task.interval(model, series.values, args.horizon)
+    x = date_axis(dates, frequency, len(series.values) + args.horizon)
+    ahead = [d.strftime(frequency.format) for d in x[len(series.values):]] if x else None
+    if dates is not None:
+        print(f"dates: {series.date_name!r}, " + (
+            f"{frequency.name}, the last {dates[-1].strftime(frequency.format)}" if frequency
+            else "irregular: the forecast is given in steps"))
+    rows = ["step,date,forecast,low_95,high_95"]
     for k, (v, lo, hi) in enumerate(zip(pred.tolist(), low.tolist(), high.tolist()), 1):
-        print(f"+{k}: {v:.2f}  (approx. 95% interval {lo:.2f} .. {hi:.2f})")
+        when = ahead[k - 1] if ahead else ""
+        print(f"+{k}{' ' + when if when else ''}: {v:.2f}  (approx. 95% interval {lo:.2f} .. "
+              f"{hi:.2f})")
+        rows.append(f"{k},{when},{v!r},{lo!r},{hi!r}")
     out = Path(args.out or Path(args.run) / "forecast-ahead.png")
+    table = out.with_suffix(".csv")
+    atomic_write_bytes(table, ("\n".join(rows) + "\n").encode())
     values = series.values.float()
     plots.forecast(values, len(values), pred, low, high, out,
-                   title=f"{series.name}: next {args.horizon}")
-    print(f"plot: {out}")
+                   title=f"{series.name}: next {args.horizon}", x=x, ylabel=series.name)
+    print(f"plot: {out}\ntable: {table}")
 
 
 def export_command(args) -> None:
@@ -528,9 +546,13 @@ def build_parser() -> Parser:
     p = sub.add_parser("forecast", help="forecast a series ahead (a forecast run)")
     p.add_argument("run", help="a forecast run folder")
     p.add_argument("--csv", help="the series to continue (default: the run's own data)")
-    p.add_argument("--value-column", help="its value column (name or index)")
+    p.add_argument("--value-column", help="its value column (name or index; default: the "
+                   "run's for its own data, else the last)")
+    p.add_argument("--date-column", help="its date column (name or index; default: the run's, "
+                   "else the first column that holds only dates, if any)")
     p.add_argument("--horizon", type=int, required=True, help="steps to forecast")
-    p.add_argument("--out", help="the plot to write (default: RUN/forecast-ahead.png)")
+    p.add_argument("--out", help="the plot to write (default: RUN/forecast-ahead.png); the "
+                   "forecast's table goes beside it as CSV (forecast-ahead.csv)")
     p.set_defaults(func=forecast_command)
 
     p = sub.add_parser("export", help="a run's model as ONNX (onnxruntime runs it without "

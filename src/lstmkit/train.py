@@ -515,7 +515,7 @@ def finish(cfg, out: Path, task: Task, model, st: TrainState, stopped: str, log)
     task.figures(model, out)
     atomic_write_json(out / "config.json", cfg.to_json())       # figures may add to meta
     plots.loss_curves(read_metrics(out / "metrics.jsonl"), out / "loss.png",
-                      title=f"{cfg.task}, {cfg.cell}")
+                      title=f"{cfg.task}, {cfg.cell}", loss=task.loss_label)
     atomic_write_json(out / "results.json", results)
     log(f"{stopped}; best model by validation: test {task.describe(test)}")
     return results

@@ -124,7 +124,9 @@ class NamesTask(Task):
         C = len(self.languages)
         confusion = torch.zeros(C, C, dtype=torch.long)
         confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
-        plots.confusion_matrix(confusion, self.languages, run_dir / "confusion.png")
+        plots.confusion_matrix(confusion, self.languages, run_dir / "confusion.png",
+                               title=f"Test names ({len(labels):,}): true language (rows) vs "
+                               "predicted (columns)")
 
     def predict(self, model, names: list[str], top: int = 3):
         """For each name, the `top` most likely languages with probabilities."""
