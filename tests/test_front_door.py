@@ -21,6 +21,7 @@ from lstmkit.cli import build_parser
 from lstmkit.data import DATASETS, DataError, load_series, store
 from lstmkit.data.dates import infer_frequency, parse_date
 from lstmkit.runio import atomic_write_bytes
+from lstmkit.tasks.synthetic import AddingTask
 
 
 # ---------------------------------------------------------------------- item 8: the command
@@ -355,3 +356,59 @@ def test_loss_axes_name_the_loss(tmp_path, monkeypatch, task, args, label):
     result = run_cli("train", task, "--out", tmp_path / "run", "--epochs", 1, *extra, *args)
     assert result.code == 0, result.err
     assert figures["loss.png"].axes[0].get_ylabel() == label
+
+
+# ---------------------------------------------------------------------- item 5: clear stops
+def test_values_out_of_float32s_range_are_refused_naming_the_row(tmp_path):
+    csv_path = tmp_path / "s.csv"
+    csv_path.write_text("t,v\n" + "".join(f"{i},{1e300 if i == 5 else i + 1}\n"
+                                          for i in range(40)))
+    result = run_cli("train", "forecast", "--out", tmp_path / "run", "--path", csv_path,
+                     "--window", 4, "--horizon", 3, "--difference", 0)
+    assert_one_line_error(result, "data row 6: 1e+300 is out of range")
+    assert not (tmp_path / "run").exists()
+
+
+def nan_losses(monkeypatch):
+    """Every training step of the adding task has a NaN loss (as inf inputs would give)."""
+    original = AddingTask.train_step
+
+    def train_step(self, model, batch, carry):
+        loss, carry = original(self, model, batch, carry)
+        return loss * float("nan"), carry
+
+    monkeypatch.setattr(AddingTask, "train_step", train_step)
+
+
+ADDING_TINY = ("--length", 5, "--hidden", 4, "--steps-per-epoch", 3, "--batch-size", 4)
+
+
+def test_every_step_nan_stops_naming_the_cause_and_leaves_no_folder(tmp_path, monkeypatch):
+    nan_losses(monkeypatch)
+    result = run_cli("train", "adding", "--out", tmp_path / "run", *ADDING_TINY)
+    line = assert_one_line_error(result, "every step of epoch 1 had a non-finite loss or "
+                                 "gradient (the first at step 1)", "inputs out of range",
+                                 "nothing was kept")
+    assert "does not exist" not in line and "loss 0.0000" not in result.err
+    assert not (tmp_path / "run").exists()         # nothing that later commands choke on
+    # a folder the user made stays, emptied
+    (tmp_path / "mine").mkdir()
+    result = run_cli("train", "adding", "--out", tmp_path / "mine", *ADDING_TINY)
+    assert result.code == 2 and list((tmp_path / "mine").iterdir()) == []
+
+
+def test_nan_after_a_checkpoint_keeps_it_and_says_where(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert run_cli("train", "adding", "--out", run, "--epochs", 1, *ADDING_TINY).code == 0
+    nan_losses(monkeypatch)
+    result = run_cli("train", "adding", "--out", run, "--epochs", 2, "--resume", *ADDING_TINY)
+    assert_one_line_error(result, "every step of epoch 2", "last good checkpoint is kept in")
+    assert (run / "model.safetensors").is_file()
+
+
+def test_a_run_without_a_model_yet_says_so(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "adding", "--out", run, "--epochs", 1, *ADDING_TINY).code == 0
+    (run / "model.safetensors").unlink()                 # as after a kill before validation
+    assert_one_line_error(run_cli("evaluate", run), "holds no trained model yet",
+                          f"lstmkit train adding --out {run} --resume")

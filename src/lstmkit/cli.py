@@ -301,6 +301,10 @@ def load_run(run_dir: str, for_training: bool = False):
     except ValueError as e:
         fail(f"{folder / 'config.json'}: {e}")
     weights = folder / "model.safetensors"
+    if not weights.exists() and not weights.is_symlink():
+        fail(f"{weights} does not exist: {run_dir} holds no trained model yet (training "
+             f"stopped before its first validation); continue it with `lstmkit train "
+             f"{cfg.task} --out {run_dir} --resume`")
     tensors = read_tensors(weights)             # never unpickled: safetensors only
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
     if bad:                                     # damaged, or diverged: sampling would crash
@@ -359,7 +363,7 @@ def forecast_command(args) -> None:
         fail(f"forecast is for forecast runs; {args.run} is a {cfg.task!r} run")
     if args.horizon < 1:
         fail(f"--horizon must be at least 1, got {args.horizon}")
-    if not cfg.meta.get("residual_std"):          # written when training finishes
+    if "residual_std" not in cfg.meta:            # written when training finishes
         fail(f"{args.run} holds an unfinished forecast run (config.json has no "
              f"meta.residual_std for the interval); finish it with `lstmkit train forecast "
              f"--out {args.run} --resume`")
@@ -631,9 +635,8 @@ def main(argv=None) -> None:
     func = train_command if args.command == "train" else args.func
     try:
         func(args)
-    except TrainingStopped as e:
-        sys.stderr.write(f"lstmkit: {e}\n")
-        raise SystemExit(1) from None
+    except TrainingStopped as e:                 # the cause and what was kept: one line
+        fail(str(e))
     except Interrupted as e:
         if os.environ.get("RANK", "0") == "0":
             sys.stderr.write(f"lstmkit: stopped by {e}; checkpoint saved in "

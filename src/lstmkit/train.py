@@ -56,7 +56,8 @@ LOG_EVERY = 50                       # optimiser steps between train-loss record
 
 
 class TrainingStopped(RuntimeError):
-    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+    """Training cannot go on (non-finite losses or validation); the last good checkpoint is
+    kept, or, when there was none yet, the run folder is removed (nothing to resume)."""
 
 
 @dataclass
@@ -308,7 +309,7 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
     log(start_line(cfg, task, model, group))
     optimizer = make_optimizer(model, cfg)
     metrics_path = out / "metrics.jsonl"
-    st, carry = TrainState(), None
+    st, carry, created = TrainState(), None, False
     if resume:
         st, carry = restore(out, model, optimizer, task)
         if group.active and carry is not None:
@@ -320,6 +321,7 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         log(f"resumed {out} at epoch {st.epoch + 1}, step {st.step}")
     elif group.main:
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", cfg.to_json())
         atomic_write_bytes(metrics_path, b"")
@@ -332,6 +334,14 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
         with SignalStop() as stop:
             run = Run(cfg, out, task, model, optimizer, st, log, group, stop)
             stopped = run.epochs(carry)
+    except TrainingStopped as e:
+        if (out / "checkpoint" / "latest.json").exists():
+            raise TrainingStopped(f"{e}. The last good checkpoint is kept in "
+                                  f"{out / 'checkpoint'}") from None
+        if group.main and not resume:           # nothing to resume: leave no half a run
+            discard_run(out, created)
+        raise TrainingStopped(f"{e}. No checkpoint had been written, so nothing was kept "
+                              f"({out} {'removed' if created else 'emptied'})") from None
     finally:
         torch.set_flush_denormal(False)
     if not group.main:
@@ -350,6 +360,18 @@ def start_line(cfg: Config, task: Task, model: nn.Module, group: distributed.Gro
             f"data {data}; device {where}")
 
 
+def discard_run(out: Path, created: bool) -> None:
+    """Remove what a run that stopped before its first checkpoint wrote (the folder too, when
+    this run made it), so that later commands do not mistake it for a run."""
+    for name in ("config.json", "metrics.jsonl", "model.safetensors"):
+        (out / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):          # kept if anything else is in it
+        (out / "checkpoint").rmdir()
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()
+
+
 class Run:
     """The training loop of one process; in a data-parallel run every rank runs it in step."""
 
@@ -360,6 +382,7 @@ class Run:
         # the module that trains: wrapped so that backward averages gradients over ranks
         self.net = DistributedDataParallel(model) if group.active else model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.first_nonfinite = 0                     # the step of the first, in this process
 
     def epochs(self, carry) -> str:
         """Train until the epochs, the step budget or the time limit run out, or validation
@@ -397,8 +420,8 @@ class Run:
             carry = self.step(batch, carry, epoch)
             st.batch_in_epoch = i + 1
             now = time.monotonic()
-            train_loss = st.loss_sum / max(st.loss_count, 1)
-            progress.update(train_loss if st.loss_count else None)
+            train_loss = st.loss_sum / st.loss_count if st.loss_count else None   # None: no
+            progress.update(train_loss)                                 # finite step yet
             if st.step % LOG_EVERY == 0:
                 self.record({"step": st.step, "epoch": epoch + 1, "train_loss": train_loss,
                              "lr": lr, "skipped": st.skipped})
@@ -456,18 +479,29 @@ class Run:
         st.skipped += 1
         st.bad_in_row += 1
         what = "gradient" if math.isfinite(value) else "loss"
+        self.first_nonfinite = self.first_nonfinite or st.step
         self.log(f"step {st.step}: non-finite {what}; update skipped ({st.skipped} so far)")
         if st.bad_in_row >= cfg.max_nonfinite:
             raise TrainingStopped(
-                f"{st.bad_in_row} steps in a row had a non-finite loss or gradient (the last at "
-                f"step {st.step}); stopping. The last good checkpoint is in "
-                f"{self.out / 'checkpoint'}; a lower --lr or --clip may help")
+                f"stopped: {st.bad_in_row} steps in a row had a non-finite loss or gradient "
+                f"(the first at step {self.first_nonfinite}, the last at step {st.step}): "
+                "inputs out of range, or a learning rate too high (try a lower --lr or --clip)")
         return None                                    # a non-finite state is not carried on
 
     def end_of_epoch(self, epoch: int, reason: str, carry) -> bool:
         """Validate, keep the best model, checkpoint; True if training should stop."""
         cfg, st, task = self.cfg, self.st, self.task
+        hint = "inputs out of range, or a learning rate too high (try a lower --lr or --clip)"
+        if st.loss_count == 0 and st.bad_in_row:     # the epoch trained on nothing
+            raise TrainingStopped(f"stopped: every step of epoch {epoch + 1} had a non-finite "
+                                  f"loss or gradient (the first at step "
+                                  f"{self.first_nonfinite or st.step}): {hint}")
         valid = task.evaluate(self.model, "valid")   # every rank: the same weights, same numbers
+        if not math.isfinite(valid["loss"]):         # no model worth keeping comes of this
+            skipped = (f"; {st.skipped} of {st.step} steps had a non-finite loss or gradient"
+                       if st.skipped else "")
+            raise TrainingStopped(f"stopped: the validation loss after epoch {epoch + 1} is "
+                                  f"not finite{skipped}: {hint}")
         self.record({"step": st.step, "epoch": epoch + 1, "lr": self.lr, "valid": valid,
                      "train_seconds": st.train_seconds})
         score = task.selection_score(valid)

@@ -186,9 +186,9 @@ class ForecastTask(Task):
         return F.mse_loss(model(x)[:, 0], y), None
 
     @torch.no_grad()
-    def forecast(self, model, history: torch.Tensor, steps: int, spread: float = 0.0):
+    def forecast(self, model, history: torch.Tensor, steps: int, spread: float | None = None):
         """The next `steps` values after `history` (original units), each prediction fed
-        back in. With spread s > 0, the values at z +- s * sqrt(h) at step h instead: a
+        back in. With a spread s (>= 0), the values at z +- s * sqrt(h) at step h instead: a
         (low, high) band."""
         t, window = self.transform, self.cfg.window
         if len(history) < window + t.difference:
@@ -199,7 +199,7 @@ class ForecastTask(Task):
         history = history.float()
         z = list(t.forward(history)[-window:])
         u = list(t.units(history))
-        bands = [list(u) for _ in (-1, 1)] if spread else None
+        bands = [list(u) for _ in (-1, 1)] if spread is not None else None
         for h in range(1, steps + 1):
             z_next = model(torch.stack(z[-window:])[:, None, None])[0, 0]   # (window, 1, 1)
             z.append(z_next)
@@ -255,7 +255,8 @@ class ForecastTask(Task):
     def interval(self, model, history, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """An approximate 95% band: z +- 1.96 sigma sqrt(h) at step h, sigma the deviation of
         one-step errors on the training windows (model-based, not a calibrated interval)."""
-        sigma = self.cfg.meta.get("residual_std") or self.one_step_residual_std(model)
+        sigma = self.cfg.meta["residual_std"] if "residual_std" in self.cfg.meta else \
+            self.one_step_residual_std(model)
         return self.forecast(model, history, steps, spread=1.96 * sigma)
 
     def figures(self, model, run_dir):
