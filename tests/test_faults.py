@@ -155,8 +155,9 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_run(tmp_path, unin
     run = tmp_path / "run"
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(4):
-        p = start(run, *(["--resume"] if attempt else []))
+    for _ in range(4):
+        # --resume where a run was begun (killed before writing config.json, there is none)
+        p = start(run, *(["--resume"] if (run / "config.json").exists() else []))
         time.sleep(rng.uniform(1.0, 4.0))              # startup takes about a second
         if p.poll() is None:
             p.kill()

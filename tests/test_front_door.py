@@ -412,3 +412,36 @@ def test_a_run_without_a_model_yet_says_so(tmp_path):
     (run / "model.safetensors").unlink()                 # as after a kill before validation
     assert_one_line_error(run_cli("evaluate", run), "holds no trained model yet",
                           f"lstmkit train adding --out {run} --resume")
+
+
+# ---------------------------------------------------------------------- item 6: resume
+def test_resume_of_a_folder_that_does_not_exist_is_refused(tmp_path):
+    result = run_cli("train", "adding", "--out", tmp_path / "typo", "--resume", *ADDING_TINY)
+    assert_one_line_error(result, f"--resume: {tmp_path / 'typo'} does not exist",
+                          "leave out --resume")
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "empty").mkdir()
+    result = run_cli("train", "adding", "--out", tmp_path / "empty", "--resume", *ADDING_TINY)
+    assert_one_line_error(result, "holds no run (no config.json)")
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_resume_passes_over_a_truncated_latest_checkpoint_and_says_so(tmp_path):
+    run = tmp_path / "run"
+    args = ("--checkpoint-every", 2, "--epochs", 2, *ADDING_TINY)
+    assert run_cli("train", "adding", "--out", run, *args, "--max-steps", 4).code == 0
+    latest = json.loads((run / "checkpoint" / "latest.json").read_text())["name"]
+    older = sorted(p.stem for p in (run / "checkpoint").glob("ckpt-*.json"))
+    assert older == ["ckpt-000000003", latest] and latest == "ckpt-000000004"   # epoch end
+    damaged = run / "checkpoint" / f"{latest}.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])                # a full disk, say
+    result = run_cli("train", "adding", "--out", run, *args, "--max-steps", 0, "--resume")
+    assert result.code == 0, result.err
+    assert f"checkpoint {latest} cannot be read" in result.out
+    assert "using the newest intact one, ckpt-000000003, instead" in result.out
+    assert f"resumed {run} at epoch 2, step 3" in result.out
+    # and it ends where a run never stopped ends
+    full = tmp_path / "full"
+    assert run_cli("train", "adding", "--out", full, *args).code == 0
+    assert json.loads((run / "results.json").read_text())["test"] == \
+        json.loads((full / "results.json").read_text())["test"]

@@ -199,7 +199,10 @@ def train_command(args) -> None:
         fail(f"--nproc must be at least 1, got {args.nproc}")
     given = {dest: getattr(args, dest) for _, dest, *_ in TRAIN_OPTIONS
              if getattr(args, dest) is not None}
-    if args.resume and (Path(args.out) / "config.json").exists():
+    if args.resume and not (Path(args.out) / "config.json").exists():
+        fail(f"--resume: {args.out} " + ("holds no run (no config.json)" if Path(args.out).exists()
+             else "does not exist") + "; to start a new run there, leave out --resume")
+    if args.resume:
         path = Path(args.out) / "config.json"
         obj = read_json(path)                    # its errors name the file
         try:
@@ -260,13 +263,13 @@ def build_skeleton(task):
 def check_checkpoint(cfg: Config, out: Path) -> None:
     """Before resuming: the newest checkpoint (if any) must be readable and fit cfg's model,
     else one line (so that a damaged folder fails before training data and model are built)."""
-    from .runio import check_optimizer_files, check_state, load_checkpoint
+    from .runio import check_optimizer_files, check_state, load_intact_checkpoint
     from .tasks import make_task
     from .train import make_optimizer
 
     if not (out / "checkpoint" / "latest.json").exists():
         return                                  # killed before the first one: starts afresh
-    tensors, meta = load_checkpoint(out)
+    tensors, meta, _ = load_intact_checkpoint(out)   # the trainer says if it passed one over
     try:
         skeleton = build_skeleton(make_task(cfg, for_training=False))
     except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as e:

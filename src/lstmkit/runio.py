@@ -238,11 +238,42 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict, dict]:
     the trainer's state, an optimizer state, and the random-number states lstmkit writes.
     """
     folder = Path(run_dir) / "checkpoint"
+    return _load_checkpoint_files(folder, _latest_name(folder))
+
+
+def _latest_name(folder: Path) -> str:
     latest = read_json(folder / "latest.json")
     name = latest.get("name") if isinstance(latest, dict) else None
     if not isinstance(name, str) or not re.fullmatch(r"ckpt-[0-9]{1,18}", name):
         raise RunError(f"{folder / 'latest.json'} names no checkpoint (expected an object with "
                        "\"name\": \"ckpt-<step>\")")
+    return name
+
+
+def load_intact_checkpoint(run_dir: str | Path) -> tuple[dict, dict, str]:
+    """(tensors, meta, note) of the checkpoint latest.json names, or, when its files cannot be
+    read (truncated by a full disk, say), of the newest older checkpoint that can; note says
+    which was passed over and why ("" when none was). Raises load_checkpoint's RunError when
+    latest.json itself is unreadable or no checkpoint is intact."""
+    folder = Path(run_dir) / "checkpoint"
+    name = _latest_name(folder)
+    try:
+        return (*_load_checkpoint_files(folder, name), "")
+    except RunError as damaged:
+        older = sorted((p.stem for p in folder.glob("ckpt-*.json")
+                        if re.fullmatch(r"ckpt-[0-9]{1,18}", p.stem) and p.stem < name),
+                       reverse=True)
+        for other in older:
+            try:
+                tensors, meta = _load_checkpoint_files(folder, other)
+            except RunError:
+                continue
+            return tensors, meta, (f"checkpoint {name} cannot be read ({damaged}); using the "
+                                   f"newest intact one, {other}, instead")
+        raise
+
+
+def _load_checkpoint_files(folder: Path, name: str) -> tuple[dict, dict]:
     tensors = read_tensors(folder / f"{name}.safetensors")
     meta = read_json(folder / f"{name}.json")
     where = folder / f"{name}.json"

@@ -42,7 +42,7 @@ from .runio import (
     atomic_save_tensors,
     atomic_write_bytes,
     atomic_write_json,
-    load_checkpoint,
+    load_intact_checkpoint,
     load_state_into,
     optimizer_from_files,
     optimizer_to_files,
@@ -198,8 +198,10 @@ def checkpoint(out: Path, model, optimizer, carry_tensors: dict, st: TrainState)
     save_checkpoint(out, st.step, tensors, meta)
 
 
-def restore(out: Path, model, optimizer, task: Task):
-    tensors, meta = load_checkpoint(out)
+def restore(out: Path, model, optimizer, task: Task, log=print):
+    tensors, meta, note = load_intact_checkpoint(out)
+    if note:
+        log(note)
     model_tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_into(model, model_tensors, out / "checkpoint")
     optimizer_from_files(optimizer, tensors, meta["optimizer"])
@@ -311,7 +313,7 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
     metrics_path = out / "metrics.jsonl"
     st, carry, created = TrainState(), None, False
     if resume:
-        st, carry = restore(out, model, optimizer, task)
+        st, carry = restore(out, model, optimizer, task, log)
         if group.active and carry is not None:
             carry = task.carry_from_tensors(distributed.shard_tensors(
                 task.carry_tensors(carry), task.carry_dim, group))
