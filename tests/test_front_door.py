@@ -18,7 +18,7 @@ from cli_harness import assert_one_line_error, run_cli
 
 from lstmkit import plots
 from lstmkit.cli import build_parser
-from lstmkit.data import DATASETS, DataError, load_series, store
+from lstmkit.data import DATASETS, DataError, load_series, romanize, store
 from lstmkit.data.dates import infer_frequency, parse_date
 from lstmkit.runio import atomic_write_bytes
 from lstmkit.tasks.synthetic import AddingTask
@@ -445,3 +445,63 @@ def test_resume_passes_over_a_truncated_latest_checkpoint_and_says_so(tmp_path):
     assert run_cli("train", "adding", "--out", full, *args).code == 0
     assert json.loads((run / "results.json").read_text())["test"] == \
         json.loads((full / "results.json").read_text())["test"]
+
+
+# ---------------------------------------------------------------------- item 7: predict
+@pytest.mark.parametrize("name, read_as, left_out", [
+    ("Достоевский", "Dostoevskii", []), ("ЩУКИН", "SHCHUKIN", []),
+    ("Παπαδόπουλος", "Papadopoulos", []), ("محمد", "Mhmd", []), ("Łukasz", "Lukasz", []),
+    ("Nguyễn", "Nguyen", []), ("Wang李明", "Wang", ["李", "明"]), ("김", "", ["김"]),
+    ("O'Neil", "O'Neil", []),
+])
+def test_romanize_any_script(name, read_as, left_out):
+    assert romanize(name) == (read_as, left_out)
+
+
+@pytest.fixture(scope="module")
+def names_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("names")
+    fake_names(root / "data" / "names")
+    result = run_cli("train", "names", "--out", root / "run", "--data-dir", root / "data",
+                     *NAMES_TINY)
+    assert result.code == 0, result.err
+    return root / "run"
+
+
+def test_predict_reads_any_script_and_one_bad_name_does_not_stop_the_batch(names_run):
+    result = run_cli("predict", names_run, "Достоевский", "李", "Wang李明", "x" * 100_000,
+                     "Smith", "--top", 2)
+    assert result.code == 2                                       # some names were skipped
+    out = result.out.splitlines()
+    assert [line.split(":")[0] for line in out] == [
+        "Достоевский (read as Dostoevskii)", "Wang李明 (read as Wang; left out 李明)", "Smith"]
+    assert all(len(line.split(": ")[1].split(", ")) == 2 for line in out)
+    err = result.err.splitlines()
+    assert err == ["lstmkit: error: name 2 '李': no letter the model can read (李 has no "
+                   "transliteration here); skipped",
+                   f"lstmkit: error: name 4 {repr('x' * 100_000)[:57]}...: 100,000 "
+                   "characters; a name may have at most 100; skipped"]
+
+
+def test_predict_names_from_a_file_or_stdin_as_json(names_run, tmp_path, monkeypatch):
+    listing = tmp_path / "names.txt"
+    listing.write_text("Smith\n\nΓεωργίου\n", encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", io.StringIO("Nguyen\n"))
+    result = run_cli("predict", names_run, "Ivanov", "-", "--file", listing, "--json",
+                     "--top", 1)
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in result.out.splitlines()]
+    assert [(r["name"], r["read_as"]) for r in records] == [
+        ("Ivanov", "Ivanov"), ("Nguyen", "Nguyen"), ("Smith", "Smith"),
+        ("Γεωργίου", "Georgiou")]
+    languages = json.loads((names_run / "config.json").read_text())["meta"]["languages"]
+    assert all(len(r["languages"]) == 1 and r["languages"][0]["language"] in languages and
+               0 < r["languages"][0]["probability"] <= 1 for r in records)
+    bad = run_cli("predict", names_run, "123", "--json")
+    assert bad.code == 2 and json.loads(bad.out)["error"].startswith("no letter")
+
+
+def test_predict_without_names_is_one_line(names_run, tmp_path):
+    assert_one_line_error(run_cli("predict", names_run), "no names to classify")
+    assert_one_line_error(run_cli("predict", names_run, "--file", tmp_path / "none.txt"),
+                          "does not exist")

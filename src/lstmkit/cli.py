@@ -18,9 +18,15 @@ from .tasks.models import CELLS
 TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy", "jsb")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default (unless the text already gives it); choices
-    show in the option's metavar, {a,b,...}."""
+    show in the option's metavar, {a,b,...}. A description or epilog with line breaks is kept
+    as written (train's table of task defaults); others are wrapped."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -337,13 +343,57 @@ def evaluate_command(args) -> None:
 
 
 def predict_command(args) -> None:
+    import json
+
+    from .data.errors import shorten
+    from .tasks.classify import read_name
+
     if args.top < 1:
         fail(f"--top must be at least 1, got {args.top}")
+    names = names_to_predict(args)
     cfg, task, model = load_run(args.run)
     if cfg.task != "names":
         fail(f"predict is for names runs; {args.run} is a {cfg.task!r} run")
-    for name, ranked in zip(args.names, task.predict(model, args.names, args.top)):
-        print(f"{name}: " + ", ".join(f"{lang} {p:.3f}" for lang, p in ranked))
+    readings = [read_name(name) for name in names]
+    readable = [r for r in readings if not r.error]
+    ranked = iter(task.predict(model, [r.read_as for r in readable], args.top) if readable
+                  else [])
+    for i, r in enumerate(readings, 1):
+        if r.error:                             # reported, and the others still classified
+            sys.stderr.write(f"lstmkit: error: name {i} {shorten(r.name)}: {r.error}; "
+                             "skipped\n")
+            if args.json:
+                print(json.dumps({"name": r.name[:200], "error": r.error}, ensure_ascii=False))
+            continue
+        top = next(ranked)
+        if args.json:
+            print(json.dumps({"name": r.name, "read_as": r.read_as, "left_out": r.left_out,
+                              "languages": [{"language": lang, "probability": round(p, 6)}
+                                            for lang, p in top]}, ensure_ascii=False))
+            continue
+        note = "; ".join(([f"read as {r.read_as}"] if r.read_as != r.name else []) +
+                         ([f"left out {''.join(r.left_out)}"] if r.left_out else []))
+        print(f"{r.name}{f' ({note})' if note else ''}: "
+              + ", ".join(f"{lang} {p:.3f}" for lang, p in top))
+    if len(readable) < len(readings):
+        raise SystemExit(2)
+
+
+def names_to_predict(args) -> list[str]:
+    """The names on the command line, "-" standing for those on stdin, and those in --file
+    (one per line; "-": stdin); blank lines are skipped."""
+    from .data.files import read_utf8
+
+    def lines(source: str) -> list[str]:
+        text = sys.stdin.read() if source == "-" else read_utf8(source, "names file")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    names = [n for name in args.names for n in (lines("-") if name == "-" else [name])]
+    names += lines(args.file) if args.file else []
+    if not names:
+        fail("no names to classify: give them as arguments, in --file FILE, or on stdin "
+             "with -")
+    return names
 
 
 def sample_command(args) -> None:
@@ -522,6 +572,7 @@ def torch_version() -> str:
     return torch.__version__
 def build_parser() -> Parser:
     from . import __version__
+    from .tasks.classify import MAX_NAME_CHARS
 
     parser = Parser(prog="lstmkit", description=(
         "LSTMs and their family with hand-written BPTT: train, evaluate and use models."))
@@ -535,10 +586,20 @@ def build_parser() -> Parser:
     p.add_argument("run", help="a run folder")
     p.set_defaults(func=evaluate_command)
 
-    p = sub.add_parser("predict", help="languages of surnames (a names run)")
+    p = sub.add_parser("predict", help="languages of surnames (a names run)", description=(
+        "Classify surnames. Any script is accepted: Cyrillic, Greek and Arabic letters are "
+        "transliterated, accents dropped; characters with no transliteration (Chinese, "
+        "Japanese, Korean script, digits) are left out and named. A name that cannot be read "
+        f"(none of its letters readable, or over {MAX_NAME_CHARS} characters) is reported on "
+        "stderr and "
+        "skipped; the others are still classified, and the exit code is then 2."))
     p.add_argument("run", help="a names run folder")
-    p.add_argument("names", nargs="+", help="surnames to classify")
+    p.add_argument("names", nargs="*", help="surnames to classify; - reads them from stdin, "
+                   "one per line")
+    p.add_argument("--file", help="a UTF-8 file of surnames, one per line (- for stdin)")
     p.add_argument("--top", type=int, default=3, help="how many languages to list per name")
+    p.add_argument("--json", action="store_true", help="one JSON object per name and line: "
+                   "name, read_as, left_out, languages [{language, probability}] (or error)")
     p.set_defaults(func=predict_command)
 
     p = sub.add_parser("sample", help="generate text (a ptb or chars run)")

@@ -8,7 +8,15 @@ user cache, and downloaded with checksums by ``fetch`` (``lstmkit data fetch NAM
 
 from .errors import ChecksumError, DataError, MissingDataError
 from .jsb import load_jsb, load_piano_rolls
-from .names import ALPHABET, Names, encode_name, load_name_lists, load_names, transliterate
+from .names import (
+    ALPHABET,
+    Names,
+    encode_name,
+    load_name_lists,
+    load_names,
+    romanize,
+    transliterate,
+)
 from .ptb import WordCorpus, load_ptb, load_word_corpus
 from .registry import DATASETS, DataFile, Dataset
 from .series import Series, load_series
@@ -26,7 +34,8 @@ __all__ = [
     "DataError", "MissingDataError", "ChecksumError",
     "DATASETS", "Dataset", "DataFile", "ENV_VAR",
     "data_dir", "dataset", "require", "locate", "obtain", "fetch", "verify", "sha256_file",
-    "ALPHABET", "Names", "transliterate", "encode_name", "load_names", "load_name_lists",
+    "ALPHABET", "Names", "transliterate", "romanize", "encode_name", "load_names",
+    "load_name_lists",
     "WordCorpus", "load_ptb", "load_word_corpus",
     "CharCorpus", "load_text",
     "Series", "load_series",
