@@ -182,6 +182,15 @@ def test_fetch_downloads_and_verifies(tmp_path, server, tiny):
     assert verify("tiny", tmp_path / "data") == folder
 
 
+def test_fetched_files_get_the_umask_mode_not_mkstemps(tmp_path, server, tiny):
+    old = os.umask(0o022)
+    try:
+        folder = fetch("tiny", tmp_path / "data", mirror=server.as_uri())
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {"0o644"}
+
+
 def test_fetch_from_the_registry_url(tmp_path, server, monkeypatch):
     content = FILES["a.txt"]
     url = (server / "a.txt").as_uri()
