@@ -570,6 +570,8 @@ def torch_version() -> str:
     import torch
 
     return torch.__version__
+
+
 def build_parser() -> Parser:
     from . import __version__
     from .tasks.classify import MAX_NAME_CHARS
@@ -591,8 +593,7 @@ def build_parser() -> Parser:
         "transliterated, accents dropped; characters with no transliteration (Chinese, "
         "Japanese, Korean script, digits) are left out and named. A name that cannot be read "
         f"(none of its letters readable, or over {MAX_NAME_CHARS} characters) is reported on "
-        "stderr and "
-        "skipped; the others are still classified, and the exit code is then 2."))
+        "stderr and skipped; the others are still classified, and the exit code is then 2."))
     p.add_argument("run", help="a names run folder")
     p.add_argument("names", nargs="*", help="surnames to classify; - reads them from stdin, "
                    "one per line")

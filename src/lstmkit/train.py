@@ -53,6 +53,7 @@ from .runtime import keep_freed_memory
 from .tasks import Task, make_task
 
 LOG_EVERY = 50                       # optimiser steps between train-loss records
+NONFINITE_CAUSES = "inputs out of range, or a learning rate too high (try a lower --lr or --clip)"
 
 
 class TrainingStopped(RuntimeError):
@@ -487,23 +488,22 @@ class Run:
             raise TrainingStopped(
                 f"stopped: {st.bad_in_row} steps in a row had a non-finite loss or gradient "
                 f"(the first at step {self.first_nonfinite}, the last at step {st.step}): "
-                "inputs out of range, or a learning rate too high (try a lower --lr or --clip)")
+                f"{NONFINITE_CAUSES}")
         return None                                    # a non-finite state is not carried on
 
     def end_of_epoch(self, epoch: int, reason: str, carry) -> bool:
         """Validate, keep the best model, checkpoint; True if training should stop."""
         cfg, st, task = self.cfg, self.st, self.task
-        hint = "inputs out of range, or a learning rate too high (try a lower --lr or --clip)"
         if st.loss_count == 0 and st.bad_in_row:     # the epoch trained on nothing
             raise TrainingStopped(f"stopped: every step of epoch {epoch + 1} had a non-finite "
                                   f"loss or gradient (the first at step "
-                                  f"{self.first_nonfinite or st.step}): {hint}")
+                                  f"{self.first_nonfinite or st.step}): {NONFINITE_CAUSES}")
         valid = task.evaluate(self.model, "valid")   # every rank: the same weights, same numbers
         if not math.isfinite(valid["loss"]):         # no model worth keeping comes of this
             skipped = (f"; {st.skipped} of {st.step} steps had a non-finite loss or gradient"
                        if st.skipped else "")
             raise TrainingStopped(f"stopped: the validation loss after epoch {epoch + 1} is "
-                                  f"not finite{skipped}: {hint}")
+                                  f"not finite{skipped}: {NONFINITE_CAUSES}")
         self.record({"step": st.step, "epoch": epoch + 1, "lr": self.lr, "valid": valid,
                      "train_seconds": st.train_seconds})
         score = task.selection_score(valid)
