@@ -112,9 +112,10 @@ def test_ptb_token_counts_match_source(ptb):
 def test_tinyshakespeare_split():
     corpus = load_text(data_dir=_real_dir("tinyshakespeare"))
     assert len(corpus.chars) == 65
-    assert (len(corpus.train), len(corpus.valid)) == (1_003_854, 111_540)
+    assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == \
+        (1_003_856, 55_769, 55_769)
     assert "".join(corpus.chars[i] for i in corpus.train[:14]) == "First Citizen:"
-    assert corpus.chars[int(corpus.valid[-1])] == "\n"
+    assert corpus.chars[int(corpus.test[-1])] == "\n"
 
 
 # ------------------------------------------------------------------ CSV series

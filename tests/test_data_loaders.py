@@ -187,8 +187,9 @@ def test_text_split(tmp_path):
     text = "héllo wörld, " * 10                                     # 130 characters
     corpus = load_text(write(tmp_path / "t.txt", text))
     assert corpus.chars == sorted(set(text))
-    assert (len(corpus.train), len(corpus.valid)) == (117, 13)
-    decoded = "".join(corpus.chars[i] for i in torch.cat([corpus.train, corpus.valid]))
+    assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (118, 6, 6)
+    decoded = "".join(corpus.chars[i]
+                      for i in torch.cat([corpus.train, corpus.valid, corpus.test]))
     assert decoded == text
 
 
@@ -196,7 +197,8 @@ def test_text_split(tmp_path):
     (b"", r"text file .*t\.txt is empty"),
     (b"ab\ncd\n\xe9t\xe9\n", r"t\.txt is not valid UTF-8: byte 0xe9 at byte offset 6 "
                              r"\(line 3\)"),
-    (b"abc", r"has 3 characters, too few for a 0\.9/0\.1 train/valid split"),
+    (b"abcdefghijklmnopqrstuvwxyz", r"has 26 characters, too few for a "
+                                    r"0\.9/0\.05/0\.05 train/valid/test split"),
 ])
 def test_text_bad_file(tmp_path, content, message):
     with pytest.raises(DataError, match=message):
@@ -216,6 +218,8 @@ def test_text_path_is_missing(tmp_path):
 def test_text_bad_fraction(tmp_path):
     with pytest.raises(ValueError, match=r"valid_fraction must be in \(0, 1\)"):
         load_text(write(tmp_path / "t.txt", "abcdef"), valid_fraction=0)
+    with pytest.raises(ValueError, match=r"valid_fraction \+ test_fraction must be below 1"):
+        load_text(write(tmp_path / "t.txt", "abcdef"), valid_fraction=0.5, test_fraction=0.5)
 
 
 # ------------------------------------------------------------------ CSV series

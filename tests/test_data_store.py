@@ -32,9 +32,11 @@ REAL_DATA = os.environ.get("LSTMKIT_DATA")  # read before the fixture below clea
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """No LSTMKIT_DATA and a cache inside tmp_path, so no test sees real data by accident."""
+    """No LSTMKIT_DATA, no ../shared/data and a cache inside tmp_path, so no test sees real
+    data by accident."""
     monkeypatch.delenv("LSTMKIT_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(store_module, "_shared_folders", lambda: [])
 
 
 def sha(data: bytes) -> str:
@@ -178,6 +180,15 @@ def test_fetch_downloads_and_verifies(tmp_path, server, tiny):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == FILES
     assert require("tiny", tmp_path / "data") == folder
     assert verify("tiny", tmp_path / "data") == folder
+
+
+def test_fetched_files_get_the_umask_mode_not_mkstemps(tmp_path, server, tiny):
+    old = os.umask(0o022)
+    try:
+        folder = fetch("tiny", tmp_path / "data", mirror=server.as_uri())
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {"0o644"}
 
 
 def test_fetch_from_the_registry_url(tmp_path, server, monkeypatch):

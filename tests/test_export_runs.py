@@ -165,7 +165,7 @@ def test_readme_forecast_example(runs, tmp_path):
         _example("onnx-forecast"), cwd))]
     printed = lstmkit("forecast", runs["forecast"], "--horizon", "12", "--out",
                       tmp_path / "f.png").stdout
-    expected = [float(v) for v in re.findall(r"^\+\d+: ([-0-9.]+)", printed, re.M)]
+    expected = [float(v) for v in re.findall(r"^\+\d+ [0-9-]+: ([-0-9.]+)", printed, re.M)]
     assert len(got) == len(expected) == 12
     assert got == pytest.approx(expected, abs=1.0)           # the example rounds to units
 

@@ -18,8 +18,38 @@ from .config import RESUMABLE, Config, defaults_for
 TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy", "jsb")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the text already gives it); choices
+    show in the option's metavar, {a,b,...}. A description or epilog with line breaks is kept
+    as written (train's table of task defaults); others are wrapped."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if states_default(text) or not action.option_strings or action.required or \
+                action.default is argparse.SUPPRESS:
+            return text
+        text = text and text + " "
+        if action.default is None:
+            return f"{text}(default: none)"
+        if action.default is False and action.nargs == 0:
+            return f"{text}(default: off)"
+        return f"{text}(default: %(default)s)"
+
+
+def states_default(text: str) -> bool:
+    return "(default" in text or "default:" in text
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (and exit code 2)."""
+    """argparse with one-line errors (and exit code 2), and defaults in every option's help."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -102,14 +132,28 @@ TRAIN_OPTIONS = [
 ]
 
 
+def task_default_text(dest: str) -> str:
+    """The default of a training option: "(default: 5.0)", or the most common value and the
+    tasks that differ, "(default: 128; names 256, ptb 200)"."""
+    from collections import Counter
+
+    def show(value):
+        return {True: "on", False: "off", None: "none"}.get(value, value) \
+            if isinstance(value, bool) or value is None else str(value)
+
+    values = {task: show(getattr(defaults_for(task), dest)) for task in TASKS}
+    common = Counter(values.values()).most_common(1)[0][0]
+    others = ", ".join(f"{task} {v}" for task, v in values.items() if v != common)
+    return f"(default: {common}" + (f"; {others})" if others else ")")
+
+
 def add_train_parser(sub) -> None:
     from .config import TASK_DEFAULTS
 
     epilog = "task defaults (options left out take these, else the listed default):\n" + \
         "\n".join(f"  {task}: " + ", ".join(f"{k}={v}" for k, v in d.items())
                   for task, d in TASK_DEFAULTS.items())
-    p = sub.add_parser("train", help="train a model on a task", epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+    p = sub.add_parser("train", help="train a model on a task", epilog=epilog, description=(
                            "Train a model on a task into a run folder (config.json, "
                            "metrics.jsonl, model.safetensors, checkpoint/, plots)."))
     p.add_argument("task", choices=TASKS, help="what to train")
@@ -124,6 +168,8 @@ def add_train_parser(sub) -> None:
     groups = {}
     for flag, dest, kind, text, group in TRAIN_OPTIONS:
         g = groups.setdefault(group, p.add_argument_group(group))
+        if not states_default(text):                 # None below: "not given on the line"
+            text = f"{text} {task_default_text(dest)}"
         if kind == "flag":
             g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
                            help=text)
@@ -158,12 +204,12 @@ def train_command(args) -> None:
 
     if args.nproc < 1:
         fail(f"--nproc must be at least 1, got {args.nproc}")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        launch_distributed(args.nproc, args.argv)
-
     given = {dest: getattr(args, dest) for _, dest, *_ in TRAIN_OPTIONS
              if getattr(args, dest) is not None}
-    if args.resume and (Path(args.out) / "config.json").exists():
+    if args.resume and not (Path(args.out) / "config.json").exists():
+        fail(f"--resume: {args.out} " + ("holds no run (no config.json)" if Path(args.out).exists()
+             else "does not exist") + "; to start a new run there, leave out --resume")
+    if args.resume:
         path = Path(args.out) / "config.json"
         obj = read_json(path)                    # its errors name the file
         try:
@@ -181,7 +227,22 @@ def train_command(args) -> None:
         cfg = defaults_for(args.task)
     cfg = dataclasses.replace(cfg, **given)
     check_config(cfg)
+    if "WORLD_SIZE" not in os.environ:          # once, before any worker starts
+        get_data(cfg)
+        if args.nproc > 1:
+            launch_distributed(args.nproc, args.argv)
     train(cfg, args.out, resume=args.resume)
+
+
+def get_data(cfg: Config) -> None:
+    """The task's data set, downloaded first when it is in none of the places looked in (and
+    no --data-dir was named), as scripts/demo.sh does."""
+    from .data import obtain
+    from .tasks import TASKS
+
+    name = TASKS[cfg.task].dataset
+    if name and not cfg.path:
+        obtain(name, cfg.data_dir, log=lambda m: sys.stderr.write(f"lstmkit: {m}\n"))
 
 
 def check_config(cfg: Config) -> None:
@@ -209,13 +270,13 @@ def build_skeleton(task):
 def check_checkpoint(cfg: Config, out: Path) -> None:
     """Before resuming: the newest checkpoint (if any) must be readable and fit cfg's model,
     else one line (so that a damaged folder fails before training data and model are built)."""
-    from .runio import check_optimizer_files, check_state, load_checkpoint
+    from .runio import check_optimizer_files, check_state, load_intact_checkpoint
     from .tasks import make_task
     from .train import make_optimizer
 
     if not (out / "checkpoint" / "latest.json").exists():
         return                                  # killed before the first one: starts afresh
-    tensors, meta = load_checkpoint(out)
+    tensors, meta, _ = load_intact_checkpoint(out)   # the trainer says if it passed one over
     try:
         skeleton = build_skeleton(make_task(cfg, for_training=False))
     except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as e:
@@ -250,6 +311,10 @@ def load_run(run_dir: str, for_training: bool = False):
     except ValueError as e:
         fail(f"{folder / 'config.json'}: {e}")
     weights = folder / "model.safetensors"
+    if not weights.exists() and not weights.is_symlink():
+        fail(f"{weights} does not exist: {run_dir} holds no trained model yet (training "
+             f"stopped before its first validation); continue it with `lstmkit train "
+             f"{cfg.task} --out {run_dir} --resume`")
     tensors = read_tensors(weights)             # never unpickled: safetensors only
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
     if bad:                                     # damaged, or diverged: sampling would crash
@@ -279,13 +344,57 @@ def evaluate_command(args) -> None:
 
 
 def predict_command(args) -> None:
+    import json
+
+    from .data.errors import shorten
+    from .tasks.classify import read_name
+
     if args.top < 1:
         fail(f"--top must be at least 1, got {args.top}")
+    names = names_to_predict(args)
     cfg, task, model = load_run(args.run)
     if cfg.task != "names":
         fail(f"predict is for names runs; {args.run} is a {cfg.task!r} run")
-    for name, ranked in zip(args.names, task.predict(model, args.names, args.top)):
-        print(f"{name}: " + ", ".join(f"{lang} {p:.3f}" for lang, p in ranked))
+    readings = [read_name(name) for name in names]
+    readable = [r for r in readings if not r.error]
+    ranked = iter(task.predict(model, [r.read_as for r in readable], args.top) if readable
+                  else [])
+    for i, r in enumerate(readings, 1):
+        if r.error:                             # reported, and the others still classified
+            sys.stderr.write(f"lstmkit: error: name {i} {shorten(r.name)}: {r.error}; "
+                             "skipped\n")
+            if args.json:
+                print(json.dumps({"name": r.name[:200], "error": r.error}, ensure_ascii=False))
+            continue
+        top = next(ranked)
+        if args.json:
+            print(json.dumps({"name": r.name, "read_as": r.read_as, "left_out": r.left_out,
+                              "languages": [{"language": lang, "probability": round(p, 6)}
+                                            for lang, p in top]}, ensure_ascii=False))
+            continue
+        note = "; ".join(([f"read as {r.read_as}"] if r.read_as != r.name else []) +
+                         ([f"left out {''.join(r.left_out)}"] if r.left_out else []))
+        print(f"{r.name}{f' ({note})' if note else ''}: "
+              + ", ".join(f"{lang} {p:.3f}" for lang, p in top))
+    if len(readable) < len(readings):
+        raise SystemExit(2)
+
+
+def names_to_predict(args) -> list[str]:
+    """The names on the command line, "-" standing for those on stdin, and those in --file
+    (one per line; "-": stdin); blank lines are skipped."""
+    from .data.files import read_utf8
+
+    def lines(source: str) -> list[str]:
+        text = sys.stdin.read() if source == "-" else read_utf8(source, "names file")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    names = [n for name in args.names for n in (lines("-") if name == "-" else [name])]
+    names += lines(args.file) if args.file else []
+    if not names:
+        fail("no names to classify: give them as arguments, in --file FILE, or on stdin "
+             "with -")
+    return names
 
 
 def sample_command(args) -> None:
@@ -300,28 +409,46 @@ def sample_command(args) -> None:
 def forecast_command(args) -> None:
     from . import plots
     from .data import load_series
+    from .runio import atomic_write_bytes
+    from .tasks.forecast import calendar, check_range, date_axis
 
     cfg, task, model = load_run(args.run)
     if cfg.task != "forecast":
         fail(f"forecast is for forecast runs; {args.run} is a {cfg.task!r} run")
     if args.horizon < 1:
         fail(f"--horizon must be at least 1, got {args.horizon}")
-    if not cfg.meta.get("residual_std"):          # written when training finishes
+    if "residual_std" not in cfg.meta:            # written when training finishes
         fail(f"{args.run} holds an unfinished forecast run (config.json has no "
              f"meta.residual_std for the interval); finish it with `lstmkit train forecast "
              f"--out {args.run} --resume`")
     path = args.csv or cfg.path
-    column = args.value_column or (cfg.value_column if path == cfg.path else None)
-    series = load_series(path, column, None, cfg.data_dir, test_size=0, valid_size=0)
+    own = path == cfg.path                        # the run's own file: its columns
+    series = load_series(path, args.value_column or (cfg.value_column if own else None),
+                         args.date_column or (cfg.date_column if own else None), cfg.data_dir,
+                         test_size=0, valid_size=0, find_dates=True)
+    check_range(series.values, path)
+    dates, frequency = calendar(series)
     pred = task.forecast(model, series.values, args.horizon)
     low, high = task.interval(model, series.values, args.horizon)
+    x = date_axis(dates, frequency, len(series.values) + args.horizon)
+    ahead = [d.strftime(frequency.format) for d in x[len(series.values):]] if x else None
+    if dates is not None:
+        print(f"dates: {series.date_name!r}, " + (
+            f"{frequency.name}, the last {dates[-1].strftime(frequency.format)}" if frequency
+            else "irregular: the forecast is given in steps"))
+    rows = ["step,date,forecast,low_95,high_95"]
     for k, (v, lo, hi) in enumerate(zip(pred.tolist(), low.tolist(), high.tolist()), 1):
-        print(f"+{k}: {v:.2f}  (approx. 95% interval {lo:.2f} .. {hi:.2f})")
+        when = ahead[k - 1] if ahead else ""
+        print(f"+{k}{' ' + when if when else ''}: {v:.2f}  (approx. 95% interval {lo:.2f} .. "
+              f"{hi:.2f})")
+        rows.append(f"{k},{when},{v!r},{lo!r},{hi!r}")
     out = Path(args.out or Path(args.run) / "forecast-ahead.png")
+    table = out.with_suffix(".csv")
+    atomic_write_bytes(table, ("\n".join(rows) + "\n").encode())
     values = series.values.float()
     plots.forecast(values, len(values), pred, low, high, out,
-                   title=f"{series.name}: next {args.horizon}")
-    print(f"plot: {out}")
+                   title=f"{series.name}: next {args.horizon}", x=x, ylabel=series.name)
+    print(f"plot: {out}\ntable: {table}")
 
 
 def export_command(args) -> None:
@@ -440,9 +567,21 @@ def data_command(args) -> None:
 
 
 # ---------------------------------------------------------------------- entry point
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def build_parser() -> Parser:
+    from . import __version__
+    from .tasks.classify import MAX_NAME_CHARS
+
     parser = Parser(prog="lstmkit", description=(
         "LSTMs and their family with hand-written BPTT: train, evaluate and use models."))
+    parser.add_argument("--version", action="version",
+                        version=f"lstmkit {__version__} (torch {torch_version()}, Python "
+                        f"{sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train_parser(sub)
 
@@ -450,10 +589,19 @@ def build_parser() -> Parser:
     p.add_argument("run", help="a run folder")
     p.set_defaults(func=evaluate_command)
 
-    p = sub.add_parser("predict", help="languages of surnames (a names run)")
+    p = sub.add_parser("predict", help="languages of surnames (a names run)", description=(
+        "Classify surnames. Any script is accepted: Cyrillic, Greek and Arabic letters are "
+        "transliterated, accents dropped; characters with no transliteration (Chinese, "
+        "Japanese, Korean script, digits) are left out and named. A name that cannot be read "
+        f"(none of its letters readable, or over {MAX_NAME_CHARS} characters) is reported on "
+        "stderr and skipped; the others are still classified, and the exit code is then 2."))
     p.add_argument("run", help="a names run folder")
-    p.add_argument("names", nargs="+", help="surnames to classify")
+    p.add_argument("names", nargs="*", help="surnames to classify; - reads them from stdin, "
+                   "one per line")
+    p.add_argument("--file", help="a UTF-8 file of surnames, one per line (- for stdin)")
     p.add_argument("--top", type=int, default=3, help="how many languages to list per name")
+    p.add_argument("--json", action="store_true", help="one JSON object per name and line: "
+                   "name, read_as, left_out, languages [{language, probability}] (or error)")
     p.set_defaults(func=predict_command)
 
     p = sub.add_parser("sample", help="generate text (a ptb or chars run)")
@@ -468,9 +616,13 @@ def build_parser() -> Parser:
     p = sub.add_parser("forecast", help="forecast a series ahead (a forecast run)")
     p.add_argument("run", help="a forecast run folder")
     p.add_argument("--csv", help="the series to continue (default: the run's own data)")
-    p.add_argument("--value-column", help="its value column (name or index)")
+    p.add_argument("--value-column", help="its value column (name or index; default: the "
+                   "run's for its own data, else the last)")
+    p.add_argument("--date-column", help="its date column (name or index; default: the run's, "
+                   "else the first column that holds only dates, if any)")
     p.add_argument("--horizon", type=int, required=True, help="steps to forecast")
-    p.add_argument("--out", help="the plot to write (default: RUN/forecast-ahead.png)")
+    p.add_argument("--out", help="the plot to write (default: RUN/forecast-ahead.png); the "
+                   "forecast's table goes beside it as CSV (forecast-ahead.csv)")
     p.set_defaults(func=forecast_command)
 
     p = sub.add_parser("export", help="a run's model as ONNX (onnxruntime runs it without "
@@ -503,7 +655,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("experiment", help="grids of runs: long time lags")
     p.add_argument("name", choices=("lags",), help="lags: cells x time lags on adding or copy")
-    p.add_argument("--task", choices=("adding", "copy"), default="adding")
+    p.add_argument("--task", choices=("adding", "copy"), default="adding",
+                   help="the long-time-lag task")
     p.add_argument("--cells", default="rnn,lstm,gru,peephole,coupled",
                    help="comma-separated cells")
     p.add_argument("--lengths", default="50,100,200,400", help="comma-separated time lags T")
@@ -511,7 +664,7 @@ def build_parser() -> Parser:
     p.add_argument("--hidden", type=int, default=128, help="hidden units (every cell)")
     p.add_argument("--init", default="default", help="default, unit-forget, chrono, "
                    "orthogonal, unit-forget+orthogonal or chrono+orthogonal")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every run")
     p.add_argument("--engine", default="auto", choices=("auto", "python", "torch", "compiled"),
                    help="the layers' engine (same numbers, different speed)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = default)")
@@ -539,14 +692,17 @@ def main(argv=None) -> None:
     from .train import Interrupted, TrainingStopped
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not argv:                                # a first try: the help, not a usage error
+        parser.print_help()
+        raise SystemExit(0)
+    args = parser.parse_args(argv)
     args.argv = argv
     func = train_command if args.command == "train" else args.func
     try:
         func(args)
-    except TrainingStopped as e:
-        sys.stderr.write(f"lstmkit: {e}\n")
-        raise SystemExit(1) from None
+    except TrainingStopped as e:                 # the cause and what was kept: one line
+        fail(str(e))
     except Interrupted as e:
         if os.environ.get("RANK", "0") == "0":
             sys.stderr.write(f"lstmkit: stopped by {e}; checkpoint saved in "

@@ -21,24 +21,28 @@ def save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def loss_curves(records: list[dict], path: str | Path, title: str = "") -> Path:
-    """Training loss (per logged step) and validation loss (per epoch) against steps."""
+def loss_curves(records: list[dict], path: str | Path, title: str = "",
+                loss: str = "loss") -> Path:
+    """Training loss (per logged step) and validation loss (per epoch) against steps; `loss`
+    names it on the y axis, e.g. "cross-entropy (nats/char)"."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    train = [(r["step"], r["train_loss"]) for r in records
+             if r.get("train_loss") is not None]
     valid = [(r["step"], r["valid"]["loss"]) for r in records if "valid" in r]
     if train:
         ax.plot(*zip(*train), label="train", alpha=0.8)
     if valid:
         ax.plot(*zip(*valid), "o-", label="validation")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(loss)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     return save(fig, path)
 
 
-def confusion_matrix(counts, labels: list[str], path: str | Path) -> Path:
+def confusion_matrix(counts, labels: list[str], path: str | Path,
+                     title: str = "Confusion matrix") -> Path:
     """Rows: true class; columns: predicted; each row normalised to fractions."""
     frac = counts.float() / counts.sum(1, keepdim=True).clamp_min(1)
     fig, ax = plt.subplots(figsize=(8, 7))
@@ -47,21 +51,31 @@ def confusion_matrix(counts, labels: list[str], path: str | Path) -> Path:
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("fraction of the true class (each row sums to 1)")
     return save(fig, path)
 
 
-def forecast(values, start: int, pred, low, high, path: str | Path, title: str = "") -> Path:
-    """The series, the forecast from index `start` on, and its interval."""
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(range(len(values)), values.numpy(), color="black", label="series")
+def forecast(values, start: int, pred, low, high, path: str | Path, title: str = "",
+             x=None, ylabel: str = "value") -> Path:
+    """The series, the forecast from index `start` on, and its interval. `x`: where each
+    index lies on the x axis (datetimes, len(values) or more), else the index itself."""
     steps = range(start, start + len(pred))
-    ax.plot(steps, pred.numpy(), color="C1", label="forecast")
-    ax.fill_between(steps, low.numpy(), high.numpy(), color="C1", alpha=0.25,
-                    label="approx. 95% interval")
+    x = list(range(max(len(values), steps.stop))) if x is None else list(x)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(x[:len(values)], values.numpy(), color="black", label="series")
+    ax.plot(x[steps.start:steps.stop], pred.numpy(), color="C1", label="forecast")
+    ax.fill_between(x[steps.start:steps.stop], low.numpy(), high.numpy(), color="C1",
+                    alpha=0.25, label="approx. 95% interval")
+    is_date = not isinstance(x[0], int)
+    ax.set_xlabel("date" if is_date else "time step")
+    ax.set_ylabel(ylabel)
+    if is_date:
+        fig.autofmt_xdate()
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)   # off the data
     return save(fig, path)
 
 

@@ -15,7 +15,6 @@ import math
 import os
 import random
 import re
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
+
+from .data.files import temporary_file
 
 
 class RunError(ValueError):
@@ -32,7 +33,7 @@ class RunError(ValueError):
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -259,11 +260,42 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict, dict]:
     the trainer's state, an optimizer state, and the random-number states lstmkit writes.
     """
     folder = Path(run_dir) / "checkpoint"
+    return _load_checkpoint_files(folder, _latest_name(folder))
+
+
+def _latest_name(folder: Path) -> str:
     latest = read_json(folder / "latest.json")
     name = latest.get("name") if isinstance(latest, dict) else None
     if not isinstance(name, str) or not re.fullmatch(r"ckpt-[0-9]{1,18}", name):
         raise RunError(f"{folder / 'latest.json'} names no checkpoint (expected an object with "
                        "\"name\": \"ckpt-<step>\")")
+    return name
+
+
+def load_intact_checkpoint(run_dir: str | Path) -> tuple[dict, dict, str]:
+    """(tensors, meta, note) of the checkpoint latest.json names, or, when its files cannot be
+    read (truncated by a full disk, say), of the newest older checkpoint that can; note says
+    which was passed over and why ("" when none was). Raises load_checkpoint's RunError when
+    latest.json itself is unreadable or no checkpoint is intact."""
+    folder = Path(run_dir) / "checkpoint"
+    name = _latest_name(folder)
+    try:
+        return (*_load_checkpoint_files(folder, name), "")
+    except RunError as damaged:
+        older = sorted((p.stem for p in folder.glob("ckpt-*.json")
+                        if re.fullmatch(r"ckpt-[0-9]{1,18}", p.stem) and p.stem < name),
+                       reverse=True)
+        for other in older:
+            try:
+                tensors, meta = _load_checkpoint_files(folder, other)
+            except RunError:
+                continue
+            return tensors, meta, (f"checkpoint {name} cannot be read ({damaged}); using the "
+                                   f"newest intact one, {other}, instead")
+        raise
+
+
+def _load_checkpoint_files(folder: Path, name: str) -> tuple[dict, dict]:
     tensors = read_tensors(folder / f"{name}.safetensors")
     meta = read_json(folder / f"{name}.json")
     where = folder / f"{name}.json"

@@ -20,6 +20,7 @@ times over; see BENCHMARKS.md); the setting returns to torch's default (off) aft
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import random
@@ -41,7 +42,7 @@ from .runio import (
     atomic_save_tensors,
     atomic_write_bytes,
     atomic_write_json,
-    load_checkpoint,
+    load_intact_checkpoint,
     load_state_into,
     optimizer_from_files,
     optimizer_to_files,
@@ -52,43 +53,61 @@ from .runtime import keep_freed_memory
 from .tasks import Task, make_task
 
 LOG_EVERY = 50                       # optimiser steps between train-loss records
+NONFINITE_CAUSES = "inputs out of range, or a learning rate too high (try a lower --lr or --clip)"
 
 
 class TrainingStopped(RuntimeError):
-    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+    """Training cannot go on (non-finite losses or validation); the last good checkpoint is
+    kept, or, when there was none yet, the run folder is removed (nothing to resume)."""
 
 
 # ---------------------------------------------------------------------- progress
 class Progress:
-    """A one-line progress bar on a terminal; plain lines now and then otherwise."""
+    """An epoch's progress bar, drawn by tqdm: redrawn in place on a terminal, a widget in a
+    notebook (tqdm.auto). In a pipe or a CI log, where a bar redrawn with carriage returns
+    piles up into one endless line, it writes a plain line at most every LOG_SECONDS instead
+    (and nothing for an epoch shorter than that: the epoch's summary line follows anyway)."""
 
-    def __init__(self, stream=None, enabled: bool = True):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() and enabled
-        self.enabled = enabled
-        self.last = 0.0
+    LOG_SECONDS = 30.0
 
-    def update(self, epoch: int, epochs: int, done: int, total: int | None, loss: float,
-               rate: float) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last < (0.2 if self.tty else 30.0) and done != total:
-            return
-        self.last = now
-        frac = f" {done}/{total} {100 * done / total:3.0f}%" if total else f" {done}"
-        eta = f"  ETA {format_seconds((total - done) / rate)}" if total and rate > 0 else ""
-        line = (f"epoch {epoch + 1}/{epochs}{frac}  loss {loss:.4f}  {rate:.1f} steps/s{eta}")
-        if self.tty:
-            self.stream.write("\r" + line.ljust(78))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+    def __init__(self, epoch: int, epochs: int, total: int | None, done: int = 0,
+                 stream=None, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        stream = stream or sys.stderr
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        quiet = dict(mininterval=self.LOG_SECONDS, delay=self.LOG_SECONDS)
+        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}",
+                        unit="step", disable=not enabled, dynamic_ncols=True, leave=False,
+                        file=stream if tty else _Lines(stream), **({} if tty else quiet))
+
+    def update(self, loss: float | None) -> None:
+        """One more step; loss is the epoch's mean training loss so far (None before any
+        step had a finite one)."""
+        self.bar.set_postfix_str("loss n/a" if loss is None else f"loss {loss:.4f}",
+                                 refresh=False)
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
+        self.bar.close()
+
+
+class _Lines(io.TextIOBase):
+    """A stream for tqdm that cannot redraw (a pipe, a file): each status it draws becomes
+    one line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
             self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def format_seconds(s: float) -> str:
@@ -160,8 +179,10 @@ def checkpoint(out: Path, model, optimizer, carry_tensors: dict, st: TrainState)
     save_checkpoint(out, st.step, tensors, meta)
 
 
-def restore(out: Path, model, optimizer, task: Task):
-    tensors, meta = load_checkpoint(out)
+def restore(out: Path, model, optimizer, task: Task, log=print):
+    tensors, meta, note = load_intact_checkpoint(out)
+    if note:
+        log(note)
     model_tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_into(model, model_tensors, out / "checkpoint")
     optimizer_from_files(optimizer, tensors, meta["optimizer"])
@@ -268,11 +289,12 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
     task = make_task(cfg)                                   # loads the data, fills cfg.meta
     model = task.build_model()
     initialise(model, cfg)
+    log(start_line(cfg, task, model, group))
     optimizer = make_optimizer(model, cfg)
     metrics_path = out / "metrics.jsonl"
-    st, carry = TrainState(), None
+    st, carry, created = TrainState(), None, False
     if resume:
-        st, carry = restore(out, model, optimizer, task)
+        st, carry = restore(out, model, optimizer, task, log)
         if group.active and carry is not None:
             carry = task.carry_from_tensors(distributed.shard_tensors(
                 task.carry_tensors(carry), task.carry_dim, group))
@@ -282,6 +304,7 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         log(f"resumed {out} at epoch {st.epoch + 1}, step {st.step}")
     elif group.main:
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", cfg.to_json())
         atomic_write_bytes(metrics_path, b"")
@@ -294,11 +317,42 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
         with SignalStop() as stop:
             run = Run(cfg, out, task, model, optimizer, st, log, group, stop)
             stopped = run.epochs(carry)
+    except TrainingStopped as e:
+        if (out / "checkpoint" / "latest.json").exists():
+            raise TrainingStopped(f"{e}. The last good checkpoint is kept in "
+                                  f"{out / 'checkpoint'}") from None
+        if group.main and not resume:           # nothing to resume: leave no half a run
+            discard_run(out, created)
+        raise TrainingStopped(f"{e}. No checkpoint had been written, so nothing was kept "
+                              f"({out} {'removed' if created else 'emptied'})") from None
     finally:
         torch.set_flush_denormal(False)
     if not group.main:
         return {}
     return finish(cfg, out, task, model, st, stopped, log)
+
+
+def start_line(cfg: Config, task: Task, model: nn.Module, group: distributed.Group) -> str:
+    """What is about to train, on what, where: one line."""
+    params = sum(p.numel() for p in model.parameters())
+    device = next(model.parameters()).device.type
+    where = f"{device}, {torch.get_num_threads()} threads" + \
+        (f" in each of {group.world} processes" if group.active else "")
+    data = " from ".join(part for part in (task.data_sizes(), task.data_source()) if part)
+    return (f"train {cfg.task}: cell {cfg.cell}, engine {cfg.engine}, {params:,} parameters; "
+            f"data {data}; device {where}")
+
+
+def discard_run(out: Path, created: bool) -> None:
+    """Remove what a run that stopped before its first checkpoint wrote (the folder too, when
+    this run made it), so that later commands do not mistake it for a run."""
+    for name in ("config.json", "metrics.jsonl", "model.safetensors"):
+        (out / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):          # kept if anything else is in it
+        (out / "checkpoint").rmdir()
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()
 
 
 class Run:
@@ -311,6 +365,7 @@ class Run:
         # the module that trains: wrapped so that backward averages gradients over ranks
         self.net = DistributedDataParallel(model) if group.active else model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.first_nonfinite = 0                     # the step of the first, in this process
 
     def epochs(self, carry) -> str:
         """Train until the epochs, the step budget or the time limit run out, or validation
@@ -331,10 +386,10 @@ class Run:
         self.lr = lr
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         self.model.train()
-        progress = Progress(enabled=group.main)
-        total = task.batches_per_epoch()
-        started = self.counted = time.monotonic()    # rate; train_seconds counted up to
         reason, first = "", st.batch_in_epoch
+        progress = Progress(epoch, cfg.epochs, task.batches_per_epoch(), first,
+                            enabled=group.main)
+        self.counted = time.monotonic()              # train_seconds are counted up to here
         if first == 0:
             st.loss_sum, st.loss_count = 0.0, 0
         for i, batch in enumerate(task.train_batches(generator)):
@@ -348,9 +403,8 @@ class Run:
             carry = self.step(batch, carry, epoch)
             st.batch_in_epoch = i + 1
             now = time.monotonic()
-            train_loss = st.loss_sum / max(st.loss_count, 1)
-            progress.update(epoch, cfg.epochs, i + 1, total, train_loss,
-                            (i + 1 - first) / max(now - started, 1e-9))
+            train_loss = st.loss_sum / st.loss_count if st.loss_count else None   # None: no
+            progress.update(train_loss)                                 # finite step yet
             if st.step % LOG_EVERY == 0:
                 self.record({"step": st.step, "epoch": epoch + 1, "train_loss": train_loss,
                              "lr": lr, "skipped": st.skipped})
@@ -408,18 +462,28 @@ class Run:
         st.skipped += 1
         st.bad_in_row += 1
         what = "gradient" if math.isfinite(value) else "loss"
+        self.first_nonfinite = self.first_nonfinite or st.step
         self.log(f"step {st.step}: non-finite {what}; update skipped ({st.skipped} so far)")
         if st.bad_in_row >= cfg.max_nonfinite:
             raise TrainingStopped(
-                f"{st.bad_in_row} steps in a row had a non-finite loss or gradient (the last at "
-                f"step {st.step}); stopping. The last good checkpoint is in "
-                f"{self.out / 'checkpoint'}; a lower --lr or --clip may help")
+                f"stopped: {st.bad_in_row} steps in a row had a non-finite loss or gradient "
+                f"(the first at step {self.first_nonfinite}, the last at step {st.step}): "
+                f"{NONFINITE_CAUSES}")
         return None                                    # a non-finite state is not carried on
 
     def end_of_epoch(self, epoch: int, reason: str, carry) -> bool:
         """Validate, keep the best model, checkpoint; True if training should stop."""
         cfg, st, task = self.cfg, self.st, self.task
+        if st.loss_count == 0 and st.bad_in_row:     # the epoch trained on nothing
+            raise TrainingStopped(f"stopped: every step of epoch {epoch + 1} had a non-finite "
+                                  f"loss or gradient (the first at step "
+                                  f"{self.first_nonfinite or st.step}): {NONFINITE_CAUSES}")
         valid = task.evaluate(self.model, "valid")   # every rank: the same weights, same numbers
+        if not math.isfinite(valid["loss"]):         # no model worth keeping comes of this
+            skipped = (f"; {st.skipped} of {st.step} steps had a non-finite loss or gradient"
+                       if st.skipped else "")
+            raise TrainingStopped(f"stopped: the validation loss after epoch {epoch + 1} is "
+                                  f"not finite{skipped}: {NONFINITE_CAUSES}")
         self.record({"step": st.step, "epoch": epoch + 1, "lr": self.lr, "valid": valid,
                      "train_seconds": st.train_seconds})
         score = task.selection_score(valid)
@@ -467,7 +531,7 @@ def finish(cfg, out: Path, task: Task, model, st: TrainState, stopped: str, log)
     task.figures(model, out)
     atomic_write_json(out / "config.json", cfg.to_json())       # figures may add to meta
     plots.loss_curves(read_metrics(out / "metrics.jsonl"), out / "loss.png",
-                      title=f"{cfg.task}, {cfg.cell}")
+                      title=f"{cfg.task}, {cfg.cell}", loss=task.loss_label)
     atomic_write_json(out / "results.json", results)
     log(f"{stopped}; best model by validation: test {task.describe(test)}")
     return results

@@ -36,3 +36,25 @@ def read_utf8(path: str | Path, what: str = "file") -> str:
     if not text:
         raise DataError(f"{what} {path} is empty")
     return text
+
+
+def temporary_file(folder: str | Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """(fd, path) of a new file in folder, as tempfile.mkstemp, but with the mode a plain
+    open() would give (0666 less the umask, usually 0644) instead of mkstemp's 0600: the file
+    is renamed into place and must read like any other file the user writes."""
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, path
+
+
+def _umask() -> int:
+    """The process's umask. POSIX can only read it by setting it, so it is set and put back
+    at once (lstmkit writes files from one thread)."""
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

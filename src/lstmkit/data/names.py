@@ -33,6 +33,62 @@ def transliterate(name: str) -> str:
                    if unicodedata.category(ch) != "Mn" and ch in _INDEX)
 
 
+# Letters of other scripts in Latin (lower case; upper case is capitalised), for names to
+# classify: Russian/Ukrainian Cyrillic as the names data spells it (Abaev, Abaidulin), Greek
+# (with "ou" for the digraph), Arabic consonants (short vowels are unwritten marks, dropped),
+# and Latin letters that do not decompose into a base letter and accents. Accented letters
+# (й, ά, é) decompose first and lose their accents, as in transliterate.
+_CYRILLIC = dict(zip("абвгдезиклмнопрстуфхцчшщъыьэюяієїґў",
+                     "a b v g d e z i k l m n o p r s t u f kh ts ch sh shch _ y _ e yu ya i "
+                     "ye yi g u".split()))
+_GREEK = dict(zip("αβγδεζηθικλμνξοπρσςτυφχψω",
+                  "a v g d e z i th i k l m n x o p r s s t y f ch ps o".split()))
+_ARABIC = dict(zip("ءابتثجحخدذرزسشصضطظعغفقكلمنهويةىأإآؤئ",
+                   "' a b t th j h kh d dh r z s sh s d t z ' gh f q k l m n h w y a a a i a "
+                   "' '".split()))
+_LATIN = {"ł": "l", "ß": "ss", "ø": "o", "æ": "ae", "œ": "oe", "đ": "d", "þ": "th", "ð": "d",
+          "ı": "i", "ŀ": "l"}
+_ROMAN = {ch: ("" if m == "_" else m) for table in (_CYRILLIC, _GREEK, _ARABIC, _LATIN)
+          for ch, m in table.items()}
+
+
+def romanize(name: str) -> tuple[str, list[str]]:
+    """(ascii, left_out): name in the characters of ALPHABET, for a trained model to read.
+    Latin letters lose their accents (as transliterate); Cyrillic, Greek and Arabic letters are
+    transliterated (Достоевский -> Dostoevskii; a name of a script without case, such as
+    Arabic, gets capitals); any whitespace is a space. Characters with no transliteration here
+    (Chinese, Japanese and Korean script, digits, symbols) are left out and listed in
+    left_out, each once, in the order they appear."""
+    chars = unicodedata.normalize("NFC", name)
+    out, left_out, skip = [], [], False
+    for k, ch in enumerate(chars):
+        if skip:
+            skip = False
+            continue
+        base = unicodedata.normalize("NFD", ch)[0]           # the letter without its accents
+        after = unicodedata.normalize("NFD", chars[k + 1])[0] if k + 1 < len(chars) else ""
+        if base.lower() == "ο" and after.lower() == "υ":        # Greek's digraph: ou, not oy
+            latin, skip = "ou", True
+        elif base in _INDEX:
+            latin = base
+        elif base.lower() in _ROMAN:
+            latin = _ROMAN[base.lower()]
+        elif ch.isspace():
+            latin = " "
+        else:
+            if ch not in left_out:
+                left_out.append(ch)
+            continue
+        if base.isupper() and base not in _INDEX:            # Щукин -> Shchukin, ЩУКИН -> SHCHUKIN
+            shouting = after.isupper() or k > 0 and chars[k - 1].isupper()
+            latin = latin.upper() if shouting else latin.capitalize()
+        out.append(latin)
+    ascii_name = " ".join("".join(out).split())
+    if not any(c.isupper() or c.islower() for c in chars):      # a script without case
+        ascii_name = " ".join(word[:1].upper() + word[1:] for word in ascii_name.split(" "))
+    return ascii_name, left_out
+
+
 def encode_name(name: str) -> Tensor:
     """The ALPHABET indices of transliterate(name): a LongTensor of shape (L,).
 

@@ -3,13 +3,16 @@
 A data directory holds one folder per data set (``names/``, ``ptb/``, ...), each with the files
 the registry lists. The directory is, in this order of preference:
 
-1. the ``data_dir`` argument (the command line's ``--data-dir``),
+1. the ``data_dir`` argument (the command line's ``--data-dir``; then nowhere else),
 2. the environment variable ``LSTMKIT_DATA``,
-3. a per-user cache, ``$XDG_CACHE_HOME/lstmkit`` or ``~/.cache/lstmkit``.
+3. ``../shared/data`` seen from the current directory, then from the project's folder (where
+   it exists: the layout scripts/demo.sh and scripts/test.sh look for),
+4. a per-user cache, ``$XDG_CACHE_HOME/lstmkit`` or ``~/.cache/lstmkit``.
 
-``require`` finds a data set in the first of these places that has all its files; ``fetch``
-downloads one into the first place, checking every file's sha256 and writing each file
-atomically, so an interrupted or corrupted download never leaves a file that looks complete.
+``require`` (``locate``: also how it was found) finds a data set in the first of these places
+that has all its files; ``fetch`` downloads one into the first place, checking every file's
+sha256 and writing each file atomically, so an interrupted or corrupted download never leaves
+a file that looks complete.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ChecksumError, DataError, MissingDataError
+from .files import temporary_file
 from .registry import DATASETS, DataFile, Dataset
 
 ENV_VAR = "LSTMKIT_DATA"
@@ -45,6 +49,7 @@ def _places(explicit: str | Path | None) -> list[tuple[str, Path]]:
     places = []
     if os.environ.get(ENV_VAR):
         places.append((ENV_VAR, Path(os.environ[ENV_VAR])))
+    places += _shared_folders()
     places.append(("cache", _cache_dir()))
     unique: dict[Path, str] = {}
     for how, path in places:
@@ -52,8 +57,20 @@ def _places(explicit: str | Path | None) -> list[tuple[str, Path]]:
     return [(how, path) for path, how in unique.items()]
 
 
+def _shared_folders() -> list[tuple[str, Path]]:
+    """``../shared/data`` from the current directory and from the project's folder (a source
+    checkout: the folder holding pyproject.toml), those that exist."""
+    project = Path(__file__).resolve().parents[3]
+    bases = [("../shared/data from the current directory", Path.cwd())]
+    if (project / "pyproject.toml").is_file():
+        bases.append(("../shared/data beside the project", project))
+    return [(how, (base / ".." / "shared" / "data").resolve()) for how, base in bases
+            if (base / ".." / "shared" / "data").is_dir()]
+
+
 def data_dir(explicit: str | Path | None = None) -> Path:
-    """The data directory: ``explicit`` if given, else ``$LSTMKIT_DATA``, else the user cache."""
+    """The data directory (where ``fetch`` downloads to): ``explicit`` if given, else
+    ``$LSTMKIT_DATA``, else ``../shared/data`` where it exists, else the user cache."""
     return _places(explicit)[0][1]
 
 
@@ -65,12 +82,18 @@ def dataset(name: str) -> Dataset:
 
 
 def require(name: str, data_dir: str | Path | None = None) -> Path:
-    """The folder of data set ``name``: in ``data_dir`` if given, else in the first of
-    ``$LSTMKIT_DATA`` and the user cache that has all its files.
+    """The folder of data set ``name``: in ``data_dir`` if given, else in the first place
+    (``$LSTMKIT_DATA``, ``../shared/data``, the user cache) that has all its files.
 
     Raises MissingDataError (one line) naming, for every place looked in, the files missing
     there, and how to get the data.
     """
+    return locate(name, data_dir)[0]
+
+
+def locate(name: str, data_dir: str | Path | None = None) -> tuple[Path, str]:
+    """(folder, how it was found) of data set ``name``, e.g. (.../names, "LSTMKIT_DATA"); see
+    ``require``."""
     files = [f.name for f in dataset(name).files]
     looked = []
     for how, base in _places(data_dir):
@@ -80,7 +103,7 @@ def require(name: str, data_dir: str | Path | None = None) -> Path:
             continue
         missing = [f for f in files if not (folder / f).is_file()]
         if not missing:
-            return folder
+            return folder, how
         looked.append(f"{folder} ({how}): missing {', '.join(missing)}")
     if data_dir is None and not os.environ.get(ENV_VAR):
         looked.append(f"{ENV_VAR} is not set")
@@ -90,6 +113,25 @@ def require(name: str, data_dir: str | Path | None = None) -> Path:
         + "; ".join(looked) + ". "
         f"Get it with `lstmkit data fetch {name}` (downloads into {target}), or point to a "
         f"directory that holds {name}/ with `--data-dir DIR` or `{ENV_VAR}=DIR`.")
+
+
+def obtain(name: str, data_dir: str | Path | None = None, log=None) -> tuple[Path, str]:
+    """(folder, how it was found) of data set ``name``, as ``locate``; when it is nowhere and
+    no ``data_dir`` was named, downloaded first into ``data_dir()`` (the way scripts/demo.sh
+    gets it), after ``log`` says so. A failed download raises DataError saying where it
+    looked and why the download failed."""
+    try:
+        return locate(name, data_dir)
+    except MissingDataError as missing:
+        if data_dir is not None:                # asked for a folder by name: not filled behind
+            raise
+        if log:                                 # the user's back
+            log(f"data set {name} not found; downloading it into {_places(None)[0][1]}")
+        try:
+            fetch(name)
+        except DataError as e:
+            raise DataError(f"{missing} The download failed: {e}") from None
+        return locate(name)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -168,7 +210,7 @@ def _write_verified(dest: Path, chunks, file: DataFile, source: str) -> None:
     The bytes go to a temporary file in dest's folder, are flushed to disk, and only then
     renamed over dest, so dest is either the old file or the complete, checked new one.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp = temporary_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:

@@ -22,12 +22,32 @@ class Task:
     # splitting a batch over processes in distributed training)
     batch_dims: tuple[int, ...] = (1, 0)
     carry_dim: int = 1
+    # the registry data set it reads unless cfg.path names a file (None: data made in code)
+    dataset: str | None = None
+    # what its loss is, for the axis of the loss curves
+    loss_label: str = "loss"
 
     def __init__(self, cfg: Config, for_training: bool = True):
         self.cfg = cfg
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
+
+    def data_sizes(self) -> str:
+        """The training data's size for the start line, e.g. "train 120, valid 12, test 12
+        points"."""
+        return ""
+
+    def data_source(self) -> str:
+        """Where the training data came from, for the start line ("" when made in code)."""
+        from ..data import locate
+
+        if self.cfg.path:
+            return str(self.cfg.path)
+        if self.dataset is None:
+            return ""
+        folder, how = locate(self.dataset, self.cfg.data_dir)
+        return f"{folder} ({how})"
 
     def selection_score(self, metrics: dict) -> float:
         """The validation score the trainer minimises when it picks the model to keep."""
@@ -72,6 +92,11 @@ class Task:
 
     def carry_from_tensors(self, tensors: dict[str, Tensor]):
         return None
+
+
+def split_sizes(sizes: dict[str, int], unit: str) -> str:
+    """"train 1,000, valid 100, test 100 <unit>"."""
+    return ", ".join(f"{split} {n:,}" for split, n in sizes.items()) + f" {unit}"
 
 
 def detach_state(state):

@@ -8,18 +8,45 @@ the per-language accuracies, which the 18 very unequal classes (Russian 9,408 na
 from __future__ import annotations
 
 import random
+import string
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from .. import plots
-from ..data import ALPHABET, encode_name, load_names
-from .base import Task
+from ..data import ALPHABET, encode_name, load_names, romanize
+from .base import Task, split_sizes
 from .models import SequenceClassifier
 
 SPLIT_SEED = 0               # the train/test/valid split is fixed, whatever the training seed
 EVAL_BATCH = 512
+MAX_NAME_CHARS = 100         # the longest surname in the data has 20
+
+
+@dataclass
+class NameReading:
+    """A name to classify as the model will read it: ``read_as`` in ALPHABET's characters,
+    ``left_out`` the characters with no transliteration; or ``error``, why it cannot be read."""
+
+    name: str
+    read_as: str = ""
+    left_out: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def read_name(name: str) -> NameReading:
+    """A name in any script, romanised (lstmkit.data.romanize), or the reason it cannot be
+    classified: longer than MAX_NAME_CHARS, or no Latin letter left."""
+    if len(name) > MAX_NAME_CHARS:
+        return NameReading(name, error=f"{len(name):,} characters; a name may have at most "
+                           f"{MAX_NAME_CHARS}")
+    read_as, left_out = romanize(name)
+    if not set(read_as) & set(string.ascii_letters):
+        why = f" ({''.join(left_out)} has no transliteration here)" if left_out else ""
+        return NameReading(name, left_out=left_out, error=f"no letter the model can read{why}")
+    return NameReading(name, read_as, left_out)
 
 
 def collate(names: list[torch.Tensor]):
@@ -34,6 +61,8 @@ class NamesTask(Task):
     select_by = "accuracy"
     higher_is_better = True
     batch_dims = (1, 0, 0)                  # tokens (L, N), lengths (N,), labels (N,)
+    dataset = "names"
+    loss_label = "cross-entropy (nats/name)"
 
     def __init__(self, cfg, for_training=True):
         super().__init__(cfg)
@@ -70,6 +99,9 @@ class NamesTask(Task):
             valid += group[:k]
             train += group[k:]
         return train, valid
+
+    def data_sizes(self):
+        return split_sizes(self.cfg.meta["sizes"], "names")
 
     def build_model(self):
         c = self.cfg
@@ -119,10 +151,13 @@ class NamesTask(Task):
         C = len(self.languages)
         confusion = torch.zeros(C, C, dtype=torch.long)
         confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
-        plots.confusion_matrix(confusion, self.languages, run_dir / "confusion.png")
+        plots.confusion_matrix(confusion, self.languages, run_dir / "confusion.png",
+                               title=f"Test names ({len(labels):,}): true language (rows) vs "
+                               "predicted (columns)")
 
     def predict(self, model, names: list[str], top: int = 3):
-        """For each name, the `top` most likely languages with probabilities."""
+        """For each name (Latin script; see read_name for others), the `top` most likely
+        languages with probabilities."""
         logp = self.scores(model, [encode_name(n) for n in names])
         probs, idx = logp.exp().topk(min(top, len(self.languages)), -1)
         return [[(self.languages[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DataError, load_ptb, load_text, load_word_corpus
-from .base import Task, detach_state
+from .base import Task, detach_state, split_sizes
 from .models import LanguageModel
 
 EVAL_BATCH = 10
@@ -55,6 +55,9 @@ class LanguageModelTask(Task):
     def load(self):
         raise NotImplementedError
 
+    def data_sizes(self):
+        return split_sizes(self.cfg.meta["tokens"], f"{self.tokens_name}s")
+
     def build_model(self):
         c = self.cfg
         return LanguageModel(len(self.vocab), c.cell, c.embed, c.hidden, c.layers, c.dropout,
@@ -93,7 +96,6 @@ class LanguageModelTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, split):
-        split = split if split in self.eval_data else "valid"
         model.eval()
         total, count, state = 0.0, 0, None
         for x, y in segments(self.eval_data[split], self.cfg.bptt):
@@ -138,6 +140,9 @@ class PTBTask(LanguageModelTask):
 
     name = "ptb"
     joiner = " "
+    dataset = "ptb"
+    tokens_name = "word"
+    loss_label = "cross-entropy (nats/word)"
 
     def load(self):
         if self.cfg.path:                     # a folder laid out like PTB: ptb.{train,...}.txt
@@ -158,14 +163,18 @@ class PTBTask(LanguageModelTask):
 
 
 class CharsTask(LanguageModelTask):
-    """Characters of a UTF-8 text (Tiny Shakespeare by default), 90% train, 10% valid."""
+    """Characters of a UTF-8 text (Tiny Shakespeare by default): 90% train, then 5% valid, then
+    5% test."""
 
     name = "chars"
     joiner = ""
+    dataset = "tinyshakespeare"
+    tokens_name = "character"
+    loss_label = "cross-entropy (nats/char)"
 
     def load(self):
         corpus = load_text(self.cfg.path, self.cfg.data_dir)
-        return corpus.chars, {"train": corpus.train, "valid": corpus.valid}
+        return corpus.chars, {"train": corpus.train, "valid": corpus.valid, "test": corpus.test}
 
     def describe(self, m):
         return f"loss {m['loss']:.4f} nats/char  ({m['bits_per_token']:.3f} bits/char)"

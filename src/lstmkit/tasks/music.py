@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..data import load_jsb
 from ..dropout import Dropout
-from .base import Task
+from .base import Task, split_sizes
 from .models import make_rnn
 
 KEYS = 88
@@ -55,12 +55,17 @@ def nll_sum(model, batch) -> tuple[torch.Tensor, int]:
 class JSBTask(Task):
     name = "jsb"
     select_by = "loss"
+    dataset = "jsb_chorales"
+    loss_label = "negative log-likelihood (nats/frame)"
 
     def __init__(self, cfg, for_training=True):
         super().__init__(cfg)
         if for_training:
             self.splits = load_jsb(cfg.data_dir)
             cfg.meta = {"chorales": {k: len(v) for k, v in self.splits.items()}}
+
+    def data_sizes(self):
+        return split_sizes(self.cfg.meta["chorales"], "chorales")
 
     def build_model(self):
         c = self.cfg

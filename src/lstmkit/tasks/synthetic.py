@@ -40,6 +40,10 @@ class SyntheticTask(Task):
     def batches_per_epoch(self):
         return self.cfg.steps_per_epoch
 
+    def data_sizes(self):
+        return (f"train {self.cfg.steps_per_epoch * self.cfg.batch_size:,} fresh each epoch, "
+                f"test {TEST_SIZE:,} sequences of length {self.cfg.length}, made in code")
+
     def train_batches(self, generator):
         for _ in range(self.cfg.steps_per_epoch):
             yield self.make(self.cfg.batch_size, generator)
@@ -47,6 +51,7 @@ class SyntheticTask(Task):
 
 class AddingTask(SyntheticTask):
     name = "adding"
+    loss_label = "mean squared error"
 
     def make(self, batch, generator):
         return adding_problem(batch, self.cfg.length, generator)
@@ -72,6 +77,7 @@ class AddingTask(SyntheticTask):
 
 class CopyTask(SyntheticTask):
     name = "copy"
+    loss_label = "cross-entropy (nats/symbol)"
     batch_dims = (1, 1)                     # symbols and targets (T, N)
 
     def batch_units(self, batch):
