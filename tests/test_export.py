@@ -246,7 +246,7 @@ def test_unsupported_inputs_and_modules_are_named(tmp_path):
 
 
 def test_a_packed_sequence_input_is_refused():
-    from lstmkit.export.layers import OnnxLayer
+    from lstmkit.export import OnnxLayer
 
     packed = pack_padded_sequence(torch.randn(4, 2, I), torch.tensor([4, 3]))
     with pytest.raises(ExportError, match="PackedSequence cannot be exported.*lengths="):

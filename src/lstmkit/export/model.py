@@ -1,6 +1,6 @@
 """``export_onnx``: any lstmkit layer, or a model holding them, as one ONNX file.
 
-The lstmkit layers become ONNX's native recurrent operators (``lstmkit.export.layers``);
+The lstmkit layers become ONNX's native recurrent operators (``lstmkit.layers.onnx``);
 everything else in the model goes through torch.onnx's exporter (torch.export underneath).
 Every input dimension the model does not fix (sequence length, batch size) stays dynamic.
 """
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import _Recurrent, _StepCell
-from .layers import ExportError, OnnxLayer
+from ..layers.onnx import ExportError, OnnxLayer
 
 
 def _require_onnx():

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .._version import __version__
+from ..layers.onnx import ExportError
 from ..runio import atomic_write_json
-from .layers import ExportError
 from .model import _quiet, export_onnx
 
 FORMAT, FORMAT_VERSION = "lstmkit-onnx", 1
@@ -222,7 +222,7 @@ def export_task_model(cfg, task, model: nn.Module, out: str | os.PathLike, *,
                                      "those recurrent layers stay float32; the matrix "
                                      "products outside them are int8")
             meta["evaluation"] = {
-                "split": "test" if cfg.task != "chars" else "valid",
+                "split": "test",
                 "float32": task.evaluate(OnnxTaskModel(f32, cfg, stream), "test"),
                 "int8": task.evaluate(OnnxTaskModel(final, cfg, stream), "test")}
         os.replace(final, out)

@@ -113,8 +113,8 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
                     "cannot write lstmkit::sequence; export with dynamo=True (the default) or "
                     "lstmkit.export_onnx, which write ONNX's own LSTM/GRU/RNN operators")
             # torch.onnx.export: ONNX's own LSTM/GRU/RNN operators, weights converted in the
-            # graph (lstmkit.export.layers owns the layouts)
-            from .export.layers import OnnxLayer
+            # graph (onnx.py owns the layouts)
+            from .onnx import OnnxLayer
             return OnnxLayer(self, live=True)(input, hx, lengths)
         if lengths is not None:
             if isinstance(input, PackedSequence):

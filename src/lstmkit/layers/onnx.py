@@ -1,4 +1,5 @@
-"""The ONNX form of lstmkit's layers: ONNX's own ``LSTM``, ``GRU`` and ``RNN`` operators.
+"""The ONNX form of lstmkit's layers: ONNX's own ``LSTM``, ``GRU`` and ``RNN`` operators, what a
+layer becomes under ``torch.onnx.export`` and ``lstmkit.export_onnx``.
 
 This module owns every conversion of weight layout between lstmkit (torch's layout) and ONNX.
 
