@@ -243,6 +243,16 @@ def test_input_from_a_file_and_an_enormous_file(runs, tmp_path):
                           "not UTF-8")
 
 
+def test_input_of_one_step_and_a_folder(runs, tmp_path):
+    out = tmp_path / "r.html"
+    assert run_cli("report", runs("chars"), "--out", out, "--input", "T").code == 0
+    data = page_data(out)
+    assert data["inside"]["loss"] is None and data["inside"]["views"][0]["grad"] == {}
+    assert "no next symbol" in " ".join(data["inside"]["notes"])
+    assert_one_line_error(run_cli("report", runs("chars"), "--out", out, "--input", tmp_path),
+                          "is a folder")
+
+
 def test_unknown_characters_are_replaced_and_named(runs, tmp_path):
     out = tmp_path / "r.html"
     assert run_cli("report", runs("chars"), "--out", out, "--input", "Zürich € to be").code == 0

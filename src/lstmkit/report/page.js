@@ -277,9 +277,11 @@ function heatmap(box, o) {
   if (o.rotateX) {
     for (const t of g.querySelectorAll("text")) {
       if (+t.getAttribute("y") === m.t + ph + 16) {
+        const x = +t.getAttribute("x");                    // vertical: one label a column
         t.setAttribute("text-anchor", "end");
-        t.setAttribute("transform", `rotate(-60 ${t.getAttribute("x")} ${m.t + ph + 10})`);
-        t.setAttribute("y", m.t + ph + 10);
+        t.setAttribute("transform", `rotate(-90 ${x} ${m.t + ph})`);
+        t.setAttribute("x", x - 9);                        // ends 9 px below the axis ...
+        t.setAttribute("y", m.t + ph + 4);                 // ... centred on its column
       }
     }
   }

@@ -61,7 +61,9 @@ def read_input(value: str | None) -> str | None:
 
     if value is None:
         return None
-    path = Path(value) if len(value) < 4096 and "\0" not in value else None
+    path = Path(value) if 0 < len(value) < 4096 and "\0" not in value else None
+    if path is not None and path.is_dir() and value.strip() not in (".", ".."):
+        raise ValueError(f"--input {value} is a folder; give a text or a file holding it")
     if path is not None and path.is_file():
         if path.stat().st_size > 4 * MAX_INPUT_CHARS:
             raise ValueError(f"--input {value}: the file holds {path.stat().st_size:,} bytes; "
@@ -198,7 +200,8 @@ def _lm_ids(task, text, max_steps) -> tuple[list[int], str, list[str], str]:
         if missing:
             notes.append(f"Characters the model never saw were replaced by {fill!r}: "
                          f"{_shown(repr(ch) for ch in missing)}.")
-        return [stoi.get(ch, stoi[fill]) for ch in text], "--input", notes, "symbol"
+        return [stoi.get(ch, stoi[fill]) for ch in text], \
+            f"the text given with --input ({len(text)} characters)", notes, "symbol"
     words, replaced = [], {}
     lines = text.splitlines()
     for k, line in enumerate(lines):
@@ -221,7 +224,8 @@ def _lm_ids(task, text, max_steps) -> tuple[list[int], str, list[str], str]:
     _too_long(len(words), max_steps, "words")
     if replaced:
         notes.append(f"Words outside the vocabulary were replaced: {_shown(replaced.values())}.")
-    return [stoi[w] for w in words], "--input", notes, "word"
+    return [stoi[w] for w in words], f"the text given with --input ({len(words)} words)", \
+        notes, "word"
 
 
 def _lm_features(task, symbols: list[str]) -> dict[str, list[float]]:
