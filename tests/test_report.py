@@ -295,3 +295,15 @@ def test_not_a_run_folder(tmp_path):
     assert_one_line_error(run_cli("report", tmp_path / "nothing"), "is not a folder")
     assert_one_line_error(run_cli("report", tmp_path), "config.json")
 
+
+
+def test_a_report_that_fails_after_training_is_a_warning(tmp_path, monkeypatch):
+    import lstmkit.report
+
+    def broken(*args, **kwargs):
+        raise ValueError("the data moved")
+    monkeypatch.setattr(lstmkit.report, "write_report", broken)
+    result = run_cli("train", "adding", "--out", tmp_path / "run", "--length", 5,
+                     "--steps-per-epoch", 2, "--batch-size", 4, "--hidden", 4, "--epochs", 1)
+    assert result.code == 0 and (tmp_path / "run" / "results.json").is_file()
+    assert "lstmkit: warning: the report was not written: the data moved" in result.err

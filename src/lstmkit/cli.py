@@ -183,7 +183,10 @@ def train_command(args) -> None:
     check_config(cfg)
     train(cfg, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":           # RUN/report.html, as `lstmkit report`
-        report_command(argparse.Namespace(run=args.out, out=None, input=None))
+        try:
+            report_command(argparse.Namespace(run=args.out, out=None, input=None))
+        except (ValueError, OSError) as e:          # the run itself is complete: warn only
+            sys.stderr.write(f"lstmkit: warning: the report was not written: {e}\n")
 
 
 def check_config(cfg: Config) -> None:
