@@ -210,6 +210,24 @@ def test_a_corrupt_metrics_file(runs, tmp_path, damage, fragment):
     assert not list(run.glob(".report.html.*"))                # no temporary file left
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    ('{"valid": {"loss": "low"}}', "valid is not an object of numbers"),
+    ('{"steps": "many"}', "steps is str"), ("[]", "expected a JSON object"),
+    ('{"test": ', "not readable JSON"),
+])
+def test_a_corrupt_results_file(runs, tmp_path, damage, fragment):
+    run = copy_of(runs("adding"), tmp_path)
+    (run / "results.json").write_text(damage)
+    assert_one_line_error(run_cli("report", run), "results.json", fragment)
+
+
+def test_an_unfinished_run_has_a_report(runs, tmp_path):
+    run = copy_of(runs("chars"), tmp_path)
+    (run / "results.json").unlink()
+    assert run_cli("report", run).code == 0
+    assert "has not finished" in (run / "report.html").read_text()
+
+
 def test_a_torn_last_metrics_line_is_dropped(runs, tmp_path):
     run = copy_of(runs("adding"), tmp_path)
     with open(run / "metrics.jsonl", "a") as f:

@@ -351,7 +351,8 @@ function drawCharts() {
       const n = cm.classes.length;
       const totals = cm.counts.map(row => row.reduce((a, b) => a + b, 0));
       heatmap(box, {
-        title: `Confusion matrix on the ${cm.total} test names (each row sums to 1)`,
+        title: `Confusion matrix on the ${cm.total.toLocaleString("en")} test names (each ` +
+               "row sums to 1)",
         rows: n, cols: n, cell: 24, value: (r, c) => totals[r] ? cm.counts[r][c] / totals[r] : 0,
         scale: {kind: "sequential"}, rowLabels: cm.classes, colLabels: cm.classes,
         rotateX: true, extraBottom: 64, yPad: 84,

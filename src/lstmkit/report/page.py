@@ -49,8 +49,9 @@ def metrics_html(metrics: dict) -> str:
              if r["refs"] else ""] for r in metrics["rows"]]
     note = "" if metrics["finished"] else \
         '<p class="warn">The run has not finished (no results.json): no test metrics yet.</p>'
+    after = f'<p class="note">{esc(metrics["note"])}</p>' if metrics.get("note") else ""
     return note + table(rows, ["metric", "validation (best model)", "test (best model)",
-                               "set beside (source: split: value)"], numeric=(1, 2))
+                               "set beside (source: split: value)"], numeric=(1, 2)) + after
 
 
 def _p(x):

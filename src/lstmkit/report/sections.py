@@ -117,11 +117,19 @@ def read_results(run: Path) -> dict | None:
     if not path.exists():
         return None
     results = read_json(path)
-    if not isinstance(results, dict) or not all(
-            isinstance(results.get(k), dict) and all(_number(v) for v in results[k].values())
-            for k in ("valid", "test") if results.get(k) is not None):
-        raise RunError(f"{path}: expected valid and test metrics as objects of numbers; the "
-                       "file is damaged")
+    if not isinstance(results, dict):
+        raise RunError(f"{path}: expected a JSON object; the file is damaged")
+    for key in ("valid", "test"):
+        value = results.get(key)
+        if value is not None and not (isinstance(value, dict)
+                                      and all(_number(v) for v in value.values())):
+            raise RunError(f"{path}: {key} is not an object of numbers; the file is damaged")
+    for key, ok in (("steps", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+                    ("epochs", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+                    ("train_seconds", _number), ("stopped", lambda v: isinstance(v, str))):
+        if key in results and not ok(results[key]):
+            raise RunError(f"{path}: {key} is {type(results[key]).__name__}, not what lstmkit "
+                           "writes; the file is damaged")
     return results
 
 
@@ -141,6 +149,10 @@ def _seconds(s) -> str:
     s = int(round(s))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else \
         f"{s // 60}:{s % 60:02d} (min:s)"
+
+
+def _count(n, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
 
 
 def _data_rows(cfg) -> str:
@@ -191,11 +203,12 @@ def trained(cfg, model, run: Path, results: dict | None) -> list[tuple[str, str]
              (f" x {cfg.lr_decay:g} per epoch after {cfg.decay_after}"
               if cfg.lr_decay != 1 else "") +
              f", batch {cfg.batch_size}, gradient norm clipped at {cfg.clip:g}, "
-             f"{cfg.epochs} epochs at most, seed {cfg.seed}" + (", bfloat16" if cfg.bf16 else "")),
+             f"{_count(cfg.epochs, 'epoch')} at most, seed {cfg.seed}" +
+             (", bfloat16" if cfg.bf16 else "")),
             ("data", _data_rows(cfg))]
     if results:
-        rows.append(("training", f"{results.get('steps', 0):,} steps, "
-                     f"{results.get('epochs', 0)} epochs, "
+        rows.append(("training", f"{_count(results.get('steps', 0), 'step')}, "
+                     f"{_count(results.get('epochs', 0), 'epoch')}, "
                      f"{_seconds(results.get('train_seconds', 0))} of training; "
                      f"{results.get('stopped', '')}"))
         when = time.localtime((run / "results.json").stat().st_mtime)
@@ -303,7 +316,13 @@ def final_metrics(cfg, results, records) -> dict:
             refs = [f"{a.source}: {a.value:.3g}" for a in anchors_for("adding")]
         rows.append({"metric": label, "valid": show(valid, key, fmt), "test": show(test, key, fmt),
                      "refs": refs})
-    return {"rows": rows, "finished": results is not None}
+    notes = {"chars": "A chars run has no test text: its test numbers are the validation "
+                      "text's (the last 10% of the text).",
+             "adding": "Validation and test both score the same fixed test set of 1,000 "
+                       "sequences.",
+             "copy": "Validation and test both score the same fixed test set of 1,000 "
+                     "sequences."}
+    return {"rows": rows, "finished": results is not None, "note": notes.get(cfg.task, "")}
 
 
 # ---------------------------------------------------------------------- per task
