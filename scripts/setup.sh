@@ -14,6 +14,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet -e ".[test,onnx]"
     touch "$stamp"
 fi
+# The report's browser test (tests/test_report_browser.py) drives the Debian package chromium
+# through playwright; install it where missing and possible (root), else that test skips.
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+            || echo "lstmkit: could not install chromium; the browser test will skip"
+    else
+        echo "lstmkit: chromium is not installed (apt-get install chromium as root); the browser test will skip"
+    fi
+fi
 # The compiled engine (engine="compiled", and "auto" where it is fastest) is built on first use
 # and cached per user; build it here rather than in the middle of a first run.
 .venv/bin/python -c "from lstmkit.engine import compiled

@@ -65,6 +65,7 @@ COMMANDS = {
     "sample": ("chars", ["sample", RUN, "--length", 5]),
     "forecast": ("forecast", ["forecast", RUN, "--horizon", 2]),
     "export": ("chars", ["export", RUN]),
+    "report": ("names", ["report", RUN]),
 }
 
 

@@ -1,6 +1,6 @@
-"""Imports flow one way: data -> cells -> engine -> layers -> tasks -> train -> export -> cli.
-Read from the source (every import statement, also those inside functions), so a cycle hidden
-in a function-level import counts too."""
+"""Imports flow one way: data -> cells -> engine -> layers -> tasks -> train -> export and
+report -> cli. Read from the source (every import statement, also those inside functions), so
+a cycle hidden in a function-level import counts too."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ STAGES = [
     ["lstmkit.config", "lstmkit.runio", "lstmkit.plots"],
     ["lstmkit.tasks"],
     ["lstmkit.train", "lstmkit.distributed", "lstmkit.experiments", "lstmkit.analysis"],
-    ["lstmkit.export"],
+    ["lstmkit.export", "lstmkit.report"],
     ["lstmkit.demo", "lstmkit.cli", "lstmkit.__main__", "lstmkit"],
 ]
 

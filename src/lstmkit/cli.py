@@ -232,6 +232,11 @@ def train_command(args) -> None:
         if args.nproc > 1:
             launch_distributed(args.nproc, args.argv)
     train(cfg, args.out, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":           # RUN/report.html, as `lstmkit report`
+        try:
+            report_command(argparse.Namespace(run=args.out, out=None, input=None))
+        except (ValueError, OSError) as e:          # the run itself is complete: warn only
+            sys.stderr.write(f"lstmkit: warning: the report was not written: {e}\n")
 
 
 def get_data(cfg: Config) -> None:
@@ -469,6 +474,14 @@ def export_command(args) -> None:
             print(f"note: {meta['int8_note']}")
 
 
+def report_command(args) -> None:
+    from .report import write_report
+
+    cfg, task, model = load_run(args.run, for_training=True)     # reads the run's data
+    out = write_report(args.run, cfg, task, model, out=args.out, text=args.input)
+    print(f"report: {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
 def explain_command(args) -> None:
     from .analysis import worked_unit
 
@@ -635,6 +648,15 @@ def build_parser() -> Parser:
     p.add_argument("--streaming", action="store_true", help="state in (initial_h, initial_c) "
                    "and out (Y_h, Y_c), to feed a sequence in chunks (ptb and chars always)")
     p.set_defaults(func=export_command)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a run: curves, metrics "
+                       "beside published numbers, and the gates and states over real input")
+    p.add_argument("run", help="a run folder")
+    p.add_argument("--out", help="the HTML file to write (default: RUN/report.html)")
+    p.add_argument("--input", metavar="TEXT_OR_FILE", help="what to look inside the network "
+                   "with (names: one name per line; ptb, chars: a text snippet); a file of that "
+                   "name is read; default: the run's validation data")
+    p.set_defaults(func=report_command)
 
     p = sub.add_parser("explain", help="the classic one-unit LSTM worked by hand, in numbers")
     p.add_argument("--train", action="store_true",

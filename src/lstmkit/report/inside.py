@@ -1,0 +1,138 @@
+""""Inside the network": the numbers the page shows for a probe, read from its trace.
+
+For each layer and direction (a ``view``): every unit's cell state c_t, hidden state h_t and
+gate values at every step, as float32 arrays (T, H) in base64 (exactly the trace's values);
+|dL/dh_t| and |dL/dc_t| at every step (2-norms over the units, after the backward pass of the
+task's loss on the probe); gate saturation (per unit, the fraction of steps with a sigmoid
+gate below 0.1 and above 0.9, Karpathy et al. 2015); and the most input-selective units (by
+Pearson correlation of c_t or h_t with a class of steps, such as vowels or spaces).
+
+The page holds at most ``FLOAT_BUDGET`` such values, so that a report stays a few MB: a model
+too large for ``MIN_STEPS`` steps of every layer shows its last layer only.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import torch
+
+from .probes import Probe, per_step
+
+FLOAT_BUDGET = 750_000        # floats of states and gates in a page (~4 MB as base64)
+MIN_STEPS = 80
+TANH_GATES = ("g", "n")       # LSTM candidate g_t, GRU new state n_t; every other gate is a sigmoid
+LOW, HIGH = 0.1, 0.9          # saturation thresholds
+TOP_UNITS = 6
+NAMES = {"c": "cell state c_t", "h": "hidden state h_t", "i": "input gate i_t",
+         "f": "forget gate f_t", "g": "candidate g_t", "o": "output gate o_t",
+         "r": "reset gate r_t", "z": "update gate z_t", "n": "new state n_t"}
+
+
+def quantities(layer) -> list[str]:
+    """The per-unit quantities of the layer's cell, in page order: c (if any), h, the gates."""
+    cell = layer.cell
+    gates = list(cell.gate_values({g: torch.zeros(1) for g in cell.gates}))
+    return (["c"] if len(cell.state_sizes) > 1 else []) + ["h"] + gates
+
+
+def plan(layer) -> tuple[list[int], int]:
+    """(layers to show, at most how many steps) within FLOAT_BUDGET."""
+    per_layer = layer.hidden_size * len(quantities(layer)) * (2 if layer.bidirectional else 1)
+    layers = list(range(layer.num_layers))
+    if FLOAT_BUDGET // (per_layer * len(layers)) < MIN_STEPS:
+        layers = layers[-1:]
+    return layers, max(1, FLOAT_BUDGET // (per_layer * len(layers)))
+
+
+def encode(x: torch.Tensor) -> str:
+    """A float32 array as base64 of its little-endian bytes (the page decodes it)."""
+    return base64.b64encode(np.ascontiguousarray(x.numpy(), dtype="<f4").tobytes()).decode()
+
+
+def decode(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").reshape(shape)
+
+
+def correlations(x: np.ndarray, feature: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of x (T, H) with feature (T,); 0 where either is
+    constant."""
+    xc = x - x.mean(0)
+    fc = feature - feature.mean()
+    denom = np.sqrt((xc ** 2).sum(0) * (fc ** 2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * fc[:, None]).sum(0) / denom
+    return np.where(denom > 0, r, 0.0)
+
+
+def selective_units(values: dict[str, np.ndarray], features: dict[str, list[float]],
+                    steps: int) -> list[dict]:
+    """Per step class, the units whose c_t or h_t follow it most closely."""
+    found, seen = [], []
+    for name, feature in features.items():
+        f = np.asarray(feature[:steps], dtype=np.float64)
+        if len(f) < 3 or f.min() == f.max() or any(np.array_equal(f, s) for s in seen):
+            continue                    # absent (or everywhere) in this input, or a duplicate
+        seen.append(f)
+        ranked = []
+        for q in ("c", "h"):
+            if q in values:
+                r = correlations(values[q].astype(np.float64), f)
+                ranked += [(abs(float(v)), q, u, float(v)) for u, v in enumerate(r)]
+        ranked.sort(key=lambda e: -e[0])
+        binary = set(np.unique(f).tolist()) <= {0.0, 1.0}
+        found.append({"feature": name, "steps": int(f.sum()) if binary else None,
+                      "units": [{"quantity": q, "unit": u, "r": round(v, 3)}
+                                for _, q, u, v in ranked[:TOP_UNITS]]})
+    return found
+
+
+def view(probe: Probe, step_trace, title: str, steps: int) -> dict:
+    """One layer and direction of the probe's trace (see the module docstring)."""
+    raw = {"h": step_trace.h}
+    if step_trace.c is not None:
+        raw = {"c": step_trace.c, **raw}
+    gates = step_trace.gates
+    raw.update(gates)
+    sigmoid = [q for q in gates if q not in TANH_GATES]
+    values = {q: per_step(probe, x)[:steps].float().contiguous() for q, x in raw.items()}
+    arrays = {q: v.numpy() for q, v in values.items()}
+    out = {"title": title, "steps": steps, "units": int(values["h"].shape[1]),
+           "quantities": [{"key": q, "name": NAMES.get(q, f"gate {q}"),
+                           "scale": "sequential" if q in sigmoid else "diverging",
+                           "max": float(v.abs().max()) if v.numel() else 0.0,
+                           "data": encode(v)} for q, v in values.items()]}
+    grads = {}
+    for q, g in (("h", step_trace.grad_h), ("c", step_trace.grad_c)):
+        if g is not None:
+            grads[q] = per_step(probe, g)[:steps].float().norm(dim=-1).tolist()
+    out["grad"] = grads
+    out["saturation"] = {q: {"left": (v < LOW).float().mean(0).tolist(),
+                             "right": (v > HIGH).float().mean(0).tolist()}
+                         for q, v in values.items() if q in sigmoid}
+    out["selective"] = selective_units(arrays, probe.features, steps)
+    return out
+
+
+def inside(probe: Probe, layer, layers: list[int], max_steps: int) -> dict:
+    """The page's "Inside the network" data for a probe traced through layer."""
+    total = len(probe.symbols)
+    steps = min(total, max_steps)
+    notes = list(probe.notes)
+    if steps < total:
+        notes.append(f"The page shows the first {steps} of the {total} steps (its size "
+                     "budget); the loss and the gradients are those of the whole input.")
+    if len(layers) < layer.num_layers:
+        notes.append(f"Only the last of the {layer.num_layers} layers is shown (the page's size "
+                     f"budget: {layer.hidden_size} units).")
+    directions = ["forward", "backward"] if layer.bidirectional else ["forward"]
+    views = []
+    for l in layers:
+        for d, direction in enumerate(directions):
+            title = f"layer {l + 1}" + (f", {direction}" if layer.bidirectional else "")
+            views.append(view(probe, probe.trace.steps[l][d], title, steps))
+    segments = [[s, min(e, steps), caption] for s, e, caption in probe.segments if s < steps]
+    return {"source": probe.source, "kind": probe.kind, "loss_text": probe.loss_text,
+            "loss": probe.loss, "symbols": probe.symbols[:steps], "hover": probe.hover[:steps],
+            "segments": segments, "notes": notes, "views": views}
