@@ -19,7 +19,6 @@ from .files import read_utf8
 from .store import require
 
 EOS = "<eos>"
-UNK = "<unk>"
 PTB_VOCAB_SIZE = 10_000
 SPLITS = ("train", "valid", "test")
 
