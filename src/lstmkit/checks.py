@@ -221,3 +221,12 @@ def check_flags(name: str, **flags) -> None:
     for arg, value in flags.items():
         if not isinstance(value, bool):
             raise TypeError(f"{name}: {arg} should be of type bool, {_got(value)}")
+
+
+def check_probability(name: str, arg: str, p) -> float:
+    """A dropout-like probability: a number in [0, 1) (1 would drop everything)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name}: {arg} should be a number in [0, 1), {_got(p)}")
+    if not 0 <= p < 1:
+        raise ValueError(f"{name}: {arg} must be in [0, 1), got {p!r}")
+    return float(p)

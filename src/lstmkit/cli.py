@@ -84,6 +84,10 @@ TRAIN_OPTIONS = [
     ("--layers", "layers", int, "stacked recurrent layers", "model"),
     ("--embed", "embed", int, "embedding size (names, ptb, chars, copy)", "model"),
     ("--dropout", "dropout", float, "dropout between layers and before the output", "model"),
+    ("--weight-drop", "weight_drop", float, "DropConnect on the recurrent weights W_hh, one "
+     "mask per batch (Merity et al. 2017)", "model"),
+    ("--input-dropout", "input_dropout", float, "dropout on each recurrent layer's input, one "
+     "mask per sequence for every step (Gal and Ghahramani 2016)", "model"),
     ("--bidirectional", "bidirectional", "flag", "names: read each name both ways", "model"),
     ("--tie", "tie", "flag", "language models: the decoder shares the embedding", "model"),
     ("--init-scale", "init_scale", float, "> 0: every parameter ~ U(-s, s)", "model"),

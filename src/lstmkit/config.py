@@ -21,8 +21,9 @@ MAX_THREADS = 1024
 # integer fields that must be at least 1; the others at least 0 (all at most INT_MAX)
 AT_LEAST_ONE = ("hidden", "layers", "embed", "epochs", "batch_size", "bptt", "steps_per_epoch",
                 "length", "window", "horizon", "max_nonfinite")
-# float fields that must be > 0 (the others must be >= 0); dropout is in [0, 1)
+# float fields that must be > 0 (the others must be >= 0); PROBABILITIES are in [0, 1)
 POSITIVE_FLOATS = ("lr", "lr_decay")
+PROBABILITIES = ("dropout", "weight_drop", "input_dropout")
 # what a task needs in meta to rebuild its model without its training data
 REBUILD_META = {"names": "languages", "ptb": "vocab", "chars": "vocab", "forecast": "transform"}
 _MISSING = object()
@@ -139,6 +140,8 @@ class Config:
     layers: int = 1
     embed: int = 64
     dropout: float = 0.0
+    weight_drop: float = 0.0           # DropConnect on each W_hh, one mask per call
+    input_dropout: float = 0.0         # one mask per sequence on each layer's input
     bidirectional: bool = False
     tie: bool = False                  # language models: decoder shares the embedding
     init_scale: float = 0.0            # > 0: every parameter ~ U(-s, s) (Zaremba et al.)
@@ -175,6 +178,10 @@ class Config:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def rnn_options(self) -> dict:
+        """The recurrent layer's regularisers (keywords of lstmkit.layers.make_layer)."""
+        return {"weight_drop": self.weight_drop, "input_dropout": self.input_dropout}
+
     def validate(self, rebuild: bool = False) -> None:
         """Raise ConfigError for the first field whose type does not match its annotation or
         whose value is out of range. With ``rebuild``, meta must also hold what the task needs
@@ -201,7 +208,7 @@ class Config:
                     raise ConfigError(f.name, f"at least {low}" if value < low
                                       else f"at most {high}", value)
             elif hints[f.name] is float:
-                if f.name == "dropout":
+                if f.name in PROBABILITIES:
                     ok, expected = 0 <= value < 1, "in [0, 1)"
                 elif f.name in POSITIVE_FLOATS:
                     ok, expected = value > 0, "positive"

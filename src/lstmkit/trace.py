@@ -11,6 +11,8 @@ caller's batch order, zero past each sequence's length:
     grad_h   (T, N, H_out)   dL/dh_t, the total derivative BPTT carries (None before backward)
     grad_c   (T, N, H)       dL/dc_t (LSTM)
 
+``masks`` holds the masks of a training call with ``weight_drop`` or ``input_dropout``.
+
 For a reverse direction index t is still time: h[t] is the reverse pass's state at step t.
 """
 
@@ -80,6 +82,9 @@ class Trace:
         self.steps = [[StepTrace(rec, layer.cell, bool(d), batch_sizes, batch)
                        for d, rec in enumerate(layer_records)] for layer_records in records]
         self.output = self.h_n = self.c_n = None
+        # a training call's regulariser masks: "weight_hh" (one per layer and direction),
+        # "input" (one (N, H_in) per layer), each scaled by 1 / (1 - p); {} when none ran
+        self.masks: dict = {}
 
     def pad_time(self, total_length: int) -> None:
         """Report steps up to total_length (a padded input longer than its longest sequence)."""

@@ -32,8 +32,8 @@ def check_engine(name: str, engine: str, standard: bool) -> None:
         raise ValueError(f"{name}: engine must be one of {ENGINES}, got {engine!r}")
     if engine == "torch" and not standard:
         raise ValueError(f"{name}: engine='torch' runs torch's fused kernels, which have no "
-                         "peephole, coupled-gate or reset_after=False form; use engine='python' "
-                         "or 'auto'")
+                         "peephole, coupled-gate or reset_after=False form, no weight drop and "
+                         "no input dropout; use engine='python' or 'auto'")
 
 
 

@@ -36,11 +36,18 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, engine: str = "auto",
-                 make_cell: Callable[[int, int], Cell], standard: bool = True):
+                 make_cell: Callable[[int, int], Cell], standard: bool = True,
+                 weight_drop: float = 0.0, input_dropout: float = 0.0):
         super().__init__()
         name = type(self).__name__
         input_size, hidden_size, num_layers, dropout, proj_size = checks.check_layer_args(
             name, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        # regularisers (training only): one DropConnect mask on each W_hh per call, one dropout
+        # mask per sequence on each layer's input, the same at every step
+        self.weight_drop = checks.check_probability(name, "weight_drop", weight_drop)
+        self.input_dropout = checks.check_probability(name, "input_dropout", input_dropout)
+        standard = standard and not (self.weight_drop or self.input_dropout)
+        self._masks: dict | None = None
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
         # any value, by its truth value, as torch takes it (and prints it in the repr)
@@ -85,11 +92,33 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
         return 2 if self.bidirectional else 1
 
     def weights(self, layer: int, direction: int = 0) -> Weights:
-        """The parameters of one layer and direction, in the engine's grouping."""
-        names = self._param_names[layer * self.num_directions + direction]
+        """The parameters of one layer and direction, in the engine's grouping; inside a
+        training call with ``weight_drop``, W_hh through this call's DropConnect mask."""
+        index = layer * self.num_directions + direction
+        names = self._param_names[index]
         get = lambda key: getattr(self, names[key]) if key in names else None  # noqa: E731
-        return Weights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
+        w_hh = get("weight_hh")
+        if self._masks is not None and "weight_hh" in self._masks:
+            w_hh = w_hh * self._masks["weight_hh"][index]    # gradients reach kept weights only
+        return Weights(get("weight_ih"), w_hh, get("bias_ih"), get("bias_hh"),
                        get("weight_ch"), get("weight_hr"))
+
+    def _draw_masks(self, x: Tensor, B: int) -> dict | None:
+        """This training call's masks, scaled by 1 / (1 - p) so that their mean is 1:
+        weight_hh[k] (G*H, P) per layer and direction, input[layer] (N, H_in of the layer)."""
+        if not self.training or not (self.weight_drop or self.input_dropout):
+            return None
+        masks = {}
+        keep = lambda p, shape: torch.empty(shape, dtype=x.dtype, device=x.device  # noqa: E731
+                                            ).bernoulli_(1 - p).div_(1 - p)
+        if self.weight_drop:
+            masks["weight_hh"] = [keep(self.weight_drop, getattr(self, n["weight_hh"]).shape)
+                                  for n in self._param_names]
+        if self.input_dropout:
+            P = (self.proj_size or self.hidden_size) * self.num_directions
+            masks["input"] = [keep(self.input_dropout, (B, self.input_size if k == 0 else P))
+                              for k in range(self.num_layers)]
+        return masks
 
     def forward(self, input, hx=None, lengths=None):
         """Run the layer. Returns ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``.
@@ -156,8 +185,14 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
             output, states = self._run_torch(x, batch_sizes, states0)
             trace = None
         else:
-            output, states, trace = self._run_python(x, batch_sizes, states0, record,
-                                                     engine == "compiled")
+            self._masks = self._draw_masks(x, B)
+            try:
+                output, states, trace = self._run_python(x, batch_sizes, states0, record,
+                                                         engine == "compiled")
+            finally:
+                masks, self._masks = self._masks, None
+            if trace is not None:
+                trace.masks = masks or {}
 
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
@@ -271,13 +306,15 @@ class LSTM(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, peephole: bool = False,
-                 coupled: bool = False, engine: str = "auto"):
+                 coupled: bool = False, engine: str = "auto", weight_drop: float = 0.0,
+                 input_dropout: float = 0.0):
         checks.check_flags("LSTM", peephole=peephole, coupled=coupled)
         self.peephole, self.coupled = peephole, coupled
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, engine=engine,
                          make_cell=lambda H, P: LSTMCellMath(H, P, peephole, coupled),
-                         standard=not (peephole or coupled))
+                         standard=not (peephole or coupled), weight_drop=weight_drop,
+                         input_dropout=input_dropout)
 
 
 class GRU(_Recurrent):
@@ -298,14 +335,15 @@ class GRU(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True, engine: str = "auto",
-                 proj_size=_NOT_GIVEN):
+                 proj_size=_NOT_GIVEN, weight_drop: float = 0.0, input_dropout: float = 0.0):
         _no_projection("GRU", proj_size)
         checks.check_flags("GRU", reset_after=reset_after)
         self.reset_after = reset_after
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, engine=engine,
                          make_cell=lambda H, P: GRUCellMath(H, reset_after),
-                         standard=reset_after)
+                         standard=reset_after, weight_drop=weight_drop,
+                         input_dropout=input_dropout)
 
 
 class RNN(_Recurrent):
@@ -318,13 +356,15 @@ class RNN(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
-                 engine: str = "auto", proj_size=_NOT_GIVEN):
+                 engine: str = "auto", proj_size=_NOT_GIVEN, weight_drop: float = 0.0,
+                 input_dropout: float = 0.0):
         _no_projection("RNN", proj_size)
         RNNCellMath.check_nonlinearity("RNN", nonlinearity)     # first, as torch checks it
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, engine=engine,
-                         make_cell=lambda H, P: RNNCellMath(H, nonlinearity))
+                         make_cell=lambda H, P: RNNCellMath(H, nonlinearity),
+                         weight_drop=weight_drop, input_dropout=input_dropout)
 
 
 # ---------------------------------------------------------------------- single-step cells
@@ -342,12 +382,14 @@ class Recurrent(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, cell: str,
-                 engine: str = "auto", **options):
+                 engine: str = "auto", weight_drop: float = 0.0, input_dropout: float = 0.0,
+                 **options):
         entry = registry.get(cell)
         self.family, self.cell_name = entry.name, entry.name
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, engine=engine,
-                         make_cell=lambda H, P: entry.make(H, P, **options), standard=False)
+                         make_cell=lambda H, P: entry.make(H, P, **options), standard=False,
+                         weight_drop=weight_drop, input_dropout=input_dropout)
 
     @property
     def mode(self) -> str:

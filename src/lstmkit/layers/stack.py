@@ -44,7 +44,10 @@ class Stacking:
         finals = [[] for _ in states0]
         records = []
         layer_input = x
+        masks = self._masks or {}
         for layer in range(self.num_layers):
+            if "input" in masks:               # variational: one mask per sequence, every step
+                layer_input = layer_input * masks["input"][layer]
             outputs, layer_records = [], []
             for d in range(D):
                 index = layer * D + d

@@ -106,7 +106,8 @@ class NamesTask(Task):
     def build_model(self):
         c = self.cfg
         return SequenceClassifier(len(ALPHABET), len(self.languages), c.cell, c.embed, c.hidden,
-                                  c.layers, c.dropout, c.bidirectional, c.engine)
+                                  c.layers, c.dropout, c.bidirectional, c.engine,
+                                  c.rnn_options())
 
     def train_batches(self, generator):
         names, labels = self.splits["train"]

@@ -170,7 +170,8 @@ class ForecastTask(Task):
 
     def build_model(self):
         c = self.cfg
-        return SequenceRegressor(1, 1, c.cell, c.hidden, c.layers, c.dropout, False, c.engine)
+        return SequenceRegressor(1, 1, c.cell, c.hidden, c.layers, c.dropout, False, c.engine,
+                                 c.rnn_options())
 
     def train_batches(self, generator):
         order = torch.randperm(len(self.targets), generator=generator)

@@ -61,7 +61,7 @@ class LanguageModelTask(Task):
     def build_model(self):
         c = self.cfg
         return LanguageModel(len(self.vocab), c.cell, c.embed, c.hidden, c.layers, c.dropout,
-                             c.tie, c.engine)
+                             c.tie, c.engine, c.rnn_options())
 
     def train_batches(self, generator):
         return segments(self.train_data, self.cfg.bptt)      # in order: the state carries over

@@ -24,11 +24,13 @@ def __getattr__(name: str):
 
 
 def make_rnn(cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0,
-             bidirectional: bool = False, engine: str = "auto") -> nn.Module:
-    """A time-major recurrent layer of the registered cell named cell."""
+             bidirectional: bool = False, engine: str = "auto",
+             rnn_options: dict | None = None) -> nn.Module:
+    """A time-major recurrent layer of the registered cell named cell; rnn_options: more of
+    the layer's keywords (weight_drop, input_dropout)."""
     return make_layer(cell, input_size, hidden, num_layers=layers,
                       dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional,
-                      engine=engine)
+                      engine=engine, **(rnn_options or {}))
 
 
 def final_hidden(h_n, layers: int, directions: int) -> Tensor:
@@ -43,11 +45,13 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, vocab: int, classes: int, cell: str = "lstm", embed: int = 64,
                  hidden: int = 128, layers: int = 1, dropout: float = 0.0,
-                 bidirectional: bool = False, engine: str = "auto"):
+                 bidirectional: bool = False, engine: str = "auto",
+                 rnn_options: dict | None = None):
         super().__init__()
         self.layers, self.directions = layers, 2 if bidirectional else 1
         self.embed = nn.Embedding(vocab, embed)
-        self.rnn = make_rnn(cell, embed, hidden, layers, dropout, bidirectional, engine)
+        self.rnn = make_rnn(cell, embed, hidden, layers, dropout, bidirectional, engine,
+                            rnn_options)
         self.drop = Dropout(dropout)
         self.out = nn.Linear(hidden * self.directions, classes)
 
@@ -65,10 +69,11 @@ class LanguageModel(nn.Module):
     truncated backpropagation through time)."""
 
     def __init__(self, vocab: int, cell: str = "lstm", embed: int = 200, hidden: int = 200,
-                 layers: int = 2, dropout: float = 0.0, tie: bool = False, engine: str = "auto"):
+                 layers: int = 2, dropout: float = 0.0, tie: bool = False, engine: str = "auto",
+                 rnn_options: dict | None = None):
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
-        self.rnn = make_rnn(cell, embed, hidden, layers, dropout, False, engine)
+        self.rnn = make_rnn(cell, embed, hidden, layers, dropout, False, engine, rnn_options)
         self.drop = Dropout(dropout)
         self.decoder = nn.Linear(hidden, vocab)
         if tie:
@@ -98,10 +103,10 @@ class SequenceRegressor(nn.Module):
 
     def __init__(self, features: int, out: int, cell: str = "lstm", hidden: int = 64,
                  layers: int = 1, dropout: float = 0.0, per_step: bool = False,
-                 engine: str = "auto"):
+                 engine: str = "auto", rnn_options: dict | None = None):
         super().__init__()
         self.per_step = per_step
-        self.rnn = make_rnn(cell, features, hidden, layers, dropout, False, engine)
+        self.rnn = make_rnn(cell, features, hidden, layers, dropout, False, engine, rnn_options)
         self.out = nn.Linear(hidden, out)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -113,10 +118,10 @@ class TokenSequenceModel(nn.Module):
     """Tokens (L, N) -> scores for a token at every step (L, N, V): the copy task's model."""
 
     def __init__(self, vocab: int, cell: str = "lstm", embed: int = 16, hidden: int = 128,
-                 layers: int = 1, engine: str = "auto"):
+                 layers: int = 1, engine: str = "auto", rnn_options: dict | None = None):
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
-        self.rnn = make_rnn(cell, embed, hidden, layers, 0.0, False, engine)
+        self.rnn = make_rnn(cell, embed, hidden, layers, 0.0, False, engine, rnn_options)
         self.out = nn.Linear(hidden, vocab)
 
     def forward(self, tokens: Tensor) -> Tensor:

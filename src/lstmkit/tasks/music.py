@@ -24,9 +24,10 @@ KEYS = 88
 class MusicModel(torch.nn.Module):
     """Frames (L, N, 88) with lengths -> note logits (L, N, 88) for the next frame."""
 
-    def __init__(self, cell: str, hidden: int, layers: int, dropout: float, engine: str):
+    def __init__(self, cell: str, hidden: int, layers: int, dropout: float, engine: str,
+                 rnn_options: dict | None = None):
         super().__init__()
-        self.rnn = make_rnn(cell, KEYS, hidden, layers, dropout, False, engine)
+        self.rnn = make_rnn(cell, KEYS, hidden, layers, dropout, False, engine, rnn_options)
         self.drop = Dropout(dropout)
         self.out = torch.nn.Linear(hidden, KEYS)
 
@@ -69,7 +70,7 @@ class JSBTask(Task):
 
     def build_model(self):
         c = self.cfg
-        return MusicModel(c.cell, c.hidden, c.layers, c.dropout, c.engine)
+        return MusicModel(c.cell, c.hidden, c.layers, c.dropout, c.engine, c.rnn_options())
 
     def batches_per_epoch(self):
         return -(-len(self.splits["train"]) // self.cfg.batch_size)

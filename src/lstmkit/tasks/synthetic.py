@@ -58,7 +58,8 @@ class AddingTask(SyntheticTask):
 
     def build_model(self):
         c = self.cfg
-        return SequenceRegressor(2, 1, c.cell, c.hidden, c.layers, c.dropout, False, c.engine)
+        return SequenceRegressor(2, 1, c.cell, c.hidden, c.layers, c.dropout, False, c.engine,
+                                 c.rnn_options())
 
     def train_step(self, model, batch, carry):
         x, y = batch
@@ -88,7 +89,8 @@ class CopyTask(SyntheticTask):
 
     def build_model(self):
         c = self.cfg
-        return TokenSequenceModel(COPY_SYMBOLS + 2, c.cell, c.embed, c.hidden, c.layers, c.engine)
+        return TokenSequenceModel(COPY_SYMBOLS + 2, c.cell, c.embed, c.hidden, c.layers, c.engine,
+                                  c.rnn_options())
 
     def train_step(self, model, batch, carry):
         x, y = batch
