@@ -65,6 +65,7 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
                     shapes["weight_hr"] = (P, H)
                 if cell.peephole_vectors:
                     shapes["weight_ch"] = (cell.peephole_vectors * H,)
+                shapes.update({key: (size,) for key, (size, _) in cell.extra_params().items()})
                 for key, shape in shapes.items():
                     self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
                 self._param_names.append({k: k + sfx for k in shapes})
@@ -75,10 +76,15 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Every weight ~ U(-1/sqrt(H), 1/sqrt(H)), as torch initialises its recurrent layers."""
+        """Every weight ~ U(-1/sqrt(H), 1/sqrt(H)), as torch initialises its recurrent layers;
+        a cell's extra parameters that name an initial value (``Cell.extra_params``) take it."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
+        for names in self._param_names:
+            for key, (_, value) in self.cell.extra_params().items():
+                if value is not None:
+                    nn.init.constant_(getattr(self, names[key]), value)
 
     @property
     def num_directions(self) -> int:
@@ -88,8 +94,10 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
         """The parameters of one layer and direction, in the engine's grouping."""
         names = self._param_names[layer * self.num_directions + direction]
         get = lambda key: getattr(self, names[key]) if key in names else None  # noqa: E731
+        extra = self.cell.extra_params()
+        w_ch = torch.cat([get(key) for key in extra]) if extra else get("weight_ch")
         return Weights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
-                       get("weight_ch"), get("weight_hr"))
+                       w_ch, get("weight_hr"))
 
     def forward(self, input, hx=None, lengths=None):
         """Run the layer. Returns ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``.
