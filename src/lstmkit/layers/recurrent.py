@@ -342,7 +342,8 @@ class Recurrent(_Recurrent):
     """A layer of any registered cell (``lstmkit.cells.registry``), with torch's arguments:
     ``Recurrent(input_size, hidden_size, num_layers=2, cell="peephole")``. Parameters are named
     and laid out as torch's layers name theirs (``weight_ih_l{k}`` of (G * H, H_in) for the
-    cell's G gate blocks, ``weight_ch_l{k}`` for its peepholes); it returns ``(output, h_n)``,
+    cell's G gate blocks, ``weight_ch_l{k}`` for its peepholes, ``{name}_l{k}`` for each of
+    its ``Cell.extra_params``, such as "lstm-ln"'s LayerNorm gains); it returns ``(output, h_n)``,
     or ``(output, (h_n, c_n))`` for a cell with a cell state. A cell without a compiled kernel
     runs on the python engine. ``make_layer`` gives the torch-compatible class (LSTM, GRU, RNN)
     for the built-in cells."""
