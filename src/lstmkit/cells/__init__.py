@@ -8,10 +8,12 @@ from functools import cache
 from . import registry
 from .base import Cell
 from .gru import GRUCellMath
+from .layernorm import LayerNormGRUCellMath, LayerNormLSTMCellMath
 from .lstm import LSTMCellMath
 from .rnn import RNNCellMath
 
-__all__ = ["Cell", "GRUCellMath", "LSTMCellMath", "RNNCellMath", "cell_from_spec", "registry"]
+__all__ = ["Cell", "GRUCellMath", "LSTMCellMath", "LayerNormGRUCellMath", "LayerNormLSTMCellMath",
+           "RNNCellMath", "cell_from_spec", "registry"]
 
 
 @cache

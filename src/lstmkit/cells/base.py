@@ -34,8 +34,8 @@ def tanh_backward_(grad: Tensor, y: Tensor) -> Tensor:
 class Weights:
     """One layer-direction's parameters, in torch's layout (``None`` where absent).
 
-    w_ih (G*H, I), w_hh (G*H, P), b_ih / b_hh (G*H,), w_ch (peepholes, (k*H,)), w_hr (P, H),
-    w_hh_t (P, G*H).
+    w_ih (G*H, I), w_hh (G*H, P), b_ih / b_hh (G*H,), w_ch (the cell's vectors end to end:
+    peepholes (k*H,), or a cell's ``extra_params`` in their order), w_hr (P, H), w_hh_t (P, G*H).
     """
 
     w_ih: Tensor
@@ -50,6 +50,7 @@ class Weights:
 @dataclass
 class Grads:
     w_hh: Tensor | None = None
+    b_ih: Tensor | None = None          # None: d b_ih is the sum of dL/d(W_ih x_t + b) (the usual)
     b_hh: Tensor | None = None
     w_ch: Tensor | None = None
     w_hr: Tensor | None = None
@@ -82,6 +83,13 @@ class Cell:
     @property
     def num_gates(self) -> int:
         return len(self.gates)
+
+    def extra_params(self) -> dict[str, tuple[int, float | None]]:
+        """Vectors this cell has besides torch's weights: name -> (length, initial value, or None
+        for torch's U(-1/sqrt(H), 1/sqrt(H))). A layer registers each as ``{name}_l{k}`` and hands
+        them to the steps end to end as ``Weights.w_ch``; ``recurrent_grads`` returns their
+        gradient the same way (``Grads.w_ch``)."""
+        return {}
 
     def hoisted_bias(self, w: Weights) -> Tensor | None:
         """The bias added to W_ih x_t for every step at once."""
@@ -136,9 +144,9 @@ class Cell:
         raise NotImplementedError
 
     def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs) -> Grads:
-        """Gradients of w_hh (and b_hh, w_ch, w_hr where the cell has them) from whole-sequence
-        tensors in processing order: hist[k] (T+1, B, size_k), bufs, dgates (T, B, G*H),
-        dhist[k] (T, B, size_k), gbufs."""
+        """Gradients of w_hh (and b_ih, b_hh, w_ch, w_hr where the cell has them) from
+        whole-sequence tensors in processing order: hist[k] (T+1, B, size_k), bufs,
+        dgates (T, B, G*H), dhist[k] (T, B, size_k), gbufs."""
         raise NotImplementedError
 
 

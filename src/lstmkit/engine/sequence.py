@@ -139,7 +139,7 @@ def sequence_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, b
     rec = cell.recurrent_grads(w, hist, bufs, dgates, dhist, gbufs)
     db_ih = db_hh = None
     if w.b_ih is not None and (needs[W + 2] or needs[W + 3]):
-        db_ih = dgates.sum((0, 1))
+        db_ih = dgates.sum((0, 1)) if rec.b_ih is None else rec.b_ih
         db_hh = db_ih if cell.bias_hh_hoisted else rec.b_hh
     if record is not None:
         record.dhist = dhist

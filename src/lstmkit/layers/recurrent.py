@@ -72,6 +72,7 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
                     shapes["weight_hr"] = (P, H)
                 if cell.peephole_vectors:
                     shapes["weight_ch"] = (cell.peephole_vectors * H,)
+                shapes.update({key: (size,) for key, (size, _) in cell.extra_params().items()})
                 for key, shape in shapes.items():
                     self.register_parameter(key + sfx, nn.Parameter(torch.empty(shape, **factory)))
                 self._param_names.append({k: k + sfx for k in shapes})
@@ -82,10 +83,15 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Every weight ~ U(-1/sqrt(H), 1/sqrt(H)), as torch initialises its recurrent layers."""
+        """Every weight ~ U(-1/sqrt(H), 1/sqrt(H)), as torch initialises its recurrent layers;
+        a cell's extra parameters that name an initial value (``Cell.extra_params``) take it."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
+        for names in self._param_names:
+            for key, (_, value) in self.cell.extra_params().items():
+                if value is not None:
+                    nn.init.constant_(getattr(self, names[key]), value)
 
     @property
     def num_directions(self) -> int:
@@ -100,8 +106,10 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
         w_hh = get("weight_hh")
         if self._masks is not None and "weight_hh" in self._masks:
             w_hh = w_hh * self._masks["weight_hh"][index]    # gradients reach kept weights only
-        return Weights(get("weight_ih"), w_hh, get("bias_ih"), get("bias_hh"),
-                       get("weight_ch"), get("weight_hr"))
+        extra = self.cell.extra_params()
+        w_ch = torch.cat([get(key) for key in extra]) if extra else get("weight_ch")
+        return Weights(get("weight_ih"), w_hh, get("bias_ih"), get("bias_hh"), w_ch,
+                       get("weight_hr"))
 
     def _draw_masks(self, x: Tensor, B: int) -> dict | None:
         """This training call's masks, scaled by 1 / (1 - p) so that their mean is 1:
@@ -374,7 +382,8 @@ class Recurrent(_Recurrent):
     """A layer of any registered cell (``lstmkit.cells.registry``), with torch's arguments:
     ``Recurrent(input_size, hidden_size, num_layers=2, cell="peephole")``. Parameters are named
     and laid out as torch's layers name theirs (``weight_ih_l{k}`` of (G * H, H_in) for the
-    cell's G gate blocks, ``weight_ch_l{k}`` for its peepholes); it returns ``(output, h_n)``,
+    cell's G gate blocks, ``weight_ch_l{k}`` for its peepholes, ``{name}_l{k}`` for each of
+    its ``Cell.extra_params``, such as "lstm-ln"'s LayerNorm gains); it returns ``(output, h_n)``,
     or ``(output, (h_n, c_n))`` for a cell with a cell state. A cell without a compiled kernel
     runs on the python engine. ``make_layer`` gives the torch-compatible class (LSTM, GRU, RNN)
     for the built-in cells."""

@@ -1,0 +1,184 @@
+"""LayerNorm LSTM and GRU ("lstm-ln", "gru-ln"): the layers against an independent autograd
+implementation (torch.nn.functional.layer_norm, one loop per sequence), gradcheck of every input
+and parameter, the trace, the parameters' initial values and training from the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lstmkit.layers import Recurrent, make_layer
+
+D64 = torch.float64
+CELLS = ("lstm-ln", "gru-ln")
+
+
+def lstm_ln_step(p, x, h, c):
+    H = h.shape[-1]
+    a = F.layer_norm(p("weight_ih") @ x, (4 * H,), p("ln_ih_weight"), p("bias_ih")) \
+        + F.layer_norm(p("weight_hh") @ h, (4 * H,), p("ln_hh_weight"), p("bias_hh"))
+    i, f, g, o = a.chunk(4)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    n = F.layer_norm(c, (H,), p("ln_c_weight"), p("ln_c_bias"))
+    return torch.sigmoid(o) * torch.tanh(n), c
+
+
+def gru_ln_step(p, x, h, _):
+    H = h.shape[-1]
+    a_r, a_z, a_n = F.layer_norm(p("weight_ih") @ x, (3 * H,), p("ln_ih_weight"),
+                                 p("bias_ih")).chunk(3)
+    e_r, e_z, e_n = F.layer_norm(p("weight_hh") @ h, (3 * H,), p("ln_hh_weight"),
+                                 p("bias_hh")).chunk(3)
+    r, z = torch.sigmoid(a_r + e_r), torch.sigmoid(a_z + e_z)
+    n = torch.tanh(a_n + r * e_n)
+    return (1 - z) * n + z * h, None
+
+
+def independent(layer, x, h0, c0, lengths):
+    """The layer written out: each sequence alone, each layer and direction a loop over its
+    steps. x (T, B, I); returns output (T, B, D*H) zero past each length, h_n, c_n."""
+    step = lstm_ln_step if layer.cell_name == "lstm-ln" else gru_ln_step
+    T, B, _ = x.shape
+    D = 2 if layer.bidirectional else 1
+    outputs, h_n, c_n = [], [[None] * B for _ in h0], [[None] * B for _ in h0]
+    for b in range(B):
+        seq = x[: lengths[b], b]
+        for k in range(layer.num_layers):
+            results = []
+            for d in range(D):
+                sfx = f"_l{k}" + ("_reverse" if d else "")
+
+                def p(name, sfx=sfx):
+                    return getattr(layer, name + sfx, None)
+
+                s = k * D + d
+                h, c, ys = h0[s, b], c0[s, b], []
+                for xt in (seq.flip(0) if d else seq):
+                    h, c = step(p, xt, h, c)
+                    ys.append(h)
+                ys = torch.stack(ys)
+                results.append(ys.flip(0) if d else ys)
+                h_n[s][b], c_n[s][b] = h, c
+            seq = torch.cat(results, -1)
+        outputs.append(torch.cat([seq, seq.new_zeros(T - lengths[b], seq.shape[-1])]))
+    stack = lambda rows: torch.stack([torch.stack(r) for r in rows])  # noqa: E731
+    return torch.stack(outputs, 1), stack(h_n), (stack(c_n) if step is lstm_ln_step else None)
+
+
+def randomised(layer):
+    """Every parameter away from its initial value, the gains around 1."""
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.5 + (1.0 if "ln_" in name and "weight" in name else 0))
+    return layer
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_layer_equals_an_independent_implementation(cell, bias):
+    torch.manual_seed(0)
+    layer = randomised(Recurrent(3, 4, num_layers=2, bidirectional=True, bias=bias, cell=cell,
+                                 dtype=D64))
+    x = torch.randn(6, 3, 3, dtype=D64, requires_grad=True)
+    h0, c0 = torch.randn(4, 3, 4, dtype=D64), torch.randn(4, 3, 4, dtype=D64)
+    lengths = [6, 4, 1]
+    hx = (h0, c0) if cell == "lstm-ln" else h0
+    out, states = layer(x, hx, lengths=lengths)
+    want_out, want_h, want_c = independent(layer, x, h0, c0, lengths)
+    torch.testing.assert_close(out, want_out)
+    if cell == "lstm-ln":
+        torch.testing.assert_close(states[0], want_h)
+        torch.testing.assert_close(states[1], want_c)
+    else:
+        torch.testing.assert_close(states, want_h)
+    # and the gradients of every parameter and of x, against autograd's through the loops
+    weight = torch.randn_like(out)
+    params = [x, *layer.parameters()]
+    got = torch.autograd.grad((out * weight).sum(), params)
+    want = torch.autograd.grad((want_out * weight).sum(), params)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_of_inputs_states_and_every_parameter(cell):
+    torch.manual_seed(1)
+    layer = randomised(Recurrent(2, 3, num_layers=2, bidirectional=True, cell=cell, dtype=D64))
+    x = torch.randn(4, 3, 2, dtype=D64, requires_grad=True)
+    states = [torch.randn(4, 3, 3, dtype=D64, requires_grad=True)
+              for _ in layer.cell.state_sizes]
+    names = [n for n, _ in layer.named_parameters()]
+    leaves = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    k = len(states)
+
+    def functional(x, *args):
+        hx = tuple(args[:k]) if k == 2 else args[0]
+        out, hn = torch.func.functional_call(layer, dict(zip(names, args[k:])), (x, hx),
+                                             {"lengths": [4, 3, 1]})
+        return (out, *hn) if k == 2 else (out, hn)
+
+    assert torch.autograd.gradcheck(functional, (x, *states, *leaves))
+
+
+def test_the_parameters_start_as_layer_norm_does():
+    layer = Recurrent(3, 5, cell="lstm-ln", bidirectional=True)
+    bound = 1 / math.sqrt(5)
+    for name, p in layer.named_parameters():
+        if name.startswith("ln_c_bias"):
+            assert (p == 0).all() and p.shape == (5,)
+        elif name.startswith("ln_"):
+            assert (p == 1).all() and p.shape == ((5,) if "_c_" in name else (20,))
+        else:
+            assert p.abs().max() <= bound
+    names = dict(Recurrent(3, 5, cell="gru-ln").named_parameters())
+    assert names["ln_ih_weight_l0"].shape == names["ln_hh_weight_l0"].shape == (15,)
+
+
+def test_the_trace_shows_the_gates_and_the_unnormalised_cell_state():
+    torch.manual_seed(3)
+    layer = randomised(make_layer("lstm-ln", 3, 4, dtype=D64))
+    x = torch.randn(5, 2, 3, dtype=D64, requires_grad=True)
+    trace = layer.trace(x)
+    step = trace.steps[0][0]
+    assert set(step.gates) == {"i", "f", "g", "o"}
+    for gate in "ifo":
+        assert ((step.gates[gate] > 0) & (step.gates[gate] < 1)).all()
+    # h_t = o_t * tanh(LN(c_t)): c_t itself is not normalised
+    n = F.layer_norm(step.c, (4,), layer.ln_c_weight_l0, layer.ln_c_bias_l0)
+    torch.testing.assert_close(step.h, step.gates["o"] * torch.tanh(n))
+    assert step.c.std(-1).sub(1).abs().max() > 0.1
+    torch.testing.assert_close(step.h, trace.output)
+    trace.output.sum().backward()
+    assert step.grad_h.shape == (5, 2, 4) and step.grad_c.shape == (5, 2, 4)
+    gru = make_layer("gru-ln", 3, 4, dtype=D64).trace(x).steps[0][0]
+    assert set(gru.gates) == {"r", "z", "n"} and gru.c is None
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_eval_equals_train(cell):
+    torch.manual_seed(4)
+    layer = randomised(make_layer(cell, 3, 4, num_layers=2, dtype=D64))
+    x = torch.randn(5, 2, 3, dtype=D64)
+    out_train = layer.train()(x)[0]
+    torch.testing.assert_close(layer.eval()(x)[0], out_train, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_trains_from_the_cli(cell, tmp_path, capsys):
+    from lstmkit.cli import main
+
+    run = tmp_path / "run"
+    main(["train", "adding", "--cell", cell, "--out", str(run), "--length", "8", "--epochs", "2",
+          "--steps-per-epoch", "5", "--hidden", "8", "--batch-size", "16"])
+    assert json.loads((run / "config.json").read_text())["cell"] == cell
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["valid"]["loss"] for r in rows if "valid" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert losses[1] < losses[0]                 # the CLI's fixed seed: the same run every time
+    assert (run / "model.safetensors").exists()
+    main(["evaluate", str(run)])
+    assert "MSE" in capsys.readouterr().out
