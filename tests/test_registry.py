@@ -126,6 +126,13 @@ def test_a_new_cell_trains_from_the_cli(toy, tmp_path, capsys):
     assert "MSE" in capsys.readouterr().out
 
 
+def test_options_a_cell_does_not_take_are_named(toy):
+    with pytest.raises(ValueError, match="cell 'leaky-gate' has no projection; got proj_size=2"):
+        make_layer(NAME, 3, 4, proj_size=2)
+    with pytest.raises(ValueError, match=r"cell 'gru' takes the options \['reset_after'\]"):
+        registry.get("gru").make(4, peephole=True)
+
+
 def test_an_unknown_cell_is_named():
     with pytest.raises(ValueError, match="unknown cell 'nope'; expected one of lstm, peephole"):
         make_layer("nope", 3, 4)

@@ -16,6 +16,7 @@ engine has steps for the cells with a C++ kernel: ``Cell.compiled_kernel``).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from .base import Cell
@@ -38,7 +39,16 @@ class CellType:
         """The cell's equations for a layer of hidden_size units."""
         kwargs = {**self.options, **options}
         if proj_size:
+            if "proj_size" not in inspect.signature(self.math).parameters:
+                raise ValueError(f"cell {self.name!r} has no projection; got proj_size="
+                                 f"{proj_size} (proj_size is for the LSTM cells)")
             kwargs["proj_size"] = proj_size
+        try:
+            inspect.signature(self.math).bind(hidden_size, **kwargs)
+        except TypeError:
+            known = [p for p in inspect.signature(self.math).parameters if p != "hidden_size"]
+            raise ValueError(f"cell {self.name!r} takes the options {known}, got "
+                             f"{sorted(kwargs)}") from None
         return self.math(hidden_size, **kwargs)
 
     @property
