@@ -303,11 +303,13 @@ def _train(cfg: Config, out: Path, resume: bool, log, group: distributed.Group) 
             kept = read_metrics(metrics_path)[:st.records]     # those the checkpoint knew
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         log(f"resumed {out} at epoch {st.epoch + 1}, step {st.step}")
-    elif group.main:
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", cfg.to_json())
-        atomic_write_bytes(metrics_path, b"")
+    else:
+        distributed.barrier(group)      # every rank has found no run in out before rank 0 writes
+        if group.main:
+            created = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "config.json", cfg.to_json())
+            atomic_write_bytes(metrics_path, b"")
     if group.active:
         log(f"data parallel over {group.world} processes: {cfg.batch_size // group.world} of "
             f"each batch of {cfg.batch_size} per process")
