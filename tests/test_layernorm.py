@@ -182,3 +182,48 @@ def test_trains_from_the_cli(cell, tmp_path, capsys):
     assert (run / "model.safetensors").exists()
     main(["evaluate", str(run)])
     assert "MSE" in capsys.readouterr().out
+
+
+def test_the_layer_norm_keyword_runs_the_layernorm_cells():
+    """LSTM(layer_norm=True) and GRU(layer_norm=True) are the registered LayerNorm cells in
+    torch's layer classes; what they cannot combine with, and what cannot leave them, is named."""
+    import copy
+
+    from lstmkit import GRU, LSTM, RNN
+    from lstmkit.export import ExportError, export_onnx
+    from lstmkit.layers import make_layer
+
+    torch.manual_seed(0)
+    for cls, cell in ((LSTM, "lstm-ln"), (GRU, "gru-ln")):
+        layer = cls(3, 4, 2, layer_norm=True, bidirectional=True, dtype=torch.float64)
+        twin = make_layer(cell, 3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+        twin.load_state_dict(copy.deepcopy(layer.state_dict()))
+        x = torch.randn(5, 2, 3, dtype=torch.float64)
+        torch.testing.assert_close(layer(x)[0], twin(x)[0])
+        assert "layer_norm=True" in repr(layer)
+        with pytest.raises(ValueError, match="has no torch.nn form"):
+            layer.to_torch()
+        with pytest.raises(ExportError, match="has no ONNX form"):
+            export_onnx(layer.float(), "/nonexistent/m.onnx", torch.randn(5, 2, 3))
+    with pytest.raises(ValueError, match="layer_norm=True has no peephole"):
+        LSTM(3, 4, layer_norm=True, peephole=True)
+    with pytest.raises(ValueError, match="reset_after=True"):
+        GRU(3, 4, layer_norm=True, reset_after=False)
+    with pytest.raises(ValueError, match="layer_norm is for the cells lstm and gru, got 'rnn'"):
+        make_layer("rnn", 3, 4, layer_norm=True)
+    with pytest.raises(ValueError, match="engine='torch'"):
+        LSTM(3, 4, layer_norm=True, engine="torch")
+    assert isinstance(make_layer("rnn", 3, 4, layer_norm=False), RNN)
+
+
+def test_the_cli_takes_layer_norm(tmp_path):
+    import json
+
+    from lstmkit.cli import load_run, main
+
+    run = tmp_path / "run"
+    main(["train", "adding", "--out", str(run), "--length", "8", "--epochs", "1",
+          "--steps-per-epoch", "3", "--hidden", "8", "--cell", "gru", "--layer-norm"])
+    assert json.loads((run / "config.json").read_text())["layer_norm"] is True
+    _, _, model = load_run(str(run))
+    assert model.rnn.layer_norm and type(model.rnn.cell).__name__ == "LayerNormGRUCellMath"

@@ -88,6 +88,8 @@ TRAIN_OPTIONS = [
      "mask per batch (Merity et al. 2017)", "model"),
     ("--input-dropout", "input_dropout", float, "dropout on each recurrent layer's input, one "
      "mask per sequence for every step (Gal and Ghahramani 2016)", "model"),
+    ("--layer-norm", "layer_norm", "flag", "LayerNorm LSTM or GRU (Ba et al. 2016; cells lstm "
+     "and gru; python engine)", "model"),
     ("--bidirectional", "bidirectional", "flag", "names: read each name both ways", "model"),
     ("--tie", "tie", "flag", "language models: the decoder shares the embedding", "model"),
     ("--init-scale", "init_scale", float, "> 0: every parameter ~ U(-s, s)", "model"),

@@ -142,6 +142,7 @@ class Config:
     dropout: float = 0.0
     weight_drop: float = 0.0           # DropConnect on each W_hh, one mask per call
     input_dropout: float = 0.0         # one mask per sequence on each layer's input
+    layer_norm: bool = False           # LayerNorm LSTM / GRU (Ba et al. 2016)
     bidirectional: bool = False
     tie: bool = False                  # language models: decoder shares the embedding
     init_scale: float = 0.0            # > 0: every parameter ~ U(-s, s) (Zaremba et al.)
@@ -180,7 +181,8 @@ class Config:
 
     def rnn_options(self) -> dict:
         """The recurrent layer's regularisers (keywords of lstmkit.layers.make_layer)."""
-        return {"weight_drop": self.weight_drop, "input_dropout": self.input_dropout}
+        options = {"weight_drop": self.weight_drop, "input_dropout": self.input_dropout}
+        return {**options, "layer_norm": True} if self.layer_norm else options
 
     def validate(self, rebuild: bool = False) -> None:
         """Raise ConfigError for the first field whose type does not match its annotation or

@@ -71,8 +71,8 @@ class Quantizable(nn.Module):
     def check_quantizable(self) -> None:
         """RuntimeError unless torch.ao has a dynamic quantized form of this configuration."""
         name = type(self).__name__
-        variant = [k for k, v in (("peephole", False), ("coupled", False), ("reset_after", True))
-                   if getattr(self, k, v) != v]
+        variant = [k for k, v in (("peephole", False), ("coupled", False), ("reset_after", True),
+                                  ("layer_norm", False)) if getattr(self, k, v) != v]
         if getattr(self, "proj_size", 0):
             variant.append("proj_size")
         if variant:

@@ -95,8 +95,11 @@ class OnnxLayer(nn.Module):
 
     def __init__(self, layer, live: bool = False):
         super().__init__()
-        if layer.family not in ("lstm", "gru", "rnn"):
-            raise ExportError(f"{type(layer).__name__} has no ONNX form")
+        if layer.family not in ("lstm", "gru", "rnn") or not layer.cell.compiled_kernel:
+            # ONNX's operators have the LSTM, GRU and RNN equations only (no LayerNorm, no
+            # registered cell of one's own)
+            raise ExportError(f"{type(layer).__name__} with {type(layer.cell).__name__} has no "
+                              "ONNX form")
         self.family, self.kind = layer.family, _kind(layer)
         self.num_layers, self.D = layer.num_layers, layer.num_directions
         self.hidden_size, self.proj_size = layer.hidden_size, layer.proj_size

@@ -19,6 +19,7 @@ from .. import checks
 from ..cells import registry
 from ..cells.base import Cell, Weights
 from ..cells.gru import GRUCellMath
+from ..cells.layernorm import LayerNormGRUCellMath, LayerNormLSTMCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
 from ..quantization import Quantizable
@@ -315,14 +316,19 @@ class LSTM(_Recurrent):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, peephole: bool = False,
                  coupled: bool = False, engine: str = "auto", weight_drop: float = 0.0,
-                 input_dropout: float = 0.0):
-        checks.check_flags("LSTM", peephole=peephole, coupled=coupled)
-        self.peephole, self.coupled = peephole, coupled
+                 input_dropout: float = 0.0, layer_norm: bool = False):
+        checks.check_flags("LSTM", peephole=peephole, coupled=coupled, layer_norm=layer_norm)
+        if layer_norm and (peephole or coupled or proj_size):
+            raise ValueError("LSTM: layer_norm=True has no peephole, coupled or proj_size form "
+                             f"(got peephole={peephole}, coupled={coupled}, "
+                             f"proj_size={proj_size})")
+        self.peephole, self.coupled, self.layer_norm = peephole, coupled, layer_norm
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, engine=engine,
-                         make_cell=lambda H, P: LSTMCellMath(H, P, peephole, coupled),
-                         standard=not (peephole or coupled), weight_drop=weight_drop,
-                         input_dropout=input_dropout)
+                         make_cell=lambda H, P: (LayerNormLSTMCellMath(H) if layer_norm else
+                                                 LSTMCellMath(H, P, peephole, coupled)),
+                         standard=not (peephole or coupled or layer_norm),
+                         weight_drop=weight_drop, input_dropout=input_dropout)
 
 
 class GRU(_Recurrent):
@@ -343,14 +349,19 @@ class GRU(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True, engine: str = "auto",
-                 proj_size=_NOT_GIVEN, weight_drop: float = 0.0, input_dropout: float = 0.0):
+                 proj_size=_NOT_GIVEN, weight_drop: float = 0.0, input_dropout: float = 0.0,
+                 layer_norm: bool = False):
         _no_projection("GRU", proj_size)
-        checks.check_flags("GRU", reset_after=reset_after)
-        self.reset_after = reset_after
+        checks.check_flags("GRU", reset_after=reset_after, layer_norm=layer_norm)
+        if layer_norm and not reset_after:
+            raise ValueError("GRU: layer_norm=True has torch's form only (reset_after=True), "
+                             "got reset_after=False")
+        self.reset_after, self.layer_norm = reset_after, layer_norm
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, engine=engine,
-                         make_cell=lambda H, P: GRUCellMath(H, reset_after),
-                         standard=reset_after, weight_drop=weight_drop,
+                         make_cell=lambda H, P: (LayerNormGRUCellMath(H) if layer_norm else
+                                                 GRUCellMath(H, reset_after)),
+                         standard=reset_after and not layer_norm, weight_drop=weight_drop,
                          input_dropout=input_dropout)
 
 
@@ -416,6 +427,11 @@ def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> _Recur
     the cells they host, with the cell's options (``peephole=True`` for "peephole"), else a
     ``Recurrent``. kwargs: the layer's arguments (num_layers, dropout, bidirectional, ...)."""
     entry = registry.get(cell)
+    if kwargs.pop("layer_norm", False):
+        if entry.layer not in ("LSTM", "GRU") or entry.options:
+            raise ValueError(f"layer_norm is for the cells lstm and gru, got {cell!r} (the "
+                             "LayerNorm cells themselves: lstm-ln, gru-ln)")
+        kwargs["layer_norm"] = True
     if entry.layer:
         return LAYERS[entry.layer](input_size, hidden_size, **entry.options, **kwargs)
     return Recurrent(input_size, hidden_size, cell=cell, **kwargs)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 # lstmkit's keywords and their defaults: printed in a repr, named in errors, where they differ
 VARIANT_DEFAULTS = {"peephole": False, "coupled": False, "reset_after": True,
-                    "weight_drop": 0.0, "input_dropout": 0.0}
+                    "layer_norm": False, "weight_drop": 0.0, "input_dropout": 0.0}
 
 
 def _variant(module: nn.Module) -> str:
