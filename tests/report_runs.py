@@ -5,16 +5,12 @@ data a report page embeds."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
-import pytest
 from cli_harness import run_cli
+from test_cli import tiny_ptb
 
-DATA = os.environ.get("LSTMKIT_DATA")
-needs_data = pytest.mark.skipif(not DATA or not Path(DATA, "names").is_dir(),
-                                reason="needs LSTMKIT_DATA with the shared data sets")
 TEXT = ('"To be, or not to be", that is the question:\nWhether \'tis nobler in the mind to '
         "suffer\nThe slings and arrows of outrageous fortune.\n") * 12
 
@@ -36,15 +32,6 @@ def write_series(folder: Path, months: int = 72) -> Path:
     return path
 
 
-def tiny_ptb(folder: Path, lines: int = 200) -> Path:
-    source = Path(DATA, "ptb", "ptb.train.txt").read_text().splitlines()[:lines]
-    folder.mkdir()
-    (folder / "ptb.train.txt").write_text("\n".join(source) + "\n")
-    (folder / "ptb.valid.txt").write_text("\n".join(source[:30]) + "\n")
-    (folder / "ptb.test.txt").write_text("\n".join(source[30:60]) + "\n")
-    return folder
-
-
 def train_args(task: str, root: Path) -> list:
     """`lstmkit train` arguments of a run of a few seconds."""
     args = {
@@ -62,8 +49,9 @@ def train_args(task: str, root: Path) -> list:
                              "--horizon", 6, "--hidden", 6, "--epochs", 3],
         "names": lambda: ["names", "--train-size", 200, "--hidden", 8, "--embed", 8,
                           "--layers", 2, "--batch-size", 32, "--epochs", 1],
-        "ptb": lambda: ["ptb", "--path", tiny_ptb(root / "corpus"), "--hidden", 16, "--embed",
-                        16, "--bptt", 10, "--batch-size", 8, "--lr", 0.2, "--epochs", 1],
+        "ptb": lambda: ["ptb", "--path", tiny_ptb(root / "corpus", lines=200), "--hidden", 16,
+                        "--embed", 16, "--bptt", 10, "--batch-size", 8, "--lr", 0.2,
+                        "--epochs", 1],
         "jsb": lambda: ["jsb", "--hidden", 8, "--epochs", 1, "--cell", "rnn"],
     }
     return args[task]()

@@ -15,6 +15,8 @@ import onnx
 import pytest
 from test_cli import DATA, lstmkit, tiny_ptb
 
+from lstmkit.cells import registry
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 has_data = bool(DATA) and Path(DATA or ".", "names").is_dir()
 # task -> training options: tiny, a few seconds each
@@ -34,8 +36,6 @@ TRAIN = {
     "jsb": ["--epochs", 1, "--max-steps", 2, "--hidden", 8, "--cell", "gru"],
 }
 NEEDS_DATA = {"names", "names-streaming", "ptb", "forecast", "jsb"}
-STATE = {"lstm": ["h", "c"], "peephole": ["h", "c"], "coupled": ["h", "c"], "gru": ["h"],
-         "gru-cho": ["h"], "rnn": ["h"]}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_every_task_exports(runs, key):
     assert outputs == [o["name"] for o in meta["outputs"]]
     assert all(i["meaning"] for i in meta["inputs"] + meta["outputs"])
     streams = task in ("ptb", "chars") or key.endswith("streaming")
-    states = STATE[config["cell"]]
+    states = registry.get(config["cell"]).state_names
     assert inputs[-len(states):] == ([f"initial_{s}" for s in states] if streams
                                      else inputs[-len(states):])
     assert any(n.endswith(f"Y_{states[-1]}") for n in outputs) == streams

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cli_harness import assert_one_line_error, run_cli
-from report_runs import TEXT, needs_data, page_data, train_run
+from report_runs import TEXT, page_data, train_run
+from test_cli import needs_data
 
 from lstmkit.cli import load_run
 from lstmkit.data import ALPHABET, transliterate

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 from cli_harness import run_cli
-from report_runs import DATA, TEXT, train_run
+from report_runs import TEXT, train_run
+from test_cli import DATA
 
 from lstmkit.cli import load_run
 
