@@ -327,11 +327,7 @@ def final_metrics(cfg, results, records) -> dict:
 
 # ---------------------------------------------------------------------- per task
 def names_section(task, model) -> dict:
-    names, labels = task.splits["test"]
-    pred = task.scores(model, names).argmax(-1)
-    C = len(task.languages)
-    counts = torch.zeros(C, C, dtype=torch.long)
-    counts.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    counts = task.confusion(model)
     tp = counts.diag().double()
     rows = []
     for c, lang in enumerate(task.languages):
@@ -340,7 +336,7 @@ def names_section(task, model) -> dict:
                      "precision": float(tp[c] / predicted) if predicted else None,
                      "recall": float(tp[c] / support) if support else None})
     return {"kind": "names", "classes": task.languages, "counts": counts.tolist(),
-            "per_class": rows, "test_names": len(labels)}
+            "per_class": rows, "test_names": int(counts.sum())}
 
 
 def samples_section(task, model) -> dict:

@@ -146,15 +146,20 @@ class NamesTask(Task):
         return (f"loss {m['loss']:.4f}  accuracy {m['accuracy']:.3f}  "
                 f"macro {m['macro_accuracy']:.3f}")
 
-    def figures(self, model, run_dir):
+    def confusion(self, model) -> torch.Tensor:
+        """Counts (C, C) on the test names: row the true language, column the predicted."""
         names, labels = self.splits["test"]
         pred = self.scores(model, names).argmax(-1)
         C = len(self.languages)
-        confusion = torch.zeros(C, C, dtype=torch.long)
-        confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+        counts = torch.zeros(C, C, dtype=torch.long)
+        counts.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+        return counts
+
+    def figures(self, model, run_dir):
+        confusion = self.confusion(model)
         plots.confusion_matrix(confusion, self.languages, run_dir / "confusion.png",
-                               title=f"Test names ({len(labels):,}): true language (rows) vs "
-                               "predicted (columns)")
+                               title=f"Test names ({int(confusion.sum()):,}): true language "
+                               "(rows) vs predicted (columns)")
 
     def predict(self, model, names: list[str], top: int = 3):
         """For each name (Latin script; see read_name for others), the `top` most likely
