@@ -7,7 +7,8 @@
 2. Speed, a 1-layer LSTM of H units (input H), medians: one streaming step at batch 1 (state in,
    state out: the deployment case) and a (T, B) = (100, 32) batch. lstmkit eager, torch.nn.LSTM
    eager, onnxruntime float32, onnxruntime int8 (dynamic quantization),
-   torch.ao.quantization.quantize_dynamic int8; every contender on the same number of threads.
+   torch.ao.quantization.quantize_dynamic int8; every contender on the same number of threads,
+   the contenders taking turns in 3 rounds (bench_layers.median_ms).
 3. Size on disk, float32 and int8.
 4. With --runs: each run folder exported with --int8, its test metrics in float32 and int8.
 """
@@ -15,10 +16,8 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from bench_layers import median_ms  # noqa: E402
 
 import lstmkit  # noqa: E402
 from lstmkit.export import export_onnx  # noqa: E402
@@ -88,30 +89,20 @@ def parity(tmp: Path) -> None:
     print(f"\nlargest difference {worst:.1e} ({'within' if worst <= 1e-5 else 'ABOVE'} 1e-5)\n")
 
 
-def median_ms(fn, reps: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
-
-
 def time_case(contenders, T: int, B: int, H: int, reps: int) -> list[float]:
-    """Medians (ms) of one call with state in and out: torch modules, then sessions."""
+    """Medians (ms) of one call with state in and out: torch modules and sessions, taking turns
+    (bench_layers.median_ms)."""
     x = torch.randn(T, B, H)
     h0, c0 = torch.zeros(1, B, H), torch.zeros(1, B, H)
     feed = {"input": x.numpy(), "initial_h": h0.numpy(), "initial_c": c0.numpy()}
-    times = []
-    for c in contenders:
+
+    def call(c):
         if isinstance(c, ort.InferenceSession):
-            times.append(median_ms(lambda c=c: c.run(None, feed), reps))
-        else:
-            with torch.no_grad():
-                times.append(median_ms(lambda c=c: c(x, (h0, c0)), reps))
-    return times
+            return lambda: c.run(None, feed)
+        return lambda: c(x, (h0, c0))
+
+    with torch.no_grad():
+        return median_ms(*map(call, contenders), repeats=max(1, reps // 3))
 
 
 def speed(tmp: Path, sizes: list[int], threads: int, reps_step: int, reps_batch: int) -> None:
