@@ -119,6 +119,17 @@ def test_resume_with_dropout_matches(tmp_path):
                                "--dropout", 0.3)
 
 
+def test_tied_weights_save_resume_and_load(tmp_path):
+    """--tie: the decoder is the embedding; the run's files hold both names (safetensors refuses
+    shared memory), a resumed run ends where an uninterrupted one does, and the tie survives
+    loading (sample reads the model back)."""
+    full, part = _chars_stopped_and_resumed(tmp_path, 40, 1, 2, "--hidden", 8, "--layers", 1,
+                                            "--tie")
+    tensors = load_file(full / "model.safetensors")
+    assert (tensors["decoder.weight"] == tensors["embed.weight"]).all()
+    assert lstmkit("sample", part, "--prime", "To", "--length", 5).stdout.startswith("To")
+
+
 def test_resume_inside_an_epoch_continues_the_same_trajectory(tmp_path):
     """A run stopped mid-epoch at a step checkpoint continues exactly as if never stopped."""
     common = ["--length", 12, "--hidden", 16, "--steps-per-epoch", 10, "--batch-size", 16,

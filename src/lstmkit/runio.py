@@ -55,8 +55,17 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 
 def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(tensors))
+    """Write tensors as one safetensors file. Tensors that share memory (tied weights: a
+    decoder that is the embedding) are each written as their own copy; safetensors refuses
+    shared storage, and loading the same values into both names restores the tie."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if v.numel() and ptr in seen else v
+        seen.add(ptr)
+    atomic_write_bytes(path, save(out))
 
 
 def _not_a_file(path: Path) -> str:
