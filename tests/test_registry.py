@@ -56,8 +56,8 @@ class LeakyGateCell(Cell):
         torch.mul(dh, 1 - u, out=dh_prev)                        # through h_{t-1} directly
         dh_prev.addmm_(dpre, w.w_hh)
 
-    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
-        return Grads(w_hh=matmul_over_steps(dgates, hist[0][:-1]))
+    def recurrent_grads(self, w, prev, new, bufs, dgates, dnew, gbufs):
+        return Grads(w_hh=matmul_over_steps(dgates, prev[0]))
 
 
 NAME = "leaky-gate"

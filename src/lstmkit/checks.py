@@ -223,6 +223,24 @@ def check_flags(name: str, **flags) -> None:
             raise TypeError(f"{name}: {arg} should be of type bool, {_got(value)}")
 
 
+def check_zoneout(name: str, z, state_names: tuple[str, ...]) -> tuple[float, ...]:
+    """zoneout as the probability each state keeps its value, per state in state order: a
+    number z for every state, or (z_c, z_h) for a cell with a cell state (h, c)."""
+    if isinstance(z, (tuple, list)):
+        if tuple(state_names) != ("h", "c"):
+            raise ValueError(f"{name}: zoneout=(z_c, z_h) is for a cell with a cell state; this "
+                             f"cell's only state is h: give zoneout=z_h (a number), got {z!r}")
+        if len(z) != 2:
+            raise ValueError(f"{name}: zoneout must be a number or a pair (z_c, z_h), got {z!r}")
+        z_c = check_probability(name, "zoneout z_c", z[0])
+        z_h = check_probability(name, "zoneout z_h", z[1])
+        return (z_h, z_c)
+    if isinstance(z, bool) or not isinstance(z, (int, float)):
+        raise TypeError(f"{name}: zoneout should be a number in [0, 1) or a pair (z_c, z_h), "
+                        f"{_got(z)}")
+    return (check_probability(name, "zoneout", z),) * len(state_names)
+
+
 def check_probability(name: str, arg: str, p) -> float:
     """A dropout-like probability: a number in [0, 1) (1 would drop everything)."""
     if isinstance(p, bool) or not isinstance(p, (int, float)):

@@ -88,8 +88,13 @@ TRAIN_OPTIONS = [
      "mask per batch (Merity et al. 2017)", "model"),
     ("--input-dropout", "input_dropout", float, "dropout on each recurrent layer's input, one "
      "mask per sequence for every step (Gal and Ghahramani 2016)", "model"),
+    ("--recurrent-dropout", "recurrent_dropout", float, "dropout on the h_{t-1} the recurrent "
+     "products see, one mask per sequence for every step (Gal and Ghahramani 2016)", "model"),
+    ("--zoneout", "zoneout", "zoneout", "each unit of h_t and c_t keeps its previous value with "
+     "this probability (Krueger et al. 2017): Z, or ZC,ZH for a cell with a cell state",
+     "model"),
     ("--layer-norm", "layer_norm", "flag", "LayerNorm LSTM or GRU (Ba et al. 2016; cells lstm "
-     "and gru; python engine)", "model"),
+     "and gru)", "model"),
     ("--bidirectional", "bidirectional", "flag", "names: read each name both ways", "model"),
     ("--tie", "tie", "flag", "language models: the decoder shares the embedding", "model"),
     ("--init-scale", "init_scale", float, "> 0: every parameter ~ U(-s, s)", "model"),
@@ -179,9 +184,24 @@ def add_train_parser(sub) -> None:
         if kind == "flag":
             g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
                            help=text)
+        elif kind == "zoneout":
+            g.add_argument(flag, dest=dest, type=zoneout_arg, default=None, metavar="Z[,ZH]",
+                           help=text)
         else:
             g.add_argument(flag, dest=dest, type=kind, default=None,
                            help=text.replace("{cells}", ", ".join(registry.names())))
+
+
+def zoneout_arg(text: str) -> float | list[float]:
+    """--zoneout: "Z" (every state) or "ZC,ZH" (cell and hidden state)."""
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or len(values) != len(parts):
+        raise argparse.ArgumentTypeError(f"expected Z or ZC,ZH (numbers in [0, 1)), got {text!r}")
+    return values[0] if len(values) == 1 else values
 
 
 def launch_distributed(nproc: int, argv: list[str]) -> None:

@@ -23,7 +23,7 @@ AT_LEAST_ONE = ("hidden", "layers", "embed", "epochs", "batch_size", "bptt", "st
                 "length", "window", "horizon", "max_nonfinite")
 # float fields that must be > 0 (the others must be >= 0); PROBABILITIES are in [0, 1)
 POSITIVE_FLOATS = ("lr", "lr_decay")
-PROBABILITIES = ("dropout", "weight_drop", "input_dropout")
+PROBABILITIES = ("dropout", "weight_drop", "input_dropout", "recurrent_dropout")
 # what a task needs in meta to rebuild its model without its training data
 REBUILD_META = {"names": "languages", "ptb": "vocab", "chars": "vocab", "forecast": "transform"}
 _MISSING = object()
@@ -142,6 +142,8 @@ class Config:
     dropout: float = 0.0
     weight_drop: float = 0.0           # DropConnect on each W_hh, one mask per call
     input_dropout: float = 0.0         # one mask per sequence on each layer's input
+    recurrent_dropout: float = 0.0     # one mask per sequence on the h_{t-1} W_hh sees
+    zoneout: float | list = 0.0        # z for every state, or [z_c, z_h]
     layer_norm: bool = False           # LayerNorm LSTM / GRU (Ba et al. 2016)
     bidirectional: bool = False
     tie: bool = False                  # language models: decoder shares the embedding
@@ -181,7 +183,10 @@ class Config:
 
     def rnn_options(self) -> dict:
         """The recurrent layer's regularisers (keywords of lstmkit.layers.make_layer)."""
-        options = {"weight_drop": self.weight_drop, "input_dropout": self.input_dropout}
+        options = {"weight_drop": self.weight_drop, "input_dropout": self.input_dropout,
+                   "recurrent_dropout": self.recurrent_dropout,
+                   "zoneout": tuple(self.zoneout) if isinstance(self.zoneout, list)
+                   else self.zoneout}
         return {**options, "layer_norm": True} if self.layer_norm else options
 
     def validate(self, rebuild: bool = False) -> None:
@@ -220,7 +225,19 @@ class Config:
                     ok, expected = False, "a finite number"
                 if not ok:
                     raise ConfigError(f.name, expected, value)
+        self._check_zoneout(registry)
         _check_meta(self.task, self.meta, rebuild)
+
+    def _check_zoneout(self, registry) -> None:
+        z = self.zoneout
+        pair = isinstance(z, list)
+        if pair and not (len(z) == 2 and all(_is_number(v) for v in z)):
+            raise ConfigError("zoneout", "a number or a pair [z_c, z_h]", z)
+        if not all(math.isfinite(v) and 0 <= v < 1 for v in (z if pair else [z])):
+            raise ConfigError("zoneout", "in [0, 1)" + (" (each of z_c, z_h)" if pair else ""), z)
+        if pair and tuple(registry.get(self.cell).make(1, 0).state_names) != ("h", "c"):
+            raise ConfigError("zoneout", f"one number for cell {self.cell!r} (it has no cell "
+                              "state: zoneout is z_h)", z)
 
     @classmethod
     def from_json(cls, obj) -> Config:

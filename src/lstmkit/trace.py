@@ -11,7 +11,8 @@ caller's batch order, zero past each sequence's length:
     grad_h   (T, N, H_out)   dL/dh_t, the total derivative BPTT carries (None before backward)
     grad_c   (T, N, H)       dL/dc_t (LSTM)
 
-``masks`` holds the masks of a training call with ``weight_drop`` or ``input_dropout``.
+``masks`` holds the masks of a call with ``weight_drop``, ``input_dropout``,
+``recurrent_dropout`` (training) or ``zoneout`` (training: 0/1 per step; evaluation: z).
 
 For a reverse direction index t is still time: h[t] is the reverse pass's state at step t.
 """
@@ -82,8 +83,10 @@ class Trace:
         self.steps = [[StepTrace(rec, layer.cell, bool(d), batch_sizes, batch)
                        for d, rec in enumerate(layer_records)] for layer_records in records]
         self.output = self.h_n = self.c_n = None
-        # a training call's regulariser masks: "weight_hh" (one per layer and direction),
-        # "input" (one (N, H_in) per layer), each scaled by 1 / (1 - p); {} when none ran
+        # the call's regulariser masks: "weight_hh" (one per layer and direction), "input"
+        # (one (N, H_in) per layer), "h" (one (N, H_out) per layer and direction), each scaled
+        # by 1 / (1 - p); "zone" (per layer and direction, per state (h, c): (T, N, size) in
+        # processing order, or None); {} when none ran
         self.masks: dict = {}
 
     def pad_time(self, total_length: int) -> None:

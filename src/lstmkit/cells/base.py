@@ -79,6 +79,11 @@ class Cell:
     # True when W_hh h + b_hh enters every pre-activation additively, so b_hh joins the hoisted
     # input projection and d b_hh = d b_ih.
     bias_hh_hoisted: bool = True
+    # Where h_{t-1} meets W_hh, for recurrent dropout (lstmkit.engine.sequence.Masks): "only"
+    # (h_{t-1} enters the step only through its products; the engine masks it), "slot" (the
+    # step reads the products' h from prev[-1] and adds their gradient into dprev[-1]), None
+    # (recurrent dropout is refused for this cell).
+    h_products: str | None = None
 
     @property
     def num_gates(self) -> int:
@@ -143,10 +148,12 @@ class Cell:
         What second-order autograd differentiates (``lstmkit.engine.reference``)."""
         raise NotImplementedError
 
-    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs) -> Grads:
+    def recurrent_grads(self, w, prev, new, bufs, dgates, dnew, gbufs) -> Grads:
         """Gradients of w_hh (and b_ih, b_hh, w_ch, w_hr where the cell has them) from
-        whole-sequence tensors in processing order: hist[k] (T+1, B, size_k), bufs,
-        dgates (T, B, G*H), dhist[k] (T, B, size_k), gbufs."""
+        whole-sequence tensors in processing order, as the steps saw them: prev[k] (T, B, size_k)
+        the states entering each step (with the masked h where recurrent dropout acts), new[k]
+        the states each step computed (before zoneout), dnew[k] dL/d(new[k]), bufs,
+        dgates (T, B, G*H), gbufs."""
         raise NotImplementedError
 
 

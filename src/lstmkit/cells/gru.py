@@ -22,6 +22,7 @@ GATES = ("r", "z", "n")
 class GRUCellMath(Cell):
     gates = GATES
     family_id, compiled_kernel = 1, True
+    h_products = "slot"         # h_{t-1} also enters z_t * h_{t-1}, unmasked
 
     def __init__(self, hidden_size: int, reset_after: bool = True):
         self.hidden_size, self.reset_after = hidden_size, reset_after
@@ -41,18 +42,18 @@ class GRUCellMath(Cell):
         return cls(spec[1], bool(spec[5]))
 
     def reference_step(self, w, xw, prev):
-        (h_prev,), H = prev, self.hidden_size
+        h_prev, h_in, H = prev[0], prev[-1], self.hidden_size    # h_in: what W_hh sees
         x_r, x_z, x_n = xw.split(H, -1)
         if self.reset_after:
-            hw = h_prev.mm(w.w_hh.t()) if w.b_hh is None else torch.addmm(w.b_hh, h_prev,
-                                                                            w.w_hh.t())
+            hw = h_in.mm(w.w_hh.t()) if w.b_hh is None else torch.addmm(w.b_hh, h_in,
+                                                                          w.w_hh.t())
             h_r, h_z, h_n = hw.split(H, -1)
             r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
             n = torch.tanh(x_n + r * h_n)
         else:
-            h_rz = h_prev.mm(w.w_hh[: 2 * H].t())
+            h_rz = h_in.mm(w.w_hh[: 2 * H].t())
             r, z = torch.sigmoid(x_r + h_rz[:, :H]), torch.sigmoid(x_z + h_rz[:, H:])
-            n = torch.tanh(x_n + (r * h_prev).mm(w.w_hh[2 * H :].t()))
+            n = torch.tanh(x_n + (r * h_in).mm(w.w_hh[2 * H :].t()))
         return ((1 - z) * n + z * h_prev,)
 
     def blocks(self, t):
@@ -60,27 +61,28 @@ class GRUCellMath(Cell):
         return (t, t[..., : 2 * self.hidden_size], *t.split(self.hidden_size, -1))
 
     def forward_step(self, w, gates, prev, new, buf):
-        (h_prev,), (h,) = prev, new
+        h_prev, h_in, (h,) = prev[0], prev[-1], new
         H = self.hidden_size
         _, rz, r, z, n = gates
         if self.reset_after:
             hw = buf[0]                                           # W_hh h_prev + b_hh (n, 3H)
             if w.b_hh is None:
-                torch.mm(h_prev, w.w_hh_t, out=hw)
+                torch.mm(h_in, w.w_hh_t, out=hw)
             else:
-                torch.addmm(w.b_hh, h_prev, w.w_hh_t, out=hw)
+                torch.addmm(w.b_hh, h_in, w.w_hh_t, out=hw)
             rz.add_(hw[:, : 2 * H]).sigmoid_()
             n.addcmul_(r, hw[:, 2 * H :]).tanh_()
         else:
             rh = buf[0]
-            rz.addmm_(h_prev, w.w_hh_t[:, : 2 * H]).sigmoid_()
-            torch.mul(r, h_prev, out=rh)
+            rz.addmm_(h_in, w.w_hh_t[:, : 2 * H]).sigmoid_()
+            torch.mul(r, h_in, out=rh)
             n.addmm_(rh, w.w_hh_t[:, 2 * H :]).tanh_()
         torch.sub(h_prev, n, out=h)                               # h = n + z * (h_prev - n)
         h.mul_(z).add_(n)
 
     def backward_step(self, w, gates, prev, new, buf, dnew, dgates, gbuf, dprev):
-        (h_prev,), (dh,), (dh_prev,) = prev, dnew, dprev
+        h_prev, h_in, (dh,) = prev[0], prev[-1], dnew
+        dh_prev, dh_in = dprev[0], dprev[-1]      # the same tensor without recurrent dropout
         H = self.hidden_size
         _, rz, r, z, n = gates
         _, drz, dr, dz, dn = dgates
@@ -95,16 +97,16 @@ class GRUCellMath(Cell):
             sigmoid_backward_(drz, rz)
             dhw[:, : 2 * H].copy_(drz)
             torch.mul(dn, r, out=dhw[:, 2 * H :])                 # d(W_hn h_prev + b_hn) = dn * r
-            dh_prev.addmm_(dhw, w.w_hh)
+            dh_in.addmm_(dhw, w.w_hh)
         else:
             drh = dn.mm(w.w_hh[2 * H :])                          # d(r * h_prev)
-            torch.mul(drh, h_prev, out=dr)
+            torch.mul(drh, h_in, out=dr)
             sigmoid_backward_(drz, rz)
-            dh_prev.addcmul_(drh, r)
-            dh_prev.addmm_(drz, w.w_hh[: 2 * H])
+            dh_in.addcmul_(drh, r)
+            dh_in.addmm_(drz, w.w_hh[: 2 * H])
 
-    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
-        h_prev = hist[0][:-1]
+    def recurrent_grads(self, w, prev, new, bufs, dgates, dnew, gbufs):
+        h_prev = prev[-1]
         if self.reset_after:
             dhw = gbufs[0]
             return Grads(w_hh=matmul_over_steps(dhw, h_prev),

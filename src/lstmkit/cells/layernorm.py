@@ -68,6 +68,7 @@ class LayerNormLSTMCellMath(Cell):
 
     gates = ("i", "f", "g", "o")
     state_names = ("h", "c")
+    h_products = "only"
     bias_hh_hoisted = False
 
     def __init__(self, hidden_size: int):
@@ -158,11 +159,11 @@ class LayerNormLSTMCellMath(Cell):
         dpre.mul_(g_ih)                                # LN(u) g_ih
         normalize_backward_(dpre, xu, rstd[:, 0:1])
 
-    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
+    def recurrent_grads(self, w, prev, new, bufs, dgates, dnew, gbufs):
         xu, xv, xc, _, _ = bufs
         da, dv, dn = gbufs
         db = da.sum((0, 1))
-        return Grads(w_hh=matmul_over_steps(dv, hist[0][:-1]), b_ih=db, b_hh=db,
+        return Grads(w_hh=matmul_over_steps(dv, prev[0]), b_ih=db, b_hh=db,
                      w_ch=torch.cat([(da * xu).sum((0, 1)), (da * xv).sum((0, 1)),
                                      (dn * xc).sum((0, 1)), dn.sum((0, 1))]))
 
@@ -173,6 +174,7 @@ class LayerNormGRUCellMath(Cell):
 
     gates = ("r", "z", "n")
     bias_hh_hoisted = False
+    h_products = "slot"         # h_{t-1} also enters z_t * h_{t-1}, unmasked
 
     def __init__(self, hidden_size: int):
         H = self.hidden_size = hidden_size
@@ -193,10 +195,10 @@ class LayerNormGRUCellMath(Cell):
         return w.w_ch.split(3 * self.hidden_size)      # gamma_ih, gamma_hh
 
     def reference_step(self, w, xw, prev):
-        (h_prev,), H = prev, self.hidden_size
+        h_prev, h_in, H = prev[0], prev[-1], self.hidden_size    # h_in: what W_hh sees
         g_ih, g_hh = self._vectors(w)
         a_r, a_z, a_n = layer_norm(xw, g_ih, w.b_ih).split(H, -1)
-        e_r, e_z, e_n = layer_norm(h_prev.mm(w.w_hh.t()), g_hh, w.b_hh).split(H, -1)
+        e_r, e_z, e_n = layer_norm(h_in.mm(w.w_hh.t()), g_hh, w.b_hh).split(H, -1)
         r, z = torch.sigmoid(a_r + e_r), torch.sigmoid(a_z + e_z)
         n = torch.tanh(a_n + r * e_n)
         return ((1 - z) * n + z * h_prev,)
@@ -210,13 +212,13 @@ class LayerNormGRUCellMath(Cell):
         w.ln = self._vectors(w)
 
     def forward_step(self, w, gates, prev, new, buf):
-        (h_prev,), (h,) = prev, new
+        h_prev, h_in, (h,) = prev[0], prev[-1], new
         H = self.hidden_size
         pre, rz, r, z, n = gates                       # pre: u_t = W_ih x_t on entry
         xu, xv, e, rstd = buf
         g_ih, g_hh = w.ln
         normalize(pre, xu, rstd[:, 0:1])               # LN(u)
-        torch.mm(h_prev, w.w_hh_t, out=xv)             # v = W_hh h_prev
+        torch.mm(h_in, w.w_hh_t, out=xv)               # v = W_hh h_prev
         normalize(xv, xv, rstd[:, 1:2])                # LN(v)
         torch.mul(xv, g_hh, out=e)                     # e = LN(v) g_hh + b_hh
         if w.b_hh is not None:
@@ -230,7 +232,8 @@ class LayerNormGRUCellMath(Cell):
         h.mul_(z).add_(n)
 
     def backward_step(self, w, gates, prev, new, buf, dnew, dgates, gbuf, dprev):
-        (h_prev,), (dh,), (dh_prev,) = prev, dnew, dprev
+        h_prev, (dh,) = prev[0], dnew
+        dh_prev, dh_in = dprev[0], dprev[-1]      # the same tensor without recurrent dropout
         H = self.hidden_size
         _, rz, r, z, n = gates
         dpre, drz, dr, dz, dn = dgates                 # first dL/da, at the end dL/du
@@ -249,14 +252,14 @@ class LayerNormGRUCellMath(Cell):
         da.copy_(dpre)                                 # kept for b_ih and gamma_ih
         torch.mul(de, g_hh, out=dv)                    # e = LN(v) g_hh + b_hh
         normalize_backward_(dv, xv, rstd[:, 1:2])
-        dh_prev.addmm_(dv, w.w_hh)                     # v = W_hh h_prev
+        dh_in.addmm_(dv, w.w_hh)                       # v = W_hh h_prev
         dpre.mul_(g_ih)                                # a = LN(u) g_ih + b_ih
         normalize_backward_(dpre, xu, rstd[:, 0:1])
 
-    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
+    def recurrent_grads(self, w, prev, new, bufs, dgates, dnew, gbufs):
         xu, xv, _, _ = bufs
         da, de, dv = gbufs
-        return Grads(w_hh=matmul_over_steps(dv, hist[0][:-1]), b_ih=da.sum((0, 1)),
+        return Grads(w_hh=matmul_over_steps(dv, prev[-1]), b_ih=da.sum((0, 1)),
                      b_hh=de.sum((0, 1)),
                      w_ch=torch.cat([(da * xu).sum((0, 1)), (de * xv).sum((0, 1))]))
 

@@ -27,6 +27,7 @@ COUPLED_GATES = ("f", "g", "o")
 class LSTMCellMath(Cell):
     family_id, compiled_kernel = 0, True
     state_names = ("h", "c")
+    h_products = "only"
 
     def __init__(self, hidden_size: int, proj_size: int = 0, peephole: bool = False,
                  coupled: bool = False):
@@ -147,19 +148,18 @@ class LSTMCellMath(Cell):
             dc_prev.addcmul_(df, p_f)
         torch.mm(dpre, w.w_hh, out=dh_prev)                    # dh_prev = dgates W_hh
 
-    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
-        hs, cs = hist
-        grads = Grads(w_hh=matmul_over_steps(dgates, hs[:-1]))
+    def recurrent_grads(self, w, prev, new, bufs, dgates, dnew, gbufs):
+        grads = Grads(w_hh=matmul_over_steps(dgates, prev[0]))
         if self.peephole:
             _, _, *digfo = self.blocks(dgates)
             di, df, _, do = (None, *digfo) if self.coupled else digfo
-            c_prev, c = cs[:-1], cs[1:]
+            c_prev, c = prev[1], new[1]
             dp = [(df * c_prev).sum((0, 1)), (do * c).sum((0, 1))]      # dp_f, dp_o
             if di is not None:
                 dp.insert(0, (di * c_prev).sum((0, 1)))                 # dp_i
             grads.w_ch = torch.cat(dp)
         if self.proj_size:
-            grads.w_hr = matmul_over_steps(dhist[0], bufs[1])  # sum_t dh_t^T m_t
+            grads.w_hr = matmul_over_steps(dnew[0], bufs[1])   # sum_t dh_t^T m_t
         return grads
 
 

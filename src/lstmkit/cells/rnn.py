@@ -21,6 +21,7 @@ threshold_backward = torch.ops.aten.threshold_backward.grad_input
 class RNNCellMath(Cell):
     gates = GATES
     family_id, compiled_kernel = 2, True
+    h_products = "only"
 
     def __init__(self, hidden_size: int, nonlinearity: str = "tanh"):
         self.check_nonlinearity("RNNCellMath", nonlinearity)
@@ -66,8 +67,8 @@ class RNNCellMath(Cell):
             threshold_backward(dh, h, 0, grad_input=dgates)   # da = dh * [h > 0]
         torch.mm(dgates, w.w_hh, out=dh_prev)
 
-    def recurrent_grads(self, w, hist, bufs, dgates, dhist, gbufs):
-        return Grads(w_hh=matmul_over_steps(dgates, hist[0][:-1]))
+    def recurrent_grads(self, w, prev, new, bufs, dgates, dnew, gbufs):
+        return Grads(w_hh=matmul_over_steps(dgates, prev[0]))
 
 
 register("rnn", RNNCellMath, layer="RNN",

@@ -264,8 +264,11 @@ def compiled_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, b
     return [g if need else None for g, need in zip(grads, needs)]
 
 
-def _unsupported(cell: Cell, x: Tensor) -> str | None:
+def _unsupported(cell: Cell, x: Tensor, masks=None) -> str | None:
     """Why this call cannot run compiled (None if it can)."""
+    if masks:
+        return ("engine='compiled' has no recurrent dropout or zoneout yet; those calls run the "
+                "python engine")
     if x.device.type != "cpu":
         return f"engine='compiled' runs on the CPU only; {x.device.type} runs the python engine"
     if x.dtype not in DTYPES:
@@ -349,9 +352,10 @@ def trains_faster(x: Tensor) -> bool:
         1 <= x.shape[1] <= bounds["brgemm_max_rows"]
 
 
-def fallback_reason(cell: Cell, x: Tensor) -> str | None:
-    """None when this call runs compiled; else why not, warned once (the python engine runs)."""
-    reason = _unsupported(cell, x)
+def fallback_reason(cell: Cell, x: Tensor, masks=None) -> str | None:
+    """None when this call runs compiled; else why not, warned once (the python engine runs).
+    masks: the call's ``lstmkit.engine.sequence.Masks`` (or None)."""
+    reason = _unsupported(cell, x, masks)
     if reason is None and not available():
         reason = ("lstmkit: the compiled engine is unavailable "
                   f"({(build_error() or '').splitlines()[0][:300]}); engine='compiled' runs the "

@@ -35,7 +35,7 @@ from ..cells import cell_from_spec
 from ..cells.base import Weights
 from .compiled import autocast_bf16, compiled_backward, compiled_forward, fallback_reason, products
 from .reference import reference_sequence
-from .sequence import StepRecord, sequence_backward, sequence_forward
+from .sequence import Masks, StepRecord, sequence_backward, sequence_forward
 
 ENGINES = ("python", "compiled")
 _lib = torch.library.Library("lstmkit", "DEF")          # kept alive: the ops live with it
@@ -56,23 +56,23 @@ def _check_engine(engine: str) -> None:
 
 
 # ------------------------------------------------------------------ kernels
-def _forward(cell, bs, compiled, products, x, states0, weights, record=None):
+def _forward(cell, bs, compiled, products, x, states0, weights, record=None, masks=None):
     """(gates, hist, bufs) on the named engine; bs None or a list of T batch sizes."""
     if compiled:
         return compiled_forward(cell, bs, x, states0, weights, products, record)
     with torch.autocast(x.device.type, enabled=False):          # float32 math, as documented
-        return sequence_forward(cell, bs, x, states0, Weights(*weights), record)
+        return sequence_forward(cell, bs, x, states0, Weights(*weights), record, masks)
 
 
 def _backward_kernel(cell, bs, compiled, products, x, gates, hist, bufs, weights, grad_hist,
-                     needs, record=None):
+                     needs, record=None, masks=None):
     """[dx, dstates0..., dw_ih, ..., dw_hr] by the hand-written BPTT, None where not needed."""
     if compiled:
         return compiled_backward(cell, bs, x, gates, hist, bufs, weights, grad_hist, needs,
                                  products, record)
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         return sequence_backward(cell, bs, x, gates, hist, bufs, Weights(*weights), grad_hist,
-                                 needs, record)
+                                 needs, record, masks)
 
 
 def _products(engine, cell, x, bf16_autocast):
@@ -186,7 +186,8 @@ def _reference_wanted(needs, grads) -> bool:
         g is not None and any(f(g) for f in batched) for g in grads)
 
 
-def reference_grads(cell, x, states0, weights, grad_hist, batch_sizes, needs, first_row=False):
+def reference_grads(cell, x, states0, weights, grad_hist, batch_sizes, needs, first_row=False,
+                    masks=None):
     """The backward as a differentiable function of its inputs: the reference walk recomputed
     and differentiated with create_graph, so a gradient of the gradient is exact. grad_hist[k]
     is dL/d(hist[k]) with row 0 (first_row) or dL/d(hist[k][1:])."""
@@ -196,7 +197,7 @@ def reference_grads(cell, x, states0, weights, grad_hist, batch_sizes, needs, fi
     if not wanted or not pairs:
         return [torch.zeros_like(t) if need else None for t, need in zip(inputs, needs)]
     with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-        hist = reference_sequence(cell, x, states0, Weights(*weights), batch_sizes)
+        hist = reference_sequence(cell, x, states0, Weights(*weights), batch_sizes, masks)
         hist = hist if first_row else [h[1:] for h in hist]
         found = torch.autograd.grad([hist[i] for i, _ in pairs], wanted,
                                     [g for _, g in pairs], create_graph=True, allow_unused=True)
@@ -265,8 +266,8 @@ torch.library.register_vmap("lstmkit::sequence_backward", _loop_rule(sequence_ba
 
 # ------------------------------------------------------------------ eager calls
 class SequenceFunction(torch.autograd.Function):
-    """apply(cell, batch_sizes, compiled, products, record, x, *states0, w_ih, w_hh, b_ih, b_hh,
-    w_ch, w_hr) -> hist[k][1:] for each state.
+    """apply(cell, batch_sizes, compiled, products, record, masks, x, *states0, w_ih, w_hh, b_ih,
+    b_hh, w_ch, w_hr) -> hist[k][1:] for each state.
 
     The operators' kernels and backward rule, called directly: what a plain eager call runs
     (a trip through the dispatcher to a Python operator costs tens of microseconds per call,
@@ -274,13 +275,13 @@ class SequenceFunction(torch.autograd.Function):
     (``record`` a StepRecord, filled with every step's tensors)."""
 
     @staticmethod
-    def forward(ctx, cell, batch_sizes, compiled, products, record, x, *args):
+    def forward(ctx, cell, batch_sizes, compiled, products, record, masks, x, *args):
         k = len(cell.state_sizes)
         states0, weights = args[:k], args[k:]
         gates, hist, bufs = _forward(cell, batch_sizes, compiled, products, x, states0, weights,
-                                     record)
+                                     record, masks)
         ctx.set_materialize_grads(False)
-        ctx.cell, ctx.batch_sizes, ctx.record = cell, batch_sizes, record
+        ctx.cell, ctx.batch_sizes, ctx.record, ctx.masks = cell, batch_sizes, record, masks
         ctx.compiled, ctx.products = compiled, products
         _save(ctx, x, states0, weights, gates, hist, bufs)
         return tuple(h[1:] for h in hist)
@@ -289,14 +290,15 @@ class SequenceFunction(torch.autograd.Function):
     def backward(ctx, *grad_hist):
         cell = ctx.cell
         x, states0, weights, gates, hist, bufs = _saved(ctx, len(cell.state_sizes))
-        needs = ctx.needs_input_grad[5:]
+        needs = ctx.needs_input_grad[6:]
         if _reference_wanted(needs, grad_hist):
             grads = reference_grads(cell, x, states0, weights, grad_hist, ctx.batch_sizes,
-                                    needs)
+                                    needs, masks=ctx.masks)
         else:
             grads = _backward_kernel(cell, ctx.batch_sizes, ctx.compiled, ctx.products, x, gates,
-                                     hist, bufs, weights, grad_hist, needs, ctx.record)
-        return (None, None, None, None, None, *grads)
+                                     hist, bufs, weights, grad_hist, needs, ctx.record,
+                                     ctx.masks)
+        return (None, None, None, None, None, None, *grads)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter, type(None))
@@ -332,24 +334,36 @@ def _differentiating_transform() -> bool:
 
 
 def sequence(cell, x: Tensor, states0, w: Weights, batch_sizes: list[int] | None = None,
-             compiled: bool = False, record: StepRecord | None = None) -> tuple[Tensor, ...]:
+             compiled: bool = False, record: StepRecord | None = None,
+             masks: Masks | None = None) -> tuple[Tensor, ...]:
     """Run ``cell`` over x (T, B, I) in processing order, on the compiled engine if asked and it
     can run this call (else, warned once, the python engine); returns each state after each
     step, (T, B, size_k). A plain eager call or a traced one (``record``) runs the kernels
     directly; under torch.compile, export, jit.trace or vmap the call is ``lstmkit::sequence``;
-    under torch.func's differentiating transforms the reference walk."""
+    under torch.func's differentiating transforms the reference walk. masks: recurrent dropout
+    and zoneout (``Masks``), which the operator does not take: refused where it would run."""
     weights = (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_ch, w.w_hr)
+    masks = masks if masks else None
     if record is None and _differentiating_transform():
-        return tuple(h[1:] for h in reference_sequence(cell, x, states0, w, batch_sizes))
-    compiled = compiled and fallback_reason(cell, x) is None
+        return tuple(h[1:] for h in reference_sequence(cell, x, states0, w, batch_sizes, masks))
+    compiled = compiled and fallback_reason(cell, x, masks) is None
     if not compiled and torch.is_autocast_enabled(x.device.type):
         # the python engine computes in float32 under autocast
         x, states0 = x.float(), [s.float() for s in states0]
         weights = tuple(None if t is None else t.float() for t in weights)
+        if masks is not None:
+            masks = Masks(None if masks.h is None else masks.h.float(),
+                          masks.zone and tuple(None if d is None else d.float()
+                                               for d in masks.zone))
     if record is not None or plain_eager(x, *states0, *weights):
         prods = products(cell, x) if compiled else (False, False)
-        return SequenceFunction.apply(cell, batch_sizes, compiled, prods, record, x, *states0,
-                                      *weights)
+        return SequenceFunction.apply(cell, batch_sizes, compiled, prods, record, masks, x,
+                                      *states0, *weights)
+    if masks is not None:
+        raise NotImplementedError(
+            "lstmkit: recurrent_dropout and zoneout run in eager mode only; torch.compile, "
+            "torch.export, jit.trace and vmap see the lstmkit::sequence operator, which has no "
+            "masks (compile the rest of the model, or train without them there)")
     hist, _, _ = sequence_op(x, list(states0), *weights, cell.spec(), batch_sizes or [],
                              "compiled" if compiled else "python", autocast_bf16())
     return tuple(h[1:] for h in hist)

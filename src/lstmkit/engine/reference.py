@@ -16,9 +16,10 @@ from ..cells.base import Cell, Weights
 
 
 def reference_sequence(cell: Cell, x: Tensor, states0, w: Weights,
-                       batch_sizes: list[int] | None = None) -> list[Tensor]:
+                       batch_sizes: list[int] | None = None, masks=None) -> list[Tensor]:
     """hist[k] (T+1, B, size_k) for x (T, B, I) and states0[k] (B, size_k), in processing order;
-    at step s only the first batch_sizes[s] rows are active."""
+    at step s only the first batch_sizes[s] rows are active. masks: recurrent dropout and
+    zoneout (``lstmkit.engine.sequence.Masks``), or None."""
     T, B, _ = x.shape
     bias = cell.hoisted_bias(w)
     xw = x.matmul(w.w_ih.t())                                           # (T, B, G*H)
@@ -27,9 +28,18 @@ def reference_sequence(cell: Cell, x: Tensor, states0, w: Weights,
     states0 = tuple(states0)
     hist = [[s] for s in states0]
     prev = states0
+    h_mask = masks.h if masks else None
+    zone = masks.zone if masks and masks.zone else (None,) * len(states0)
     for s in range(T):
         n = B if batch_sizes is None else batch_sizes[s]
-        new = cell.reference_step(w, xw[s, :n], tuple(p[:n] for p in prev))
+        p = tuple(q[:n] for q in prev)
+        seen = p
+        if h_mask is not None:                   # the products see m * h_{t-1}
+            r = p[0] * h_mask[:n]
+            seen = (r, *p[1:]) if cell.h_products == "only" else (*p, r)
+        new = cell.reference_step(w, xw[s, :n], seen)
+        new = tuple(v if d is None else v + d[s, :n] * (q - v)      # zoneout
+                    for v, q, d in zip(new, p, zone))
         if n < B:
             new = tuple(torch.cat([v, s0[n:]]) for v, s0 in zip(new, states0))
         for h, v in zip(hist, new):

@@ -15,6 +15,8 @@ batch and non-decreasing for a reverse one: rows that join late start from the i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -28,6 +30,33 @@ def hoisted_input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Te
     x2 = x.reshape(T * B, -1)
     out = x2.mm(w_ih.t()) if bias is None else torch.addmm(bias, x2, w_ih.t())
     return out.view(T, B, -1)
+
+
+@dataclass
+class Masks:
+    """The regularisers that act inside the recurrence, for one call (None where off).
+
+    h (B, P): recurrent dropout (Gal and Ghahramani 2016), one mask per sequence; the recurrent
+    products see r_{t-1} = m * h_{t-1} at every step (entries 0 or 1/(1-p)). Where h_{t-1} enters
+    the step only through W_hh (``Cell.h_products == "only"``) the engine hands the cell r_{t-1}
+    as h_{t-1}; a cell with ``h_products == "slot"`` gets r_{t-1} as an extra last entry of prev.
+    zone[k] (T, B, size_k) or None, per state: zoneout (Krueger et al. 2017), s_t = d_t * s_{t-1}
+    + (1 - d_t) * s~_t with s~_t what the cell computed; d_t in {0, 1} in training, the
+    probability z (an expanded constant) in evaluation.
+    """
+
+    h: Tensor | None = None
+    zone: tuple[Tensor | None, ...] | None = None
+
+    def __bool__(self) -> bool:
+        return self.h is not None or bool(self.zone and any(d is not None for d in self.zone))
+
+
+def _recurrent_input(cell: Cell, prev: tuple, r: Tensor | None) -> tuple:
+    """prev as the cell's step reads it, r the masked h_{t-1} (or None)."""
+    if r is None:
+        return prev
+    return (r, *prev[1:]) if cell.h_products == "only" else (*prev, r)
 
 
 class StepRecord:
@@ -51,13 +80,15 @@ def per_step(tensors, bs: list[int]) -> list[tuple]:
 
 
 def sequence_forward(cell: Cell, batch_sizes, x: Tensor, states0, w: Weights,
-                     record: StepRecord | None = None):
+                     record: StepRecord | None = None, masks: Masks | None = None):
     """The forward walk: returns (gates, hist, bufs).
 
     x (T, B, I); states0 the initial states (B, size_k). gates (T, B, G*H) the activated gates;
     hist[k] (T+1, B, size_k) the state k before the first step (row 0) and after each step s
-    (row s+1); bufs the cell's step buffers (T, B, width). batch_sizes: a list of T ints, or
-    None when every sequence runs all T steps; rows not active at step s hold the initial state.
+    (row s+1); bufs the cell's step buffers (T, B, width), then, with ``masks``, the masked
+    h_{t-1} of each step (T, B, P) and the states before zoneout (T, B, size_k) of each zoned
+    state. batch_sizes: a list of T ints, or None when every sequence runs all T steps; rows not
+    active at step s hold the initial state.
     """
     T, B, _ = x.shape
     packed = batch_sizes is not None
@@ -73,19 +104,63 @@ def sequence_forward(cell: Cell, batch_sizes, x: Tensor, states0, w: Weights,
             h[1:] = s0
         hist.append(h)
     bufs = [alloc(T, B, width, dtype=x.dtype, device=x.device) for width in cell.step_buffers]
+    h_mask, zone, rh, raw = _mask_buffers(cell, masks, hist, alloc)
 
     cell.prepare(w, forward=True)
     steps = zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
                 per_step([h[1:] for h in hist], bs), per_step(bufs, bs))
-    for gates_t, prev, new, buf in steps:
-        cell.forward_step(w, gates_t, prev, new, buf)
+    if not masks:
+        for gates_t, prev, new, buf in steps:
+            cell.forward_step(w, gates_t, prev, new, buf)
+    else:
+        rh_steps = step_views(rh, bs) if rh is not None else [None] * T
+        raw_steps = per_step([r for r in raw if r is not None], bs)
+        for s, (gates_t, prev, new, buf) in enumerate(steps):
+            n = bs[s]
+            r = None if rh is None else torch.mul(prev[0], h_mask[:n], out=rh_steps[s])
+            raws = iter(raw_steps[s])
+            out = tuple(v if d is None else next(raws) for v, d in zip(new, zone))
+            cell.forward_step(w, gates_t, _recurrent_input(cell, prev, r), out, buf)
+            for p, v, o, d in zip(prev, new, out, zone):      # s_t = s~_t + d_t (s_{t-1} - s~_t)
+                if d is not None:
+                    torch.sub(p, o, out=v)
+                    v.mul_(d[s, :n]).add_(o)
+        bufs = bufs + ([rh] if rh is not None else []) + [r for r in raw if r is not None]
     if record is not None:
         record.gates, record.hist = gates, hist
     return gates, hist, bufs
 
 
+def _mask_buffers(cell: Cell, masks: Masks | None, hist, alloc):
+    """(h mask, zone per state, masked-h buffer (T, B, P), pre-zoneout buffers per state)."""
+    k = len(cell.state_sizes)
+    if not masks:
+        return None, (None,) * k, None, [None] * k
+    zone = tuple(masks.zone) if masks.zone else (None,) * k
+    like = hist[0]
+    T, B = like.shape[0] - 1, like.shape[1]
+    rh = None if masks.h is None else alloc(T, B, like.shape[2], dtype=like.dtype,
+                                            device=like.device)
+    raw = [None if d is None else alloc(T, B, h.shape[2], dtype=h.dtype, device=h.device)
+           for d, h in zip(zone, hist)]
+    return masks.h, zone, rh, raw
+
+
+def _split_bufs(cell: Cell, bufs, masks: Masks | None):
+    """(the cell's step buffers, masked-h buffer or None, pre-zoneout buffer per state or None)
+    from what ``sequence_forward`` returned."""
+    k, m = len(cell.state_sizes), len(cell.step_buffers)
+    if not masks:
+        return list(bufs), None, [None] * k
+    extra = iter(bufs[m:])
+    rh = next(extra) if masks.h is not None else None
+    zone = tuple(masks.zone) if masks.zone else (None,) * k
+    return list(bufs[:m]), rh, [None if d is None else next(extra) for d in zone]
+
+
 def sequence_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, bufs,
-                      w: Weights, grad_hist, needs, record: StepRecord | None = None):
+                      w: Weights, grad_hist, needs, record: StepRecord | None = None,
+                      masks: Masks | None = None):
     """The backward walk: dL/d(inputs) from dL/d(states after each step), grad_hist[k]
     (T, B, size_k) or None. needs: which of [x, states0..., w_ih, w_hh, b_ih, b_hh, w_ch, w_hr]
     want a gradient. Returns [dx, dstates0..., dw_ih, dw_hh, db_ih, db_hh, dw_ch, dw_hr], None
@@ -117,15 +192,45 @@ def sequence_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, b
     dprev_steps = [tuple(d[: bs[0]] for d in dstates0)] + \
         per_step([d[:-1] for d in dhist], bs[1:])                 # where step s writes dL/d(prev)
     external = [(i, step_views(g, bs)) for i, g in enumerate(grad_hist) if g is not None]
+    bufs, rh, raw = _split_bufs(cell, bufs, masks)
+    h_mask = masks.h if masks else None
+    zone = tuple(masks.zone) if masks and masks.zone else (None,) * k
+    # the states each step computed and dL/d(them): before zoneout where it acts
+    new_all = [h[1:] if r is None else r for h, r in zip(hist, raw)]
+    draw = [None if d is None else buffer(f"dstate_raw{i}", d.shape[-1])
+            for i, d in enumerate(zone)]
+    dnew_all = [dh if dr is None else dr for dh, dr in zip(dhist, draw)]
+    prev_all = _recurrent_input(cell, [h[:-1] for h in hist], rh)
+    slot = h_mask is not None and cell.h_products == "slot"
+    drh = buffer("dstate_masked", rh.shape[-1]) if slot else None
+
     cell.prepare(w, forward=False)
-    steps = list(zip(per_step(cell.blocks(gates), bs), per_step([h[:-1] for h in hist], bs),
-                     per_step([h[1:] for h in hist], bs), per_step(bufs, bs), dnew_steps,
-                     per_step(cell.blocks(dgates), bs), per_step(gbufs, bs), dprev_steps))
+    steps = list(zip(per_step(cell.blocks(gates), bs), per_step(prev_all, bs),
+                     per_step(new_all, bs), per_step(bufs, bs), dnew_steps,
+                     per_step(dnew_all, bs), per_step(cell.blocks(dgates), bs),
+                     per_step(gbufs, bs), dprev_steps))
+    drh_steps = step_views(drh, bs) if slot else None
     for s in range(T - 1, -1, -1):
-        gates_t, prev, new, buf, dnew, dgates_t, gbuf, dprev = steps[s]
+        gates_t, prev, new, buf, dnew, dcell, dgates_t, gbuf, dprev = steps[s]
         for i, g in external:
             dnew[i].add_(g[s])
-        cell.backward_step(w, gates_t, prev, new, buf, dnew, dgates_t, gbuf, dprev)
+        n = bs[s]
+        for dn, dr, d in zip(dnew, dcell, zone):       # dL/ds~_t = (1 - d_t) dL/ds_t
+            if d is not None:
+                torch.mul(dn, d[s, :n], out=dr)
+                torch.sub(dn, dr, out=dr)
+        dprev_cell = dprev
+        if slot:
+            dprev_cell = (*dprev, drh_steps[s].zero_())
+        cell.backward_step(w, gates_t, prev, new, buf, dcell, dgates_t, gbuf, dprev_cell)
+        if h_mask is not None:                          # r_{t-1} = m * h_{t-1}
+            if slot:
+                dprev[0].addcmul_(drh_steps[s], h_mask[:n])
+            else:
+                dprev[0].mul_(h_mask[:n])
+        for dp, dn, d in zip(dprev, dnew, zone):       # s_{t-1} kept with weight d_t
+            if d is not None:
+                dp.addcmul_(dn, d[s, :n])
         if s and bs[s - 1] < bs[s]:
             # rows that start at step s (a reverse pass over a packed batch): their dprev
             # is dL/d(initial state)
@@ -136,7 +241,7 @@ def sequence_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, b
     W = 1 + k                                                   # index of w_ih in needs
     dx = dgates.reshape(T * B, -1).mm(w.w_ih).view_as(x) if needs[0] else None
     dw_ih = matmul_over_steps(dgates, x) if needs[W] else None
-    rec = cell.recurrent_grads(w, hist, bufs, dgates, dhist, gbufs)
+    rec = cell.recurrent_grads(w, prev_all, new_all, bufs, dgates, dnew_all, gbufs)
     db_ih = db_hh = None
     if w.b_ih is not None and (needs[W + 2] or needs[W + 3]):
         db_ih = dgates.sum((0, 1)) if rec.b_ih is None else rec.b_ih

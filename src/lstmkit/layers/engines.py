@@ -32,8 +32,9 @@ def check_engine(name: str, engine: str, standard: bool) -> None:
         raise ValueError(f"{name}: engine must be one of {ENGINES}, got {engine!r}")
     if engine == "torch" and not standard:
         raise ValueError(f"{name}: engine='torch' runs torch's fused kernels, which have no "
-                         "peephole, coupled-gate or reset_after=False form, no weight drop and "
-                         "no input dropout; use engine='python' or 'auto'")
+                         "peephole, coupled-gate, reset_after=False or LayerNorm form and no "
+                         "weight drop, input or recurrent dropout or zoneout; use "
+                         "engine='python' or 'auto'")
 
 
 
@@ -45,6 +46,8 @@ class EngineChoice:
         check_engine(type(self).__name__, self.engine, self._standard)
         if self.engine != "auto":
             return "python" if record and self.engine == "torch" else self.engine
+        if any(self._zone) or (self.recurrent_dropout and self.training):
+            return "python"                    # the engine that has their masks
         if not compiled_usable(self.cell, x):
             return "torch" if self._standard and not record else "python"
         if not plain_eager(x):

@@ -22,6 +22,7 @@ from ..cells.gru import GRUCellMath
 from ..cells.layernorm import LayerNormGRUCellMath, LayerNormLSTMCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
+from ..engine.sequence import Masks
 from ..quantization import Quantizable
 from ..trace import Trace
 from .engines import EngineChoice, check_engine
@@ -38,22 +39,33 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, engine: str = "auto",
                  make_cell: Callable[[int, int], Cell], standard: bool = True,
-                 weight_drop: float = 0.0, input_dropout: float = 0.0):
+                 weight_drop: float = 0.0, input_dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, zoneout=0.0):
         super().__init__()
         name = type(self).__name__
         input_size, hidden_size, num_layers, dropout, proj_size = checks.check_layer_args(
             name, input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
-        # regularisers (training only): one DropConnect mask on each W_hh per call, one dropout
-        # mask per sequence on each layer's input, the same at every step
+        # regularisers (training only, but zoneout's expectation in evaluation): one DropConnect
+        # mask on each W_hh per call; one dropout mask per sequence on each layer's input and on
+        # the h_{t-1} the recurrent products see, the same at every step; zoneout masks per step
         self.weight_drop = checks.check_probability(name, "weight_drop", weight_drop)
         self.input_dropout = checks.check_probability(name, "input_dropout", input_dropout)
-        standard = standard and not (self.weight_drop or self.input_dropout)
+        self.recurrent_dropout = checks.check_probability(name, "recurrent_dropout",
+                                                          recurrent_dropout)
         self._masks: dict | None = None
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
         # any value, by its truth value, as torch takes it (and prints it in the repr)
         self.bidirectional, self.proj_size = bidirectional, proj_size
         self.cell = cell = make_cell(hidden_size, proj_size)     # from the checked sizes
+        # per state in state order (h, c): the probability of keeping the previous value
+        self._zone = checks.check_zoneout(name, zoneout, cell.state_names)
+        self.zoneout = zoneout if isinstance(zoneout, (int, float)) else tuple(zoneout)
+        if self.recurrent_dropout and cell.h_products is None:
+            raise ValueError(f"{name}: recurrent_dropout needs a cell that says where h_{{t-1}} "
+                             f"meets W_hh (Cell.h_products); {type(cell).__name__} does not")
+        standard = standard and not (self.weight_drop or self.input_dropout
+                                     or self.recurrent_dropout or any(self._zone))
         self._standard = standard
         check_engine(name, engine, self._standard)
         self.engine = engine
@@ -112,22 +124,45 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
         return Weights(get("weight_ih"), w_hh, get("bias_ih"), get("bias_hh"), w_ch,
                        get("weight_hr"))
 
-    def _draw_masks(self, x: Tensor, B: int) -> dict | None:
-        """This training call's masks, scaled by 1 / (1 - p) so that their mean is 1:
-        weight_hh[k] (G*H, P) per layer and direction, input[layer] (N, H_in of the layer)."""
-        if not self.training or not (self.weight_drop or self.input_dropout):
+    def _draw_masks(self, x: Tensor, T: int, B: int) -> dict | None:
+        """This call's masks. Dropout masks (training) are scaled by 1 / (1 - p) so that their
+        mean is 1: weight_hh[k] (G*H, P) per layer and direction k, input[layer] (N, H_in of the
+        layer), h[k] (N, P). zone[k]: per state, (T, N, size) in processing order, 1 where the
+        unit keeps its previous value (training), the probability z everywhere (evaluation)."""
+        zoned = any(self._zone)
+        if not zoned and not (self.training and (self.weight_drop or self.input_dropout
+                                                 or self.recurrent_dropout)):
             return None
+        like = {"dtype": x.dtype, "device": x.device}
+        keep = lambda p, shape: torch.empty(shape, **like).bernoulli_(1 - p).div_(1 - p)  # noqa
         masks = {}
-        keep = lambda p, shape: torch.empty(shape, dtype=x.dtype, device=x.device  # noqa: E731
-                                            ).bernoulli_(1 - p).div_(1 - p)
-        if self.weight_drop:
+        LD, P = len(self._param_names), self.proj_size or self.hidden_size
+        if self.training and self.weight_drop:
             masks["weight_hh"] = [keep(self.weight_drop, getattr(self, n["weight_hh"]).shape)
                                   for n in self._param_names]
-        if self.input_dropout:
-            P = (self.proj_size or self.hidden_size) * self.num_directions
-            masks["input"] = [keep(self.input_dropout, (B, self.input_size if k == 0 else P))
+        if self.training and self.input_dropout:
+            H_in = P * self.num_directions
+            masks["input"] = [keep(self.input_dropout, (B, self.input_size if k == 0 else H_in))
                               for k in range(self.num_layers)]
+        if self.training and self.recurrent_dropout:
+            masks["h"] = [keep(self.recurrent_dropout, (B, P)) for _ in range(LD)]
+        if zoned:
+            sizes = self.cell.state_sizes
+            if self.training:
+                draw = lambda z, size: torch.empty(T, B, size, **like).bernoulli_(z)  # noqa
+            else:
+                draw = lambda z, size: x.new_full((1, 1, 1), z).expand(T, B, size)  # noqa
+            masks["zone"] = [tuple(draw(z, size) if z else None
+                                   for z, size in zip(self._zone, sizes)) for _ in range(LD)]
         return masks
+
+    def _engine_masks(self, index: int) -> Masks | None:
+        """The recurrent dropout and zoneout masks of layer-direction index for the engine."""
+        masks = self._masks or {}
+        h, zone = masks.get("h"), masks.get("zone")
+        if h is None and zone is None:
+            return None
+        return Masks(None if h is None else h[index], None if zone is None else zone[index])
 
     def forward(self, input, hx=None, lengths=None):
         """Run the layer. Returns ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``.
@@ -194,7 +229,7 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
             output, states = self._run_torch(x, batch_sizes, states0)
             trace = None
         else:
-            self._masks = self._draw_masks(x, B)
+            self._masks = self._draw_masks(x, len(batch_sizes) if packed else x.shape[0], B)
             try:
                 output, states, trace = self._run_python(x, batch_sizes, states0, record,
                                                          engine == "compiled")
@@ -316,7 +351,8 @@ class LSTM(_Recurrent):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, peephole: bool = False,
                  coupled: bool = False, engine: str = "auto", weight_drop: float = 0.0,
-                 input_dropout: float = 0.0, layer_norm: bool = False):
+                 input_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0,
+                 layer_norm: bool = False):
         checks.check_flags("LSTM", peephole=peephole, coupled=coupled, layer_norm=layer_norm)
         if layer_norm and (peephole or coupled or proj_size):
             raise ValueError("LSTM: layer_norm=True has no peephole, coupled or proj_size form "
@@ -328,7 +364,8 @@ class LSTM(_Recurrent):
                          make_cell=lambda H, P: (LayerNormLSTMCellMath(H) if layer_norm else
                                                  LSTMCellMath(H, P, peephole, coupled)),
                          standard=not (peephole or coupled or layer_norm),
-                         weight_drop=weight_drop, input_dropout=input_dropout)
+                         weight_drop=weight_drop, input_dropout=input_dropout,
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout)
 
 
 class GRU(_Recurrent):
@@ -350,6 +387,7 @@ class GRU(_Recurrent):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True, engine: str = "auto",
                  proj_size=_NOT_GIVEN, weight_drop: float = 0.0, input_dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, zoneout: float = 0.0,
                  layer_norm: bool = False):
         _no_projection("GRU", proj_size)
         checks.check_flags("GRU", reset_after=reset_after, layer_norm=layer_norm)
@@ -362,7 +400,8 @@ class GRU(_Recurrent):
                          make_cell=lambda H, P: (LayerNormGRUCellMath(H) if layer_norm else
                                                  GRUCellMath(H, reset_after)),
                          standard=reset_after and not layer_norm, weight_drop=weight_drop,
-                         input_dropout=input_dropout)
+                         input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
+                         zoneout=zoneout)
 
 
 class RNN(_Recurrent):
@@ -376,14 +415,16 @@ class RNN(_Recurrent):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
                  engine: str = "auto", proj_size=_NOT_GIVEN, weight_drop: float = 0.0,
-                 input_dropout: float = 0.0):
+                 input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0):
         _no_projection("RNN", proj_size)
         RNNCellMath.check_nonlinearity("RNN", nonlinearity)     # first, as torch checks it
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, engine=engine,
                          make_cell=lambda H, P: RNNCellMath(H, nonlinearity),
-                         weight_drop=weight_drop, input_dropout=input_dropout)
+                         weight_drop=weight_drop, input_dropout=input_dropout,
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout)
 
 
 # ---------------------------------------------------------------------- single-step cells
@@ -403,13 +444,14 @@ class Recurrent(_Recurrent):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, cell: str,
                  engine: str = "auto", weight_drop: float = 0.0, input_dropout: float = 0.0,
-                 **options):
+                 recurrent_dropout: float = 0.0, zoneout=0.0, **options):
         entry = registry.get(cell)
         self.family, self.cell_name = entry.name, entry.name
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, engine=engine,
                          make_cell=lambda H, P: entry.make(H, P, **options), standard=False,
-                         weight_drop=weight_drop, input_dropout=input_dropout)
+                         weight_drop=weight_drop, input_dropout=input_dropout,
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout)
 
     @property
     def mode(self) -> str:

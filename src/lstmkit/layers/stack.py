@@ -55,7 +55,7 @@ class Stacking:
                 xd = layer_input.flip(0) if d else layer_input
                 hist = sequence(self.cell, xd, [s[index] for s in states0],
                                 self.weights(layer, d), (bs[::-1] if d and bs else bs),
-                                use_compiled, rec)
+                                use_compiled, rec, self._engine_masks(index))
                 out = hist[0]                                        # (T, N, H_out)
                 outputs.append(out.flip(0) if d else out)
                 for k, h in enumerate(hist):

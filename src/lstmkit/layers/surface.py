@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 # lstmkit's keywords and their defaults: printed in a repr, named in errors, where they differ
 VARIANT_DEFAULTS = {"peephole": False, "coupled": False, "reset_after": True,
-                    "layer_norm": False, "weight_drop": 0.0, "input_dropout": 0.0}
+                    "layer_norm": False, "weight_drop": 0.0, "input_dropout": 0.0,
+                    "recurrent_dropout": 0.0, "zoneout": 0.0}
 
 
 def _variant(module: nn.Module) -> str:

@@ -1,0 +1,255 @@
+"""recurrent_dropout (Gal and Ghahramani 2016: one mask per sequence on the h_{t-1} the recurrent
+products see) and zoneout (Krueger et al. 2017: each unit of h_t and c_t keeps its previous value
+with probability z; the expectation in eval), on the hand-written engine: equal to a loop written
+here from the equations on the masks the trace recorded, gradients by float64 gradcheck with the
+masks fixed by a seed, the reference walk (double backward, torch.func) equal to the kernels, and
+bad values named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lstmkit import GRU, LSTM, RNN
+from lstmkit.layers import Recurrent
+
+I, H, T, B = 3, 4, 6, 3
+DT = torch.float64
+LENGTHS = torch.tensor([6, 4, 2])
+
+
+def _step(layer, w, x, h, c, r):
+    """One step from the equations; r the h_{t-1} the products see. Returns (h~, c~)."""
+    Hs = layer.hidden_size
+    if layer.family == "rnn":
+        return torch.tanh(x @ w["ih"].T + w["bih"] + r @ w["hh"].T + w["bhh"]), None
+    if layer.family == "gru":
+        xr, xz, xn = (x @ w["ih"].T + w["bih"]).split(Hs, -1)
+        if layer.reset_after:
+            hr, hz, hn = (r @ w["hh"].T + w["bhh"]).split(Hs, -1)
+            rg, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + rg * hn)
+        else:
+            W_rz, W_n = w["hh"][: 2 * Hs], w["hh"][2 * Hs :]
+            hr, hz = (r @ W_rz.T + w["bhh"][: 2 * Hs]).split(Hs, -1)
+            rg, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + (rg * r) @ W_n.T + w["bhh"][2 * Hs :])
+        return (1 - z) * n + z * h, None
+    a = x @ w["ih"].T + w["bih"] + r @ w["hh"].T + w["bhh"]
+    i, f, g, o = a.split(Hs, -1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c_new = f * c + i * g
+    m = o * torch.tanh(c_new)
+    return (m @ w["hr"].T if "hr" in w else m), c_new
+
+
+def _by_hand(layer, x, lengths, masks):
+    """The layer written out: layers, directions, variable lengths (a sequence's reverse pass
+    starts at its last step), masks[k] in the engine's processing order."""
+    D = layer.num_directions
+    P = layer.proj_size or layer.hidden_size
+    out = x
+    finals = {"h": [], "c": []}
+    for layer_index in range(layer.num_layers):
+        outs = []
+        for d in range(D):
+            k = layer_index * D + d
+            sfx = f"_l{layer_index}" + ("_reverse" if d else "")
+            w = {"ih": getattr(layer, "weight_ih" + sfx), "hh": getattr(layer, "weight_hh" + sfx),
+                 "bih": getattr(layer, "bias_ih" + sfx), "bhh": getattr(layer, "bias_hh" + sfx)}
+            if layer.proj_size:
+                w["hr"] = getattr(layer, "weight_hr" + sfx)
+            h = x.new_zeros(B, P)
+            c = x.new_zeros(B, layer.hidden_size)
+            m_h = masks["h"][k] if "h" in masks else torch.ones_like(h)
+            zone = masks.get("zone", [None] * (k + 1))[k] or (None, None)
+            steps = range(T - 1, -1, -1) if d else range(T)
+            y = [None] * T
+            for t in steps:
+                s = T - 1 - t if d else t                           # processing step
+                active = (t < lengths).unsqueeze(1)
+                h_new, c_new = _step(layer, w, out[t], h, c, m_h * h)
+                if zone[0] is not None:
+                    h_new = h_new + zone[0][s] * (h - h_new)
+                if c_new is not None and zone[1] is not None:
+                    c_new = c_new + zone[1][s] * (c - c_new)
+                h = torch.where(active, h_new, h)
+                if c_new is not None:
+                    c = torch.where(active, c_new, c)
+                y[t] = torch.where(active, h, torch.zeros_like(h))
+            outs.append(torch.stack(y))
+            finals["h"].append(h)
+            finals["c"].append(c)
+        out = torch.cat(outs, -1)
+    return out, torch.stack(finals["h"]), torch.stack(finals["c"])
+
+
+CASES = {
+    "lstm": lambda **kw: LSTM(I, H, 2, bidirectional=True, zoneout=(0.3, 0.2), **kw),
+    "lstm-proj": lambda **kw: LSTM(I, H, proj_size=2, zoneout=(0.0, 0.4), **kw),
+    "gru": lambda **kw: GRU(I, H, 2, bidirectional=True, zoneout=0.3, **kw),
+    "gru-cho": lambda **kw: GRU(I, H, reset_after=False, zoneout=0.25, **kw),
+    "rnn": lambda **kw: RNN(I, H, bidirectional=True, zoneout=0.2, **kw),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("which", ["recurrent_dropout", "zoneout", "both"])
+def test_a_training_call_equals_the_equations_on_its_masks(case, which):
+    torch.manual_seed(0)
+    layer = CASES[case](recurrent_dropout=0.4, dtype=DT)
+    if which == "recurrent_dropout":
+        layer._zone = (0.0,) * len(layer._zone)
+    elif which == "zoneout":
+        layer.recurrent_dropout = 0.0
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    trace = layer.trace(x, lengths=LENGTHS)
+    masks = trace.masks
+    assert ("h" in masks) == (which != "zoneout")
+    assert ("zone" in masks) == (which != "recurrent_dropout")
+    for m in masks.get("h", []):             # one mask per sequence, kept units scaled
+        assert m.shape == (B, layer.proj_size or H)
+        assert set(m.unique().tolist()) <= {0.0, 1 / 0.6}
+    for zone in masks.get("zone", []):
+        for d in zone:
+            if d is not None:               # a fresh 0/1 mask at every step
+                assert d.shape[0] == T and set(d.unique().tolist()) <= {0.0, 1.0}
+    out, h_n, c_n = _by_hand(layer, x, LENGTHS, masks)
+    torch.testing.assert_close(trace.output, out)
+    torch.testing.assert_close(trace.h_n, h_n)
+    if trace.c_n is not None:
+        torch.testing.assert_close(trace.c_n, c_n)
+    # gradients: the hand-written BPTT against autograd through the loop above
+    weights = list(layer.parameters())
+    probe = torch.randn_like(out)
+    got = torch.autograd.grad((trace.output * probe).sum() + trace.h_n.sum(), [x, *weights])
+    want = torch.autograd.grad((out * probe).sum() + h_n.sum(), [x, *weights])
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e)
+
+
+def test_eval_takes_zoneouts_expectation_and_no_recurrent_dropout():
+    torch.manual_seed(1)
+    layer = LSTM(I, H, 2, bidirectional=True, zoneout=(0.3, 0.1), recurrent_dropout=0.5,
+                 dtype=DT).eval()
+    x = torch.randn(T, B, I, dtype=DT)
+    zone = [(torch.full((T, B, H), 0.1, dtype=DT), torch.full((T, B, H), 0.3, dtype=DT))] * 4
+    out, h_n, c_n = _by_hand(layer, x, LENGTHS, {"zone": zone})
+    got, (h, c) = layer(x, lengths=LENGTHS)
+    torch.testing.assert_close(got, out)
+    torch.testing.assert_close(c, c_n)
+    assert set(layer.trace(x).masks) == {"zone"}
+    # the same call twice: no randomness in eval
+    torch.testing.assert_close(layer(x)[0], layer(x)[0])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru-cho", "rnn", "lstm-ln", "gru-ln",
+                                  "peephole", "coupled"])
+def test_gradcheck_with_the_masks_fixed_by_a_seed(cell):
+    torch.manual_seed(2)
+    zoneout = (0.3, 0.2) if cell in ("lstm", "lstm-ln", "peephole", "coupled") else 0.3
+    layer = Recurrent(I, H, bidirectional=True, cell=cell, recurrent_dropout=0.3,
+                      zoneout=zoneout, dtype=DT)
+    names = [n for n, _ in layer.named_parameters()]
+    leaves = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    x = torch.randn(4, B, I, dtype=DT, requires_grad=True)
+    lengths = torch.tensor([4, 3, 1])
+
+    def run(x, *weights):
+        torch.manual_seed(7)                      # the same masks at every evaluation
+        out, hidden = torch.func.functional_call(layer, dict(zip(names, weights)), (x,),
+                                                 {"lengths": lengths})
+        return (out, *(hidden if isinstance(hidden, tuple) else (hidden,)))
+
+    assert torch.autograd.gradcheck(run, (x, *leaves))
+    layer.eval()                                  # the expectation form, differentiated too
+    assert torch.autograd.gradcheck(run, (x, *leaves))
+
+
+def test_the_reference_walk_takes_the_masks():
+    """Double backward and torch.func differentiate the reference walk: with the masks it must
+    give the kernels' first derivatives."""
+    torch.manual_seed(3)
+    layer = GRU(I, H, zoneout=0.3, recurrent_dropout=0.3, dtype=DT)
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+
+    def loss(x):
+        torch.manual_seed(5)
+        return layer(x)[0].pow(2).sum()
+
+    (kernels,) = torch.autograd.grad(loss(x), x)
+    (graph,) = torch.autograd.grad(loss(x), x, create_graph=True)
+    torch.testing.assert_close(graph, kernels)
+    torch.testing.assert_close(torch.func.grad(loss)(x), kernels)
+    (second,) = torch.autograd.grad(graph.sum(), x)
+    assert torch.isfinite(second).all() and second.abs().sum() > 0
+
+
+def test_zoneout_one_keeps_nothing_new_and_zero_is_the_plain_layer():
+    torch.manual_seed(4)
+    plain = LSTM(I, H, dtype=DT)
+    zoned = LSTM(I, H, dtype=DT, zoneout=(0.0, 0.0), recurrent_dropout=0.0)
+    zoned.load_state_dict(plain.state_dict())
+    x = torch.randn(T, B, I, dtype=DT)
+    torch.testing.assert_close(zoned(x)[0], plain(x)[0])
+    near_one = LSTM(I, H, dtype=DT, zoneout=(0.999999, 0.999999)).eval()
+    assert near_one(x)[0].abs().max() < 1e-4          # the states barely leave h_0 = c_0 = 0
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ValueError, match=r"recurrent_dropout must be in \[0, 1\), got 1"):
+        LSTM(I, H, recurrent_dropout=1.0)
+    with pytest.raises(ValueError, match=r"zoneout must be in \[0, 1\), got -0.1"):
+        RNN(I, H, zoneout=-0.1)
+    with pytest.raises(ValueError, match=r"only state is h: give zoneout=z_h"):
+        GRU(I, H, zoneout=(0.1, 0.2))
+    with pytest.raises(ValueError, match=r"a number or a pair \(z_c, z_h\)"):
+        LSTM(I, H, zoneout=(0.1, 0.2, 0.3))
+    with pytest.raises(ValueError, match=r"zoneout z_c must be in \[0, 1\)"):
+        LSTM(I, H, zoneout=(1.5, 0.2))
+    with pytest.raises(TypeError, match="zoneout should be a number"):
+        LSTM(I, H, zoneout="0.1")
+    with pytest.raises(ValueError, match="engine='torch'.*zoneout"):
+        LSTM(I, H, zoneout=0.1, engine="torch")
+    assert "zoneout=(0.1, 0.2)" in repr(LSTM(I, H, zoneout=(0.1, 0.2)))
+    assert "recurrent_dropout=0.3" in repr(GRU(I, H, recurrent_dropout=0.3))
+
+
+def test_torch_export_refuses_rather_than_dropping_the_masks():
+    layer = LSTM(I, H, zoneout=0.2).eval()
+    with pytest.raises(Exception, match="recurrent_dropout and zoneout run in eager mode only"):
+        torch.export.export(layer, (torch.randn(T, B, I),))
+
+
+def test_the_cli_takes_them_and_saves_them(tmp_path):
+    from lstmkit.cli import load_run, main
+
+    run = tmp_path / "run"
+    main(["train", "adding", "--out", str(run), "--length", "8", "--epochs", "1",
+          "--steps-per-epoch", "3", "--hidden", "8", "--recurrent-dropout", "0.25",
+          "--zoneout", "0.1,0.05"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["recurrent_dropout"] == 0.25 and config["zoneout"] == [0.1, 0.05]
+    _, _, model = load_run(str(run))
+    assert model.rnn.recurrent_dropout == 0.25 and model.rnn._zone == (0.05, 0.1)
+
+
+def test_onnx_export_refuses_zoneout_and_runs_recurrent_dropout_in_eval(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from lstmkit import export_onnx
+    from lstmkit.layers.onnx import ExportError
+
+    x = torch.randn(T, B, I)
+    for layer in (LSTM(I, H, zoneout=(0.1, 0.0)), GRU(I, H, zoneout=0.2),
+                  LSTM(I, H, layer_norm=True)):
+        with pytest.raises(ExportError, match="zoneout|no ONNX form"):
+            export_onnx(layer.eval(), tmp_path / "m.onnx", x)
+    assert list(tmp_path.iterdir()) == []
+    layer = GRU(I, H, recurrent_dropout=0.5).eval()      # off in evaluation: the plain GRU
+    path = export_onnx(layer, tmp_path / "m.onnx", x)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), layer(x)[0], atol=1e-5, rtol=0)
