@@ -217,10 +217,13 @@ def test_bad_values_are_named():
     assert "recurrent_dropout=0.3" in repr(GRU(I, H, recurrent_dropout=0.3))
 
 
-def test_torch_export_refuses_rather_than_dropping_the_masks():
+def test_compile_and_export_refuse_rather_than_dropping_the_masks():
     layer = LSTM(I, H, zoneout=0.2).eval()
     with pytest.raises(Exception, match="recurrent_dropout and zoneout run in eager mode only"):
         torch.export.export(layer, (torch.randn(T, B, I),))
+    training = GRU(I, H, recurrent_dropout=0.2)
+    with pytest.raises(Exception, match="recurrent_dropout and zoneout run in eager mode only"):
+        torch.compile(training)(torch.randn(T, B, I))
 
 
 def test_the_cli_takes_them_and_saves_them(tmp_path):
