@@ -89,7 +89,7 @@ TRAIN_OPTIONS = [
     ("--input-dropout", "input_dropout", float, "dropout on each recurrent layer's input, one "
      "mask per sequence for every step (Gal and Ghahramani 2016)", "model"),
     ("--layer-norm", "layer_norm", "flag", "LayerNorm LSTM or GRU (Ba et al. 2016; cells lstm "
-     "and gru; python engine)", "model"),
+     "and gru)", "model"),
     ("--bidirectional", "bidirectional", "flag", "names: read each name both ways", "model"),
     ("--tie", "tie", "flag", "language models: the decoder shares the embedding", "model"),
     ("--init-scale", "init_scale", float, "> 0: every parameter ~ U(-s, s)", "model"),

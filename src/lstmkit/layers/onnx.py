@@ -28,6 +28,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..cells.base import Weights
+from ..cells.gru import GRUCellMath
+from ..cells.lstm import LSTMCellMath
+from ..cells.rnn import RNNCellMath
 
 # gate blocks: ONNX's order, given as lstmkit's block index (None: a zero block)
 _ORDER = {"lstm": (0, 3, 1, 2), "lstm-coupled": ("-0", 2, None, 1), "gru": (1, 0, 2),
@@ -95,7 +98,8 @@ class OnnxLayer(nn.Module):
 
     def __init__(self, layer, live: bool = False):
         super().__init__()
-        if layer.family not in ("lstm", "gru", "rnn") or not layer.cell.compiled_kernel:
+        if layer.family not in ("lstm", "gru", "rnn") or \
+                not isinstance(layer.cell, (LSTMCellMath, GRUCellMath, RNNCellMath)):
             # ONNX's operators have the LSTM, GRU and RNN equations only (no LayerNorm, no
             # registered cell of one's own)
             raise ExportError(f"{type(layer).__name__} with {type(layer.cell).__name__} has no "
