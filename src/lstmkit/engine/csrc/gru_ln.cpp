@@ -163,18 +163,16 @@ class LayerNormGRUKernels final : public CellKernels {
   RecurrentGrads recurrent_grads(Sequence& q) override {
     const int64_t G = 3 * H_, R = q.T * q.B;
     RecurrentGrads g;
-    g.w_hh = mm(q, flat(q.gbufs[2]).t(), flat(q.hist[0].narrow(0, 0, q.T)));
-    const T* da = ptr<T>(q.gbufs[0]);
-    const T* de = ptr<T>(q.gbufs[1]);
+    g.w_hh = transposed_mm(q, flat(q.gbufs[2]), flat(q.hist[0].narrow(0, 0, q.T)));
     g.w_ch = at::empty({2 * G}, q.x.options());
-    column_sums<T>(da, ptr<T>(q.bufs[0]), R, G, ptr<T>(g.w_ch));
-    column_sums<T>(de, ptr<T>(q.bufs[1]), R, G, ptr<T>(g.w_ch) + G);
     if (q.w.b_ih.defined()) {
       g.b_ih = at::empty({G}, q.x.options());
       g.b_hh = at::empty({G}, q.x.options());
-      column_sums<T>(da, nullptr, R, G, ptr<T>(g.b_ih));
-      column_sums<T>(de, nullptr, R, G, ptr<T>(g.b_hh));
     }
+    column_sums<T>(ptr<T>(q.gbufs[0]), ptr<T>(q.bufs[0]), nullptr, R, G, ptr<T>(g.w_ch), nullptr,
+                   ptr<T>(g.b_ih));                              // da: LN(u), 1
+    column_sums<T>(ptr<T>(q.gbufs[1]), ptr<T>(q.bufs[1]), nullptr, R, G, ptr<T>(g.w_ch) + G,
+                   nullptr, ptr<T>(g.b_hh));                     // de: LN(v), 1
     return g;
   }
 

@@ -8,6 +8,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -74,20 +75,29 @@ inline Vec<T> layer_norm_backward(const Vec<T>& g, const Vec<T>& xhat, const Vec
   return rstd * (g - mean_g - xhat * mean_gx);
 }
 
-// out[j] = sum_r a[r, j] * b[r, j] (b null: sum_r a[r, j]) over R rows of W units, contiguous:
-// a gain's or bias's gradient over all steps and rows, the units split over torch's threads
-// (one pass, no temporaries, unlike ATen's multiply and sum).
+// The gains' and biases' gradients over all steps and rows, for R contiguous rows of W units:
+// out_b[j] = sum_r a[r, j] * b[r, j], out_c[j] = sum_r a[r, j] * c[r, j] (c null: none), and
+// out_sum[j] = sum_r a[r, j] (null: none). One pass that reads a once, row after row (the sums
+// stay in L1), the units split over torch's threads; ATen's multiply-and-sum per vector read
+// everything twice with temporaries.
 template <class T>
-inline void column_sums(const T* a, const T* b, int64_t R, int64_t W, T* out) {
+inline void column_sums(const T* a, const T* b, const T* c, int64_t R, int64_t W, T* out_b,
+                        T* out_c, T* out_sum) {
   at::parallel_for(0, W, 16, [&](int64_t j0, int64_t j1) {
-    for_vectors<T>(j0, j1, [&](int64_t j, int64_t k) {
-      Vec<T> acc(T(0));
-      for (int64_t r = 0; r < R; ++r) {
-        const Vec<T> av = load(a + r * W, j, k);
-        acc = b ? at::vec::fmadd(av, load(b + r * W, j, k), acc) : acc + av;
-      }
-      store(out, j, k, acc);
-    });
+    std::fill(out_b + j0, out_b + j1, T(0));
+    if (c) std::fill(out_c + j0, out_c + j1, T(0));
+    if (out_sum) std::fill(out_sum + j0, out_sum + j1, T(0));
+    for (int64_t r = 0; r < R; ++r) {
+      const T* ar = a + r * W;
+      const T* br = b + r * W;
+      const T* cr = c ? c + r * W : nullptr;
+      for_vectors<T>(j0, j1, [&](int64_t j, int64_t k) {
+        const Vec<T> av = load(ar, j, k);
+        store(out_b, j, k, at::vec::fmadd(av, load(br, j, k), load(out_b, j, k)));
+        if (cr) store(out_c, j, k, at::vec::fmadd(av, load(cr, j, k), load(out_c, j, k)));
+        if (out_sum) store(out_sum, j, k, load(out_sum, j, k) + av);
+      });
+    }
   });
 }
 

@@ -198,20 +198,14 @@ class LayerNormLSTMKernels final : public CellKernels {
   RecurrentGrads recurrent_grads(Sequence& q) override {
     const int64_t H = H_, G = 4 * H_, R = q.T * q.B;
     RecurrentGrads g;
-    g.w_hh = mm(q, flat(q.gbufs[1]).t(), flat(q.hist[0].narrow(0, 0, q.T)));
-    const T* da = ptr<T>(q.gbufs[0]);
-    const T* dn = ptr<T>(q.gbufs[2]);
+    g.w_hh = transposed_mm(q, flat(q.gbufs[1]), flat(q.hist[0].narrow(0, 0, q.T)));
     g.w_ch = at::empty({10 * H}, q.x.options());
     T* out = ptr<T>(g.w_ch);
-    column_sums<T>(da, ptr<T>(q.bufs[0]), R, G, out);
-    column_sums<T>(da, ptr<T>(q.bufs[1]), R, G, out + G);
-    column_sums<T>(dn, ptr<T>(q.bufs[2]), R, H, out + 2 * G);
-    column_sums<T>(dn, nullptr, R, H, out + 2 * G + H);
-    if (q.w.b_ih.defined()) {
-      g.b_ih = at::empty({G}, q.x.options());
-      column_sums<T>(da, nullptr, R, G, ptr<T>(g.b_ih));
-      g.b_hh = g.b_ih;
-    }
+    if (q.w.b_ih.defined()) g.b_ih = g.b_hh = at::empty({G}, q.x.options());
+    column_sums<T>(ptr<T>(q.gbufs[0]), ptr<T>(q.bufs[0]), ptr<T>(q.bufs[1]), R, G, out,
+                   out + G, ptr<T>(g.b_ih));                     // da: LN(u), LN(v), 1
+    column_sums<T>(ptr<T>(q.gbufs[2]), ptr<T>(q.bufs[2]), nullptr, R, H, out + 2 * G, nullptr,
+                   out + 2 * G + H);                             // dn: LN(c), 1
     return g;
   }
 

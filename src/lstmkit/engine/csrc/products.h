@@ -172,6 +172,22 @@ inline Tensor dgates_t_mm(Sequence& q, const Tensor& b) {
   return out;
 }
 
+// a^T b for a (R, M) and b (R, N), both contiguous: a weight gradient summed over all steps and
+// rows (R = T*B) from a buffer other than dgates. Small float32 calls run it on brgemm tiles from
+// a transposed once, as dgates_t_mm does (MKL on the transposed view took 18% of a LayerNorm
+// LSTM training step at 200 x 16 x 128, one thread, against 26% for all the brgemm products).
+inline Tensor transposed_mm(const Sequence& q, const Tensor& a, const Tensor& b) {
+  if (!brgemm_steps(q) || !a.is_contiguous() || !b.is_contiguous() ||
+      a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat)
+    return mm(q, a.t(), b);
+  const int64_t R = a.size(0), M = a.size(1), N = b.size(1);
+  const Tensor a_t = transposed(a);   // (M, R)
+  Tensor out = at::empty({M, N}, b.options());
+  gemm_brgemm(M, N, R, a_t.data_ptr<float>(), R, b.data_ptr<float>(), N, out.data_ptr<float>(),
+              N, false);
+  return out;
+}
+
 // sum_t sum_b dgates[t, b, :] (G*H): the bias gradient. From the transposed dgates when the
 // weight gradients made it, as contiguous row sums over the threads (3200 x 512: 20-40 us;
 // ATen's column sum of dgates runs on one thread, 80-300 us).

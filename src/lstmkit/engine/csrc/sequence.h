@@ -1,7 +1,7 @@
 // The compiled engine's contract between the time loop (engine.cpp) and the cells (lstm.cpp,
-// gru.cpp, rnn.cpp, lstm_ln.cpp, gru_ln.cpp). Mirrors lstmkit/engine/sequence.py and lstmkit/cells/*.py: the engine owns
-// time, packed batches, state histories and the whole-sequence products; a cell owns the
-// equations of one step, forward and backward.
+// gru.cpp, rnn.cpp, lstm_ln.cpp, gru_ln.cpp). Mirrors lstmkit/engine/sequence.py and
+// lstmkit/cells/*.py: the engine owns time, packed batches, state histories and the
+// whole-sequence products; a cell owns the equations of one step, forward and backward.
 //
 // Tensors are time-major and contiguous: gates (T, B, G*H), hist[k] (T+1, B, size_k),
 // step buffers (T, B, width), dgates (T, B, G*H), dhist[k] (T, B, size_k). At step s only the
