@@ -23,9 +23,10 @@ in ``Weights.w_ch``): ln_ih_weight = gamma_ih, ln_hh_weight = gamma_hh (G*H each
 1), and for the LSTM ln_c_weight = gamma_c (H, 1) and ln_c_bias = beta_c (H, 0).
 
 The engine hoists u_t = W_ih x_t for all steps without a bias (``hoisted_bias`` is None); each
-step normalises its slice. The compiled engine runs the same steps in C++ (csrc/lstm_ln.cpp,
-csrc/gru_ln.cpp), with the same buffers. The engine's dgates is then dL/du_t, which gives dW_ih and dx; the
+step normalises its slice. The engine's dgates is then dL/du_t, which gives dW_ih and dx; the
 gradients of the pre-activations (for the biases and gains) the backward keeps in grad_buffers.
+The compiled engine runs the same steps in C++ (csrc/lstm_ln.cpp, csrc/gru_ln.cpp), with the
+same buffers.
 """
 
 from __future__ import annotations
