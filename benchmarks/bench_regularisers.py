@@ -27,7 +27,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from bench_layers import SIZES, add_size_arguments, median_ms, sizes_from, train_step
+from bench_layers import add_size_arguments, median_ms, sizes_from, train_step
 from torch import _VF, nn
 
 import lstmkit

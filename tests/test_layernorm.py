@@ -227,3 +227,162 @@ def test_the_cli_takes_layer_norm(tmp_path):
     assert json.loads((run / "config.json").read_text())["layer_norm"] is True
     _, _, model = load_run(str(run))
     assert model.rnn.layer_norm and type(model.rnn.cell).__name__ == "LayerNormGRUCellMath"
+
+
+# ------------------------------------------------------------------ the compiled engine
+LAYERS = {"lstm-ln": "LSTM", "gru-ln": "GRU"}
+LENGTHS = [3, 6, 1, 4]
+LONG_LENGTHS = [20, 13, 2, 17, 20, 9, 1, 20, 5, 11, 20, 16, 3, 8, 20, 14, 19, 7]
+
+
+def _engines(cell, dtype, **kw):
+    """LSTM / GRU(layer_norm=True) twice, engine="python" and engine="compiled", with the same
+    randomised weights (the gains around 1); float32 layers take the float64 ones' weights."""
+    import lstmkit
+
+    cls = getattr(lstmkit, LAYERS[cell])
+    torch.manual_seed(5)
+    python = cls(3, 5, 2, bidirectional=True, layer_norm=True, dtype=D64, engine="python", **kw)
+    with torch.no_grad():
+        for name, p in python.named_parameters():
+            p.uniform_(-0.6, 0.6).add_(1.0 if "ln_" in name and "weight" in name else 0)
+    comp = cls(3, 5, 2, bidirectional=True, layer_norm=True, dtype=dtype, engine="compiled", **kw)
+    python.to(dtype)
+    comp.load_state_dict(python.state_dict())
+    return python, comp
+
+
+def _outputs_and_grads(layer, x, states, mode, lengths):
+    """Output, final states and the gradients of x, the initial states and every parameter, of
+    a loss on the output and the final states."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    x = x.clone().requires_grad_()
+    states = [s.clone().requires_grad_() for s in states]
+    hx = tuple(states) if len(states) == 2 else states[0]
+    if mode == "packed":
+        out, hn = layer(pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False), hx)
+        out = out.data
+    else:
+        out, hn = layer(x, hx, lengths=sorted(lengths, reverse=True))
+    hn = list(hn) if isinstance(hn, tuple) else [hn]
+    gen = torch.Generator().manual_seed(3)            # the same weights in either dtype
+    weight = lambda t: torch.randn(t.shape, generator=gen).to(t.dtype)  # noqa: E731
+    loss = (out * weight(out)).sum()
+    for s in hn:
+        loss = loss + (s.sin() * weight(s)).sum()
+    names = [n for n, _ in layer.named_parameters()]
+    grads = torch.autograd.grad(loss, [x, *states, *layer.parameters()])
+    return {"output": out, **{f"final state {i}": s for i, s in enumerate(hn)},
+            **dict(zip(["x", *(f"initial state {i}" for i in range(len(states))), *names],
+                       grads))}
+
+
+def _compare(cell, mode, lengths, B, slack=2, **kw):
+    """The compiled engine against the python engine: every result (``_outputs_and_grads``).
+
+    float64: equal to 1e-10 (and 1e-12 relative: over 20 steps the gradients reach ~1000).
+    float32: the gradients through the normalisations reach 10-500 and either engine's own
+    rounding puts it 1e-5 to 3e-3 from the float64 result, cancellations making single entries
+    differ by more than 1e-5 between the engines; so each float32 result is held to the float64
+    one, the compiled engine no further from it than slack times the python engine's distance
+    plus 1e-5 of the result's largest entry (a wrong row or step is off by its whole size)."""
+    python, comp = _engines(cell, D64, **kw)
+    x = torch.randn(max(lengths), B, 3, dtype=D64)
+    states = [torch.randn(4, B, 5, dtype=D64) for _ in python.cell.state_sizes]
+    want = _outputs_and_grads(python, x, states, mode, lengths)
+    got = _outputs_and_grads(comp, x, states, mode, lengths)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-10, rtol=1e-12,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    python32, comp32 = _engines(cell, torch.float32, **kw)
+    x32, states32 = x.float(), [s.float() for s in states]
+    python_err = _outputs_and_grads(python32, x32, states32, mode, lengths)
+    comp_err = _outputs_and_grads(comp32, x32, states32, mode, lengths)
+    for name, truth in want.items():
+        python_dist = (python_err[name].double() - truth).abs().max()
+        comp_dist = (comp_err[name].double() - truth).abs().max()
+        assert comp_dist <= slack * python_dist + 1e-5 * truth.abs().max(), \
+            f"{name}: compiled {comp_dist:.3g} from float64, python {python_dist:.3g}"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("mode", ["lengths", "packed"])
+def test_compiled_engine_equals_python_engine(ext, cell, bias, mode):
+    """Outputs, final states and every gradient (x, initial states, each parameter), two
+    bidirectional layers over sequences of several lengths, float64 and float32."""
+    _compare(cell, mode, LENGTHS, 4, bias=bias)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_compiled_engine_equals_python_engine_long_and_wide(ext, cell):
+    """20 steps (the engine copies W_hh^T from 16 on) and 18 rows: in float32 the compiled
+    engine's brgemm steps split the rows over threads (2 or more). The LSTM's float32 rounding
+    grows over the 20 steps to 1e-4-1e-3 of the largest gradient in either engine, the two
+    apart by up to 10x on six seeds (either one ahead): slack 12."""
+    _compare(cell, "packed", LONG_LENGTHS, 18, slack=12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_gradcheck_through_the_compiled_engine(ext, cell, packed):
+    """Finite differences in float64 w.r.t. x, the initial states and every parameter, through
+    two bidirectional layers on the compiled engine (packed: rows joining late in reverse)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    _, layer = _engines(cell, D64)
+    x = torch.randn(4, 3, 3, dtype=D64, requires_grad=True)
+    states = [torch.randn(4, 3, 5, dtype=D64, requires_grad=True)
+              for _ in layer.cell.state_sizes]
+    names = [n for n, _ in layer.named_parameters()]
+    leaves = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    k = len(states)
+
+    def functional(x, *args):
+        hx = tuple(args[:k]) if k == 2 else args[0]
+        inp = pack_padded_sequence(x, torch.tensor([2, 4, 1]), enforce_sorted=False) \
+            if packed else x
+        out, hn = torch.func.functional_call(layer, dict(zip(names, args[k:])), (inp, hx))
+        out = out.data if packed else out
+        return (out, *hn) if k == 2 else (out, hn)
+
+    assert torch.autograd.gradcheck(functional, (x, *states, *leaves), eps=1e-6, atol=1e-7,
+                                    rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_trace_on_the_compiled_engine_equals_the_python_engine(ext, cell):
+    python, comp = _engines(cell, D64)
+    x = torch.randn(6, 4, 3, dtype=D64)
+    traces = []
+    for layer in (python, comp):
+        trace = layer.trace(x, lengths=[6, 4, 3, 1])
+        (trace.output.pow(2).sum() + trace.h_n.sin().sum()).backward()
+        traces.append(trace)
+    a, b = traces
+    torch.testing.assert_close(b.output, a.output, atol=1e-10, rtol=0)
+    for layer in range(2):
+        for d in range(2):
+            sa, sb = a.steps[layer][d], b.steps[layer][d]
+            for what in ("h", "c", "grad_h", "grad_c"):
+                u, v = getattr(sa, what), getattr(sb, what)
+                assert (u is None) == (v is None) == (cell == "gru-ln" and what.endswith("c"))
+                if u is not None:
+                    torch.testing.assert_close(v, u, atol=1e-10, rtol=0, msg=what)
+            assert sa.gates.keys() == sb.gates.keys()
+            for name in sa.gates:
+                torch.testing.assert_close(sb.gates[name], sa.gates[name], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_auto_runs_the_layernorm_cells_compiled(ext, cell):
+    """engine="auto" takes the compiled engine for layer_norm=True, as for the GRU; a trace
+    too."""
+    _, layer = _engines(cell, torch.float32)
+    layer.engine = "auto"
+    x = torch.randn(20, 4, 3, requires_grad=True)
+    assert layer._engine_for(False, x, 20, False) == "compiled"
+    assert layer._engine_for(True, x, 20, True) == "compiled"
+    assert make_layer(cell, 3, 4)._engine_for(False, x, 20, False) == "compiled"

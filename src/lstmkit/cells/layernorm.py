@@ -25,6 +25,8 @@ in ``Weights.w_ch``): ln_ih_weight = gamma_ih, ln_hh_weight = gamma_hh (G*H each
 The engine hoists u_t = W_ih x_t for all steps without a bias (``hoisted_bias`` is None); each
 step normalises its slice. The engine's dgates is then dL/du_t, which gives dW_ih and dx; the
 gradients of the pre-activations (for the biases and gains) the backward keeps in grad_buffers.
+The compiled engine runs the same steps in C++ (csrc/lstm_ln.cpp, csrc/gru_ln.cpp), with the
+same buffers.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class LayerNormLSTMCellMath(Cell):
 
     gates = ("i", "f", "g", "o")
     state_names = ("h", "c")
+    family_id, compiled_kernel = 3, True                # csrc/lstm_ln.cpp
     h_products = "only"
     bias_hh_hoisted = False
 
@@ -173,6 +176,7 @@ class LayerNormGRUCellMath(Cell):
     docstring)."""
 
     gates = ("r", "z", "n")
+    family_id, compiled_kernel = 4, True                # csrc/gru_ln.cpp
     bias_hh_hoisted = False
     h_products = "slot"         # h_{t-1} also enters z_t * h_{t-1}, unmasked
 

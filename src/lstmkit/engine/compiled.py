@@ -10,13 +10,13 @@ for the engine's own loops and the caller's setting restored afterwards. The pro
 reordered once per call; ``ONEDNN_STEP_MACS``). On AVX-512 builds, float32 batches of up to 64
 rows run each step's recurrent product and the weight gradients (and, below the oneDNN
 threshold, the input projection and dx) on oneDNN's brgemm micro-kernel; batches of 16 rows or
-more of the LSTM without projection and the RNN run each thread's share of the rows through the
-whole time loop, with no synchronisation between steps. The sources are
-``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family, ``onednn.cpp``,
-``dropout.cpp``, and small headers by concern: ``sequence.h`` (what the loop and the cells
-share), ``products.h``, ``brgemm.h``, ``vec_math.h``, ``denormals.h``, ``onednn.h`` and
-``thresholds.h``, the bounds this module reads through the extension (``thresholds()``) to
-choose engines, so that they are written in one place.
+more of the LSTM without projection, the LayerNorm LSTM and GRU and the RNN run each thread's
+share of the rows through the whole time loop, with no synchronisation between steps. The
+sources are ``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family,
+``onednn.cpp``, ``dropout.cpp``, and small headers by concern: ``sequence.h`` (what the loop and
+the cells share), ``products.h``, ``brgemm.h``, ``vec_math.h``, ``layernorm.h``, ``denormals.h``,
+``onednn.h`` and ``thresholds.h``, the bounds this module reads through the extension
+(``thresholds()``) to choose engines, so that they are written in one place.
 
 The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under
 ``$XDG_CACHE_HOME/lstmkit/extensions`` (``~/.cache/lstmkit/extensions``), one directory per torch

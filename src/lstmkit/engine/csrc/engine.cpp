@@ -52,6 +52,8 @@ std::unique_ptr<CellKernels> make_cell(const Spec& spec, at::ScalarType dtype) {
     case kLSTM: return make_lstm(spec, dtype);
     case kGRU: return make_gru(spec, dtype);
     case kRNN: return make_rnn(spec, dtype);
+    case kLSTMLN: return make_lstm_ln(spec, dtype);
+    case kGRULN: return make_gru_ln(spec, dtype);
   }
   TORCH_CHECK(false, "lstmkit compiled engine: unknown cell family ", spec.family);
 }
@@ -170,7 +172,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
 
   // W_ih x_t + b for every step at once: (T, B, I) -> (T, B, G*H), one matrix product
   const Tensor x2 = q.x.view({T * B, I});
-  Tensor bias = q.w.b_ih;
+  Tensor bias = cell->hoists_bias() ? q.w.b_ih : Tensor();
   if (bias.defined() && cell->bias_hh_hoisted()) bias = q.w.b_ih + q.w.b_hh;
   if (q.onednn && q.lowp) {   // bfloat16 product, then + b in float32 as addmm(q, ...) does
     q.gates = widen_lp(q, onednn_linear(lp(x2), onednn_pack(q.w.w_ih, T * B), Tensor()), bias)
@@ -312,11 +314,11 @@ std::vector<Tensor> backward(
   for (size_t k = 0; k < K; ++k) out.push_back(needs[1 + k] ? q.dstates0[k] : Tensor());
   out.push_back(needs[W] ? dgates_t_mm(q, flat(q.x)) : Tensor());          // dW_ih
   const bool need_rec = needs[W + 1] || (needs[W + 3] && !cell->bias_hh_hoisted()) ||
-                        needs[W + 4] || needs[W + 5];
+                        (needs[W + 2] && !cell->hoists_bias()) || needs[W + 4] || needs[W + 5];
   RecurrentGrads rec = need_rec ? cell->recurrent_grads(q) : RecurrentGrads();
   Tensor db_ih, db_hh;
   if (q.w.b_ih.defined() && (needs[W + 2] || needs[W + 3])) {
-    db_ih = dgates_sum(q);
+    db_ih = rec.b_ih.defined() ? rec.b_ih : dgates_sum(q);
     db_hh = cell->bias_hh_hoisted() ? db_ih : rec.b_hh;
   }
   out.push_back(rec.w_hh);

@@ -172,6 +172,28 @@ inline Tensor dgates_t_mm(Sequence& q, const Tensor& b) {
   return out;
 }
 
+// x^T y for float32 x (R, M) and y (R, N), contiguous, on brgemm tiles from x transposed once.
+inline Tensor brgemm_t_mm(const Tensor& x, const Tensor& y) {
+  const int64_t R = x.size(0), M = x.size(1), N = y.size(1);
+  const Tensor x_t = transposed(x);   // (M, R)
+  Tensor out = at::empty({M, N}, y.options());
+  gemm_brgemm(M, N, R, x_t.data_ptr<float>(), R, y.data_ptr<float>(), N, out.data_ptr<float>(),
+              N, false);
+  return out;
+}
+
+// a^T b for a (R, M) and b (R, N), both contiguous: a weight gradient summed over all steps and
+// rows (R = T*B) from a buffer other than dgates. Small float32 calls run it on brgemm tiles,
+// transposing the narrower operand: as (b^T a)^T when b is (h_{t-1} against a gate gradient,
+// a quarter of the copy). MKL on the transposed view took 18% of a LayerNorm LSTM training step
+// at 200 x 16 x 128, one thread, against 26% for all the brgemm products.
+inline Tensor transposed_mm(const Sequence& q, const Tensor& a, const Tensor& b) {
+  if (!brgemm_steps(q) || !a.is_contiguous() || !b.is_contiguous() ||
+      a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat)
+    return mm(q, a.t(), b);
+  return b.size(1) < a.size(1) ? transposed(brgemm_t_mm(b, a)) : brgemm_t_mm(a, b);
+}
+
 // sum_t sum_b dgates[t, b, :] (G*H): the bias gradient. From the transposed dgates when the
 // weight gradients made it, as contiguous row sums over the threads (3200 x 512: 20-40 us;
 // ATen's column sum of dgates runs on one thread, 80-300 us).

@@ -1,7 +1,7 @@
 // The compiled engine's contract between the time loop (engine.cpp) and the cells (lstm.cpp,
-// gru.cpp, rnn.cpp). Mirrors lstmkit/engine/sequence.py and lstmkit/cells/*.py: the engine owns
-// time, packed batches, state histories and the whole-sequence products; a cell owns the
-// equations of one step, forward and backward.
+// gru.cpp, rnn.cpp, lstm_ln.cpp, gru_ln.cpp). Mirrors lstmkit/engine/sequence.py and
+// lstmkit/cells/*.py: the engine owns time, packed batches, state histories and the
+// whole-sequence products; a cell owns the equations of one step, forward and backward.
 //
 // Tensors are time-major and contiguous: gates (T, B, G*H), hist[k] (T+1, B, size_k),
 // step buffers (T, B, width), dgates (T, B, G*H), dhist[k] (T, B, size_k). At step s only the
@@ -18,7 +18,7 @@ namespace lstmkit {
 
 using at::Tensor;
 
-enum Family : int64_t { kLSTM = 0, kGRU = 1, kRNN = 2 };
+enum Family : int64_t { kLSTM = 0, kGRU = 1, kRNN = 2, kLSTMLN = 3, kGRULN = 4 };
 
 // What the python cell says about itself: the seven ints of Cell.spec (lstmkit/cells/base.py).
 struct Spec {
@@ -58,8 +58,9 @@ struct Sequence {
   std::vector<Tensor> gbufs, dhist, dstates0;
 };
 
+// b_ih: set by a cell that does not hoist its bias (else d b_ih is the sum of dgates).
 struct RecurrentGrads {
-  Tensor w_hh, b_hh, w_ch, w_hr;
+  Tensor w_hh, b_ih, b_hh, w_ch, w_hr;
 };
 
 // One cell family for one scalar type. The engine calls forward_step for s = 0..T-1 and
@@ -84,6 +85,9 @@ class CellKernels {
   virtual int64_t gate_width() const = 0;
   // true when W_hh h + b_hh enters every pre-activation additively (b_hh joins the hoisted bias)
   virtual bool bias_hh_hoisted() const { return true; }
+  // false when no bias joins the hoisted input projection (it comes after a normalisation): then
+  // dgates is not dL/d(pre-activation) and recurrent_grads gives b_ih's gradient and b_hh's
+  virtual bool hoists_bias() const { return true; }
   virtual void prepare(Sequence& q, bool forward) {}
   // true when every per-step recurrent product is h W_hh^T (forward) and dgates W_hh (backward)
   // through add_recurrent, so that the engine may pack W_hh for oneDNN
@@ -98,6 +102,8 @@ class CellKernels {
 std::unique_ptr<CellKernels> make_lstm(const Spec& spec, at::ScalarType dtype);
 std::unique_ptr<CellKernels> make_gru(const Spec& spec, at::ScalarType dtype);
 std::unique_ptr<CellKernels> make_rnn(const Spec& spec, at::ScalarType dtype);
+std::unique_ptr<CellKernels> make_lstm_ln(const Spec& spec, at::ScalarType dtype);
+std::unique_ptr<CellKernels> make_gru_ln(const Spec& spec, at::ScalarType dtype);
 
 // ------------------------------------------------------------------ views
 template <class T>

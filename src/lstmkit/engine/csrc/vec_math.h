@@ -95,4 +95,20 @@ inline void for_rows(int64_t n, int64_t width, const F& f) {
   });
 }
 
+// f(row) for each of n rows of width units, where a row's pass cannot be split into blocks of
+// units (a LayerNorm needs the whole row's mean and variance first): on the calling thread for
+// small steps, as for_rows; else the rows split over torch's intra-op threads.
+template <class F>
+inline void for_whole_rows(int64_t n, int64_t width, const F& f) {
+  if (n * width < kParallelWork || at::get_num_threads() < 2 || at::in_parallel_region()) {
+    for (int64_t r = 0; r < n; ++r) f(r);
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, (kParallelWork / 4) / width);
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    FlushDenormalGuard ftz;
+    for (int64_t r = begin; r < end; ++r) f(r);
+  });
+}
+
 }  // namespace lstmkit
