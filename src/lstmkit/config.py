@@ -134,12 +134,14 @@ class Config:
     difference: int = 12               # forecast: model y_t vs y_{t-d} (0 = the values)
     length: int = 100                  # adding / copy: the time lag T
     train_size: int = 0                # names: use only this many training names (0 = all)
+    split: str = "standard"            # names: standard | disjoint (no name in train and test)
     # model
     cell: str = "lstm"
     hidden: int = 128
     layers: int = 1
     embed: int = 64
     dropout: float = 0.0
+    class_weight: float = 0.0          # names: weight a language's loss by count^-p, p in [0, 1]
     weight_drop: float = 0.0           # DropConnect on each W_hh, one mask per call
     input_dropout: float = 0.0         # one mask per sequence on each layer's input
     layer_norm: bool = False           # LayerNorm LSTM / GRU (Ba et al. 2016)
@@ -201,6 +203,9 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"one of {', '.join(allowed)}", getattr(self, name))
+        from .data.names import SPLITS
+        if self.split not in SPLITS:
+            raise ConfigError("split", f"one of {', '.join(SPLITS)}", self.split)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if hints[f.name] is int:
@@ -218,6 +223,8 @@ class Config:
                     ok, expected = value >= 0, "at least 0"
                 if not math.isfinite(value):
                     ok, expected = False, "a finite number"
+                if f.name == "class_weight" and not value <= 1:
+                    ok, expected = False, "in [0, 1]"
                 if not ok:
                     raise ConfigError(f.name, expected, value)
         _check_meta(self.task, self.meta, rebuild)
