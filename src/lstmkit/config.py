@@ -258,9 +258,13 @@ RESUMABLE = ("epochs", "max_steps", "time_limit", "checkpoint_every", "threads",
              "max_nonfinite")
 
 TASK_DEFAULTS: dict[str, dict] = {
-    # surname -> language: a bidirectional 2-layer LSTM over character embeddings
+    # surname -> language: a bidirectional 2-layer LSTM over character embeddings; the loss
+    # weighted by count^-0.5 per language, DropConnect and input dropout, lr decay: validation
+    # macro-averaged accuracy 0.65 against 0.51 unweighted, accuracy level (RESULTS.md)
     "names": dict(cell="lstm", embed=64, hidden=256, layers=2, bidirectional=True,
-                  dropout=0.3, lr=2e-3, epochs=25, batch_size=64, patience=6, clip=5.0),
+                  dropout=0.3, lr=2e-3, epochs=25, batch_size=64, patience=6, clip=5.0,
+                  class_weight=0.5, weight_drop=0.3, input_dropout=0.2, lr_decay=0.8,
+                  decay_after=4),
     # Zaremba et al. 2014, small: 2x200 LSTM, no dropout, SGD lr 1 halved each epoch after 4
     "ptb": dict(cell="lstm", embed=200, hidden=200, layers=2, optimizer="sgd", lr=1.0,
                 init_scale=0.1, clip=5.0, epochs=13, batch_size=20, bptt=20, lr_decay=0.5,
