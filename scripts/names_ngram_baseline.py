@@ -5,7 +5,10 @@ Same data and split as ``lstmkit train names`` (``load_names``, seed 0). The n-g
 is refit on all training names and scored on the test names (accuracy and macro-averaged
 accuracy). What it is for: a yardstick for the LSTM's accuracy on this split (RESULTS.md).
 
-    python scripts/names_ngram_baseline.py [--data-dir DIR]
+    python scripts/names_ngram_baseline.py [--data-dir DIR] [--split standard|disjoint]
+
+With ``--split disjoint`` no surname is in both train and test, and the validation names share
+none with the names fitted (``split_disjoint``), as ``lstmkit train names --split disjoint``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import collections
 import math
 import random
 
-from lstmkit.data.names import load_names
+from lstmkit.data.names import SPLITS, load_names, split_disjoint
 
 
 def grams(name: str, n_max: int) -> list[str]:
@@ -53,12 +56,16 @@ def accuracy(model: NaiveBayes, data) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None, help="folder with names/ (else $LSTMKIT_DATA)")
+    ap.add_argument("--split", choices=SPLITS, default="standard",
+                    help="the names task's split (default: standard)")
     args = ap.parse_args()
-    d = load_names(args.data_dir)
+    d = load_names(args.data_dir, split=args.split)
     classes = len(d.languages)
     train = list(d.train)
     random.Random(0).shuffle(train)
     val, fit = train[: len(train) // 10], train[len(train) // 10:]
+    if args.split == "disjoint":
+        fit, val = split_disjoint(d.train, 0.1, random.Random(0))
     print("| n-grams up to | alpha | validation accuracy |\n|---:|---:|---:|")
     results = []
     for n_max in (3, 4, 5):

@@ -60,6 +60,23 @@ def test_names_end_to_end(tmp_path):
     assert "test:" in lstmkit("evaluate", run).stdout
 
 
+@needs_data
+def test_names_disjoint_weighted_saved_and_resumed(tmp_path):
+    """--split and --class-weight are saved in config.json, read back by evaluate and kept by
+    --resume (which may not change them)."""
+    run = tmp_path / "names"
+    common = ("--train-size", 200, "--hidden", 16, "--layers", 1, "--no-bidirectional",
+              "--split", "disjoint", "--class-weight", 0.5)
+    lstmkit("train", "names", "--out", run, "--epochs", 1, *common)
+    config = json.loads((run / "config.json").read_text())
+    assert (config["split"], config["class_weight"]) == ("disjoint", 0.5)
+    assert "test:" in lstmkit("evaluate", run).stdout
+    lstmkit("train", "names", "--out", run, "--epochs", 2, "--resume", *common)
+    assert len(valid_losses(run)) == 2
+    assert_clear_error(lstmkit("train", "names", "--out", run, "--epochs", 3, "--resume",
+                               "--split", "standard", check=False), "cannot change --split")
+
+
 def tiny_ptb(folder: Path, lines: int = 300) -> Path:
     """The first lines of real PTB as train; valid and test drawn from those lines."""
     source = Path(DATA, "ptb", "ptb.train.txt").read_text().splitlines()[:lines]
@@ -194,6 +211,10 @@ def test_bad_values_are_one_line(tmp_path):
                                check=False), "--cell must be one of")
     assert_clear_error(lstmkit("train", "adding", "--out", tmp_path / "r", "--hidden", 0,
                                check=False), "--hidden must be at least 1")
+    assert_clear_error(lstmkit("train", "names", "--out", tmp_path / "r", "--split", "random",
+                               check=False), "--split must be one of standard, disjoint")
+    assert_clear_error(lstmkit("train", "names", "--out", tmp_path / "r", "--class-weight", 2,
+                               check=False), "--class-weight must be in [0, 1], got 2.0")
 
 
 def test_missing_data_says_where_it_looked(tmp_path):

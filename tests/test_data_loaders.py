@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import string
 from collections import Counter
 from pathlib import Path
@@ -25,6 +26,7 @@ from lstmkit.data import (
     load_word_corpus,
     transliterate,
 )
+from lstmkit.data.names import split_disjoint
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -367,3 +369,28 @@ def test_piano_rolls_missing_split(tmp_path):
 def test_piano_rolls_not_json(tmp_path):
     with pytest.raises(DataError, match=r"jsb\.json is not valid JSON"):
         load_piano_rolls(write(tmp_path / "jsb.json", "{train: []}"))
+
+
+def test_names_disjoint_split(names_folder):
+    """No name on both sides; every example kept; a name's duplicates stay together."""
+    names = load_name_lists(names_folder, split="disjoint")
+    assert not {n for n, _ in names.train} & {n for n, _ in names.test}
+    standard = load_name_lists(names_folder)
+    assert sorted(names.train + names.test) == sorted(standard.train + standard.test)
+    assert Counter(label for _, label in set(names.test)) == {0: 1, 1: 2}   # distinct names
+    assert load_name_lists(names_folder, split="disjoint") == names
+    with pytest.raises(ValueError, match=r"split must be one of standard, disjoint, got 'x'"):
+        load_name_lists(names_folder, split="x")
+
+
+def test_split_disjoint_name_under_two_languages():
+    """A name listed under two languages goes with all its examples to one side, counted for
+    the language that lists it most often."""
+    items = [("Smith", 0), ("Smith", 1), ("Smith", 1)] + [(f"A{i}", 0) for i in range(9)] + \
+        [(f"B{i}", 1) for i in range(9)]
+    for seed in range(20):
+        kept, held = split_disjoint(items, 0.2, random.Random(seed))
+        assert sorted(kept + held) == sorted(items)
+        assert not {n for n, _ in kept} & {n for n, _ in held}
+        assert len({n for n, _ in held if n.startswith("A")}) == 2            # round(0.2 * 9)
+        assert len({n for n, _ in held if n[0] in "BS"}) == 2                 # of 10

@@ -79,11 +79,17 @@ TRAIN_OPTIONS = [
     ("--length", "length", int, "adding/copy: the time lag T", "data"),
     ("--train-size", "train_size", int, "names: train on only this many names (0 = all)",
      "data"),
+    ("--split", "split", str, "names: standard (each language's names shuffled, 10%% to test) "
+     "or disjoint (no surname in both train and test, nor in both train and validation)",
+     "data"),
     ("--cell", "cell", str, "recurrent cell: {cells}", "model"),
     ("--hidden", "hidden", int, "hidden units per layer", "model"),
     ("--layers", "layers", int, "stacked recurrent layers", "model"),
     ("--embed", "embed", int, "embedding size (names, ptb, chars, copy)", "model"),
     ("--dropout", "dropout", float, "dropout between layers and before the output", "model"),
+    ("--class-weight", "class_weight", float, "names: weight each language's loss by "
+     "n^-P (n its training names), scaled so that a training name weighs 1 on average: 0 "
+     "unweighted, 1 inverse frequency, 0.5 its square root", "optimisation"),
     ("--weight-drop", "weight_drop", float, "DropConnect on the recurrent weights W_hh, one "
      "mask per batch (Merity et al. 2017)", "model"),
     ("--input-dropout", "input_dropout", float, "dropout on each recurrent layer's input, one "

@@ -134,12 +134,14 @@ class Config:
     difference: int = 12               # forecast: model y_t vs y_{t-d} (0 = the values)
     length: int = 100                  # adding / copy: the time lag T
     train_size: int = 0                # names: use only this many training names (0 = all)
+    split: str = "standard"            # names: standard | disjoint (no name in train and test)
     # model
     cell: str = "lstm"
     hidden: int = 128
     layers: int = 1
     embed: int = 64
     dropout: float = 0.0
+    class_weight: float = 0.0          # names: weight a language's loss by count^-p, p in [0, 1]
     weight_drop: float = 0.0           # DropConnect on each W_hh, one mask per call
     input_dropout: float = 0.0         # one mask per sequence on each layer's input
     recurrent_dropout: float = 0.0     # one mask per sequence on the h_{t-1} W_hh sees
@@ -206,6 +208,9 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"one of {', '.join(allowed)}", getattr(self, name))
+        from .data.names import SPLITS
+        if self.split not in SPLITS:
+            raise ConfigError("split", f"one of {', '.join(SPLITS)}", self.split)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if hints[f.name] is int:
@@ -223,6 +228,8 @@ class Config:
                     ok, expected = value >= 0, "at least 0"
                 if not math.isfinite(value):
                     ok, expected = False, "a finite number"
+                if f.name == "class_weight" and not value <= 1:
+                    ok, expected = False, "in [0, 1]"
                 if not ok:
                     raise ConfigError(f.name, expected, value)
         self._check_zoneout(registry)
@@ -268,9 +275,14 @@ RESUMABLE = ("epochs", "max_steps", "time_limit", "checkpoint_every", "threads",
              "max_nonfinite")
 
 TASK_DEFAULTS: dict[str, dict] = {
-    # surname -> language: a bidirectional 2-layer LSTM over character embeddings
+    # surname -> language: a bidirectional 2-layer LSTM over character embeddings; the loss
+    # weighted by count^-0.5 per language, DropConnect and input dropout, lr decay: test
+    # macro-averaged accuracy 0.55 against 0.51 unweighted, accuracy 0.83 against 0.84
+    # (RESULTS.md)
     "names": dict(cell="lstm", embed=64, hidden=256, layers=2, bidirectional=True,
-                  dropout=0.3, lr=2e-3, epochs=25, batch_size=64, patience=6, clip=5.0),
+                  dropout=0.3, lr=2e-3, epochs=25, batch_size=64, patience=6, clip=5.0,
+                  class_weight=0.5, weight_drop=0.3, input_dropout=0.2, lr_decay=0.8,
+                  decay_after=4),
     # Zaremba et al. 2014, small: 2x200 LSTM, no dropout, SGD lr 1 halved each epoch after 4
     "ptb": dict(cell="lstm", embed=200, hidden=200, layers=2, optimizer="sgd", lr=1.0,
                 init_scale=0.1, clip=5.0, epochs=13, batch_size=20, bptt=20, lr_decay=0.5,

@@ -28,7 +28,8 @@ from .train import train
 
 ADDING = dict(length=50, hidden=64, lr=3e-3, epochs=15, steps_per_epoch=100, patience=0)
 NAMES = dict(hidden=128, layers=1, bidirectional=False, dropout=0.0, epochs=3, lr=3e-3,
-             patience=0)
+             patience=0, class_weight=0.0, weight_drop=0.0, input_dropout=0.0,
+             lr_decay=1.0)   # the quick model of the documented demo, unweighted as it was
 EXAMPLES = ("Dostoevsky", "Nguyen", "Schmidt", "O'Brien", "Rossi", "Tanaka", "Kowalski")
 QUICK = dict(epochs=2, steps_per_epoch=20), dict(epochs=1, train_size=500)   # a smoke run
 

@@ -137,15 +137,52 @@ def read_name_file(path: str | Path) -> list[str]:
     return names
 
 
-def load_name_lists(folder: str | Path, seed: int = 0, test_fraction: float = 0.1) -> Names:
+SPLITS = ("standard", "disjoint")
+
+
+def split_disjoint(items: list[tuple[str, int]], fraction: float,
+                   rng: random.Random) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(kept, held): items split so that no name is in both, stratified by language.
+
+    Every example of a name goes to the same side. A name listed under several languages
+    counts for the language it is listed under most often (the first in label order on a tie);
+    for each language in label order, ``round(fraction * k)`` of its k distinct names, at least
+    1 and at most k - 1 when k > 1, shuffled by rng, are held out with all their examples.
+    """
+    labels_of: dict[str, list[int]] = {}
+    for name, label in items:
+        labels_of.setdefault(name, []).append(label)
+    by_label: dict[int, list[str]] = {}
+    for name, labels in labels_of.items():
+        main = max(sorted(set(labels)), key=labels.count)
+        by_label.setdefault(main, []).append(name)
+    held_names: set[str] = set()
+    for label in sorted(by_label):
+        group = sorted(by_label[label])
+        rng.shuffle(group)
+        k = len(group)
+        n_held = min(max(1, round(fraction * k)), k - 1) if k > 1 else 0
+        held_names.update(group[:n_held])
+    kept = [item for item in items if item[0] not in held_names]
+    held = [item for item in items if item[0] in held_names]
+    return kept, held
+
+
+def load_name_lists(folder: str | Path, seed: int = 0, test_fraction: float = 0.1,
+                    split: str = "standard") -> Names:
     """Names from every ``*.txt`` in folder (the stem is the language), split per language.
 
-    Languages are sorted; label i is ``languages[i]``. One ``random.Random(seed)`` shuffles each
-    language's names in turn (in sorted order) and ``round(test_fraction * n)`` of them, at
-    least 1 and at most n - 1, go to test. Examples are grouped by language in both splits.
+    Languages are sorted; label i is ``languages[i]``. ``split="standard"``: one
+    ``random.Random(seed)`` shuffles each language's names in turn (in sorted order) and
+    ``round(test_fraction * n)`` of them, at least 1 and at most n - 1, go to test; a surname
+    listed twice may land on both sides. ``split="disjoint"``: ``split_disjoint`` with that
+    rng, so that no name is both a training and a test name. Examples are grouped by language
+    in the standard split's train and test.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     folder = Path(folder)
     try:
         is_dir = folder.is_dir()
@@ -157,21 +194,27 @@ def load_name_lists(folder: str | Path, seed: int = 0, test_fraction: float = 0.
     if not files:
         raise DataError(f"names folder {folder} has no *.txt files (one per language)")
     rng = random.Random(seed)
-    languages, train, test = [], [], []
+    languages, train, test, every = [], [], [], []
     for label, path in enumerate(files):
         names = read_name_file(path)
         if len(names) < 2:
             raise DataError(f"names file {path} has {len(names)} name; a train/test split "
                             "needs at least 2 per language")
+        languages.append(path.stem)
+        if split == "disjoint":
+            every += [(name, label) for name in names]
+            continue
         rng.shuffle(names)
         n_test = min(max(1, round(test_fraction * len(names))), len(names) - 1)
-        languages.append(path.stem)
         test += [(name, label) for name in names[:n_test]]
         train += [(name, label) for name in names[n_test:]]
+    if split == "disjoint":
+        train, test = split_disjoint(every, test_fraction, rng)
     return Names(languages, train, test)
 
 
 def load_names(data_dir: str | Path | None = None, seed: int = 0,
-               test_fraction: float = 0.1) -> Names:
+               test_fraction: float = 0.1, split: str = "standard") -> Names:
     """The registry's names data set (18 languages, 20,074 names); see ``load_name_lists``."""
-    return load_name_lists(require("names", data_dir), seed=seed, test_fraction=test_fraction)
+    return load_name_lists(require("names", data_dir), seed=seed, test_fraction=test_fraction,
+                           split=split)

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .. import plots
 from ..data import ALPHABET, encode_name, load_names, romanize
+from ..data.names import split_disjoint
 from .base import Task, split_sizes
 from .models import SequenceClassifier
 
@@ -54,6 +55,16 @@ def collate(names: list[torch.Tensor]):
     return pad_sequence(names), torch.tensor([len(n) for n in names])
 
 
+def class_weights(labels: torch.Tensor, classes: int, power: float) -> torch.Tensor:
+    """Loss weights (C,): w_c proportional to n_c ** -power, n_c the training names of class c,
+    scaled so that the mean weight of a training name, sum_c n_c w_c / N, is 1 (power 0: all 1;
+    1: inverse frequency, every class the same total weight). A class with no training name
+    gets weight 0."""
+    counts = torch.bincount(labels, minlength=classes).double()           # (C,)
+    weights = torch.where(counts > 0, counts.clamp(min=1) ** -power, 0.0)
+    return (weights * len(labels) / (weights * counts).sum()).float()
+
+
 class NamesTask(Task):
     name = "names"
     # accuracy is the target; the validation loss turns up (over-confidence) while accuracy
@@ -69,9 +80,12 @@ class NamesTask(Task):
         if not for_training:
             self.languages = cfg.meta["languages"]
             return
-        data = load_names(cfg.data_dir, seed=SPLIT_SEED, test_fraction=0.1)
+        data = load_names(cfg.data_dir, seed=SPLIT_SEED, test_fraction=0.1, split=cfg.split)
         self.languages = data.languages
-        train, valid = self.hold_out(data.train, 0.1)
+        if cfg.split == "disjoint":         # validation too measures names never trained on
+            train, valid = split_disjoint(data.train, 0.1, random.Random(SPLIT_SEED))
+        else:
+            train, valid = self.hold_out(data.train, 0.1)
         if cfg.train_size:                  # a small slice, for quick runs and tests
             rng = random.Random(SPLIT_SEED)
             keep = min(cfg.train_size, len(train)) / len(train)
@@ -81,6 +95,8 @@ class NamesTask(Task):
                               torch.tensor([y for _, y in items]))
                        for name, items in (("train", train), ("valid", valid),
                                            ("test", data.test))}
+        self.loss_weights = class_weights(self.splits["train"][1], len(self.languages),
+                                          cfg.class_weight)
         cfg.meta = {"languages": self.languages, "alphabet": ALPHABET,
                     "sizes": {k: len(v[1]) for k, v in self.splits.items()}}
 
@@ -121,7 +137,8 @@ class NamesTask(Task):
 
     def train_step(self, model, batch, carry):
         tokens, lengths, labels = batch
-        return F.cross_entropy(model(tokens, lengths), labels), None
+        losses = F.cross_entropy(model(tokens, lengths), labels, reduction="none")   # (N,)
+        return (self.loss_weights.to(losses.device)[labels] * losses).mean(), None
 
     @torch.no_grad()
     def scores(self, model, names: list[torch.Tensor]) -> torch.Tensor:
