@@ -25,52 +25,72 @@
 namespace lstmkit {
 namespace masks_detail {
 
-// row r of step s of an (S, B, W) buffer
+// Row r of step s of an (S, B, W) buffer, or null for an undefined one. The passes take their
+// pointers once per step: Tensor::size and data_ptr calls per row cost as much as the
+// arithmetic at B x H = 16 x 128.
 template <class T>
 inline T* at_row(const Tensor& t, int64_t s, int64_t r) {
-  return ptr<T>(t) + (s * t.size(1) + r) * t.size(2);
+  return t.defined() ? ptr<T>(t) + (s * t.size(1) + r) * t.size(2) : nullptr;
 }
 
 template <class T>
 void mask_h(const Sequence& q, int64_t s, int64_t a, int64_t b) {
   const int64_t P = q.rh.size(2);
+  const T* h = at_row<T>(q.hist[0], s, a);
+  const T* m = ptr<T>(q.h_mask) + a * P;
+  T* rh = at_row<T>(q.rh, s, a);
   for_whole_rows(b - a, P, [&](int64_t i) {
-    const int64_t r = a + i;
-    const T* h = at_row<T>(q.hist[0], s, r);
-    const T* m = ptr<T>(q.h_mask) + r * P;
-    T* rh = at_row<T>(q.rh, s, r);
     for_vectors<T>(0, P, [&](int64_t j, int64_t k) {
-      store(rh, j, k, load(m, j, k) * load(h, j, k));
+      store(rh + i * P, j, k, load(m + i * P, j, k) * load(h + i * P, j, k));
     });
   });
 }
 
+// One state's rows from r0 on in a step's pass: its width and where the pass reads and writes.
+template <class T>
+struct Rows {
+  int64_t W = 0;
+  T *a = nullptr, *b = nullptr, *c = nullptr, *e = nullptr;
+  const T *d = nullptr, *d2 = nullptr, *m = nullptr;
+};
+
 template <class T>
 void after_forward(const Sequence& q, int64_t s, int64_t r0, int64_t r1, int64_t r_next) {
-  const bool dropout = q.rh.defined();
-  for_whole_rows(r1 - r0, q.hist[0].size(2), [&](int64_t i) {
-    const int64_t r = r0 + i;
-    for (size_t k = 0; k < q.zone.size(); ++k) {
-      const bool zoned = q.zone[k].defined(), masked = k == 0 && dropout && r < r_next;
-      if (!zoned && !masked) continue;
-      const int64_t W = q.hist[k].size(2);
-      const T* p = at_row<T>(q.hist[k], s, r);
-      T* v = at_row<T>(q.hist[k], s + 1, r);
-      const T* o = zoned ? at_row<T>(q.raw[k], s, r) : nullptr;
-      const T* d = zoned ? at_row<T>(q.zone[k], s, r) : nullptr;
-      const T* m = masked ? ptr<T>(q.h_mask) + r * W : nullptr;
-      T* rh = masked ? at_row<T>(q.rh, s + 1, r) : nullptr;
-      for_vectors<T>(0, W, [&](int64_t j, int64_t n) {
-        Vec<T> value;
-        if (zoned) {
-          const Vec<T> ov = load(o, j, n);
-          value = at::vec::fmadd(load(d, j, n), load(p, j, n) - ov, ov);
-          store(v, j, n, value);
-        } else {
-          value = load(v, j, n);
-        }
-        if (masked) store(rh, j, n, load(m, j, n) * value);
-      });
+  const size_t K = q.zone.size();
+  std::vector<Rows<T>> st(K);
+  for (size_t k = 0; k < K; ++k) {   // a: s_{t-1}, b: s_t, c: s~_t, d: d_t, e: r_t, m: m
+    Rows<T>& x = st[k];
+    x.W = q.hist[k].size(2);
+    x.a = at_row<T>(q.hist[k], s, r0);
+    x.b = at_row<T>(q.hist[k], s + 1, r0);
+    x.c = at_row<T>(q.raw[k], s, r0);
+    x.d = at_row<T>(q.zone[k], s, r0);
+    if (k == 0 && q.rh.defined()) {
+      x.e = at_row<T>(q.rh, s + 1, r0);
+      x.m = ptr<T>(q.h_mask) + r0 * x.W;
+    }
+  }
+  for_whole_rows(r1 - r0, st[0].W, [&](int64_t i) {
+    for (const Rows<T>& x : st) {
+      const bool zoned = x.d, masked = x.e && r0 + i < r_next;
+      const int64_t o = i * x.W;
+      if (zoned && masked) {
+        for_vectors<T>(0, x.W, [&](int64_t j, int64_t n) {
+          const Vec<T> raw = load(x.c + o, j, n);
+          const Vec<T> v = at::vec::fmadd(load(x.d + o, j, n), load(x.a + o, j, n) - raw, raw);
+          store(x.b + o, j, n, v);
+          store(x.e + o, j, n, load(x.m + o, j, n) * v);
+        });
+      } else if (zoned) {   // s_t = s~_t + d_t (s_{t-1} - s~_t)
+        for_vectors<T>(0, x.W, [&](int64_t j, int64_t n) {
+          const Vec<T> raw = load(x.c + o, j, n);
+          store(x.b + o, j, n, at::vec::fmadd(load(x.d + o, j, n), load(x.a + o, j, n) - raw, raw));
+        });
+      } else if (masked) {  // r_t = m * h_t
+        for_vectors<T>(0, x.W, [&](int64_t j, int64_t n) {
+          store(x.e + o, j, n, load(x.m + o, j, n) * load(x.b + o, j, n));
+        });
+      }
     }
   });
 }
@@ -78,23 +98,27 @@ void after_forward(const Sequence& q, int64_t s, int64_t r0, int64_t r1, int64_t
 // dL/ds~ = (1 - d) dL/ds for the zoned states of step s, rows [a, b); the scratch rows zeroed
 template <class T>
 void zone_grad(const Sequence& q, const Tensor& scratch, int64_t s, int64_t a, int64_t b) {
-  for_whole_rows(b - a, q.dhist[0].size(2), [&](int64_t i) {
-    const int64_t r = a + i;
-    for (size_t k = 0; k < q.zone.size(); ++k) {
-      if (!q.zone[k].defined()) continue;
-      const int64_t W = q.dhist[k].size(2);
-      const T* dn = at_row<T>(q.dhist[k], s, r);
-      const T* d = at_row<T>(q.zone[k], s, r);
-      T* dr = at_row<T>(q.dnext[k], s, r);
-      for_vectors<T>(0, W, [&](int64_t j, int64_t n) {
-        const Vec<T> g = load(dn, j, n);
-        store(dr, j, n, g - g * load(d, j, n));
+  const size_t K = q.zone.size();
+  std::vector<Rows<T>> st(K);
+  for (size_t k = 0; k < K; ++k) {   // a: dL/ds_t, b: dL/ds~_t, d: d_t
+    if (!q.zone[k].defined()) continue;
+    st[k].W = q.dhist[k].size(2);
+    st[k].a = at_row<T>(q.dhist[k], s, a);
+    st[k].b = at_row<T>(q.dnext[k], s, a);
+    st[k].d = at_row<T>(q.zone[k], s, a);
+  }
+  const int64_t P = q.dhist[0].size(2);
+  T* z = scratch.defined() ? ptr<T>(scratch) + a * P : nullptr;
+  for_whole_rows(b - a, P, [&](int64_t i) {
+    for (const Rows<T>& x : st) {
+      if (!x.d) continue;
+      const int64_t o = i * x.W;
+      for_vectors<T>(0, x.W, [&](int64_t j, int64_t n) {
+        const Vec<T> g = load(x.a + o, j, n);
+        store(x.b + o, j, n, g - g * load(x.d + o, j, n));
       });
     }
-    if (scratch.defined()) {
-      T* z = ptr<T>(scratch) + r * scratch.size(1);
-      std::fill(z, z + scratch.size(1), T(0));
-    }
+    if (z) std::fill(z + i * P, z + (i + 1) * P, T(0));
   });
 }
 
@@ -102,30 +126,40 @@ void zone_grad(const Sequence& q, const Tensor& scratch, int64_t s, int64_t a, i
 template <class T>
 void after_backward(const Sequence& q, const Tensor& scratch, const std::vector<Tensor>& dprev,
                     int64_t s, int64_t r0, int64_t r1, int64_t r_prev) {
-  for_whole_rows(r1 - r0, q.dhist[0].size(2), [&](int64_t i) {
-    const int64_t r = r0 + i;
-    const bool prepare = r < r_prev;   // row r active at step s-1: its dL/ds~_{t-1} now
-    for (size_t k = 0; k < q.zone.size(); ++k) {
-      const bool zoned = q.zone[k].defined(), masked = k == 0 && scratch.defined();
-      const bool zoned_before = prepare && zoned;
-      if (!zoned && !masked) continue;
-      const int64_t W = q.dhist[k].size(2);
-      T* dp = ptr<T>(dprev[k]) + i * W;
-      const T* dn = zoned ? at_row<T>(q.dhist[k], s, r) : nullptr;
-      const T* d = zoned ? at_row<T>(q.zone[k], s, r) : nullptr;
-      const T* d_before = zoned_before ? at_row<T>(q.zone[k], s - 1, r) : nullptr;
-      T* dr_before = zoned_before ? at_row<T>(q.dnext[k], s - 1, r) : nullptr;
-      T* g = masked ? ptr<T>(scratch) + r * W : nullptr;
-      const T* m = masked ? ptr<T>(q.h_mask) + r * W : nullptr;
-      for_vectors<T>(0, W, [&](int64_t j, int64_t n) {
-        Vec<T> v = load(dp, j, n);
-        if (masked) {
-          v = at::vec::fmadd(load(m, j, n), load(g, j, n), v);   // r_{t-1} = m * h_{t-1}
-          if (prepare) store(g, j, n, Vec<T>(T(0)));                // for step s-1 to add into
+  const size_t K = q.zone.size();
+  std::vector<Rows<T>> st(K);
+  for (size_t k = 0; k < K; ++k) {   // a: dL/ds_{t-1}, b: dL/ds_t, d: d_t, c: the scratch,
+    Rows<T>& x = st[k];              // m: m, e: dL/ds~_{t-1}, d2: d_{t-1}
+    x.W = q.dhist[k].size(2);
+    x.a = ptr<T>(dprev[k]);
+    if (q.zone[k].defined()) {
+      x.b = at_row<T>(q.dhist[k], s, r0);
+      x.d = at_row<T>(q.zone[k], s, r0);
+      if (s) {
+        x.e = at_row<T>(q.dnext[k], s - 1, r0);
+        x.d2 = at_row<T>(q.zone[k], s - 1, r0);
+      }
+    }
+    if (k == 0 && scratch.defined()) {
+      x.c = ptr<T>(scratch) + r0 * x.W;
+      x.m = ptr<T>(q.h_mask) + r0 * x.W;
+    }
+  }
+  for_whole_rows(r1 - r0, st[0].W, [&](int64_t i) {
+    const bool prepare = r0 + i < r_prev;   // row active at step s-1: its dL/ds~_{t-1} now
+    for (const Rows<T>& x : st) {
+      if (!x.d && !x.c) continue;
+      const int64_t o = i * x.W;
+      const bool before = prepare && x.e;
+      for_vectors<T>(0, x.W, [&](int64_t j, int64_t n) {
+        Vec<T> v = load(x.a + o, j, n);
+        if (x.c) {
+          v = at::vec::fmadd(load(x.m + o, j, n), load(x.c + o, j, n), v);   // r = m * h
+          if (prepare) store(x.c + o, j, n, Vec<T>(T(0)));            // for step s-1 to add into
         }
-        if (zoned) v = at::vec::fmadd(load(dn, j, n), load(d, j, n), v);   // kept with d_t
-        store(dp, j, n, v);
-        if (zoned_before) store(dr_before, j, n, v - v * load(d_before, j, n));
+        if (x.d) v = at::vec::fmadd(load(x.b + o, j, n), load(x.d + o, j, n), v);  // kept, d_t
+        store(x.a + o, j, n, v);
+        if (before) store(x.e + o, j, n, v - v * load(x.d2 + o, j, n));
       });
     }
   });
