@@ -46,7 +46,8 @@ def bernoulli(shape, p: float, like: Tensor) -> Tensor:
             or torch.compiler.is_compiling() or not compiled.available()):
         return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(p)
     seed = int(torch.randint(0, 2**62, ()))
-    return compiled._load().bernoulli(list(shape), p, seed, like.dtype == torch.float64)
+    with torch._C._DisableFuncTorch():     # a plain tensor under torch.func's transforms too
+        return compiled._load().bernoulli(list(shape), p, seed, like.dtype == torch.float64)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
