@@ -353,3 +353,14 @@ def test_onnx_export_refuses_zoneout_and_runs_recurrent_dropout_in_eval(tmp_path
         None, {"input": x.numpy()})[0]
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), layer(x)[0], atol=1e-5, rtol=0)
+
+
+def test_auto_runs_them_compiled():
+    """engine="auto" sends a call with the masks to the compiled engine where it can run."""
+    if not compiled.available():
+        pytest.skip("the compiled engine is unavailable")
+    x = torch.randn(T, B, I)
+    for layer in (LSTM(I, H, zoneout=0.1), GRU(I, H, recurrent_dropout=0.2),
+                  LSTM(I, H, recurrent_dropout=0.2).eval()):
+        assert layer._engine_for(False, x, T, False) == "compiled"
+        assert layer._engine_for(True, x, T, False) == "compiled"     # traces too

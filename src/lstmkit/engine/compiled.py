@@ -15,9 +15,9 @@ share of the rows through the whole time loop, with no synchronisation between s
 sources are ``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family,
 ``onednn.cpp``, ``dropout.cpp``, and small headers by concern: ``sequence.h`` (what the loop and
 the cells share), ``masks.h`` (recurrent dropout and zoneout), ``products.h``, ``brgemm.h``,
-``vec_math.h``, ``layernorm.h``, ``denormals.h``,
-``onednn.h`` and ``thresholds.h``, the bounds this module reads through the extension
-(``thresholds()``) to choose engines, so that they are written in one place.
+``vec_math.h``, ``layernorm.h``, ``denormals.h``, ``onednn.h`` and ``thresholds.h``, the bounds
+this module reads through the extension (``thresholds()``) to choose engines, so that they are
+written in one place.
 
 The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under
 ``$XDG_CACHE_HOME/lstmkit/extensions`` (``~/.cache/lstmkit/extensions``), one directory per torch
