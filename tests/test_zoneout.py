@@ -1,23 +1,39 @@
 """recurrent_dropout (Gal and Ghahramani 2016: one mask per sequence on the h_{t-1} the recurrent
 products see) and zoneout (Krueger et al. 2017: each unit of h_t and c_t keeps its previous value
-with probability z; the expectation in eval), on the hand-written engine: equal to a loop written
-here from the equations on the masks the trace recorded, gradients by float64 gradcheck with the
-masks fixed by a seed, the reference walk (double backward, torch.func) equal to the kernels, and
-bad values named."""
+with probability z; the expectation in eval), on both hand-written engines (python and compiled):
+equal to a loop written here from the equations on the masks the trace recorded, gradients by
+float64 gradcheck with the masks fixed by a seed, the compiled engine equal to the python engine
+on the same masks (float32 sizes that take its threaded and brgemm paths too), the reference walk
+(double backward, torch.func) equal to the kernels, and bad values named."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 
 import pytest
 import torch
 
 from lstmkit import GRU, LSTM, RNN
+from lstmkit.engine import compiled
 from lstmkit.layers import Recurrent
 
 I, H, T, B = 3, 4, 6, 3
 DT = torch.float64
 LENGTHS = torch.tensor([6, 4, 2])
+ENGINES = ["python", "compiled"]
+
+
+@contextlib.contextmanager
+def on_engine(engine):
+    """engine="compiled" must run compiled: skipped where the extension is unavailable, and a
+    fall-back to the python engine (it warns) fails."""
+    if engine == "compiled" and not compiled.available():
+        pytest.skip("the compiled engine is unavailable")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
 
 
 def _step(layer, w, x, h, c, r):
@@ -95,17 +111,19 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("which", ["recurrent_dropout", "zoneout", "both"])
-def test_a_training_call_equals_the_equations_on_its_masks(case, which):
+def test_a_training_call_equals_the_equations_on_its_masks(case, which, engine):
     torch.manual_seed(0)
-    layer = CASES[case](recurrent_dropout=0.4, dtype=DT)
+    layer = CASES[case](recurrent_dropout=0.4, dtype=DT, engine=engine)
     if which == "recurrent_dropout":
         layer._zone = (0.0,) * len(layer._zone)
     elif which == "zoneout":
         layer.recurrent_dropout = 0.0
     x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
-    trace = layer.trace(x, lengths=LENGTHS)
+    with on_engine(engine):
+        trace = layer.trace(x, lengths=LENGTHS)
     masks = trace.masks
     assert ("h" in masks) == (which != "zoneout")
     assert ("zone" in masks) == (which != "recurrent_dropout")
@@ -124,34 +142,49 @@ def test_a_training_call_equals_the_equations_on_its_masks(case, which):
     # gradients: the hand-written BPTT against autograd through the loop above
     weights = list(layer.parameters())
     probe = torch.randn_like(out)
-    got = torch.autograd.grad((trace.output * probe).sum() + trace.h_n.sum(), [x, *weights])
+    with on_engine(engine):
+        got = torch.autograd.grad((trace.output * probe).sum() + trace.h_n.sum(), [x, *weights])
     want = torch.autograd.grad((out * probe).sum() + h_n.sum(), [x, *weights])
     for g, e in zip(got, want):
         torch.testing.assert_close(g, e)
 
 
-def test_eval_takes_zoneouts_expectation_and_no_recurrent_dropout():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_eval_takes_zoneouts_expectation_and_no_recurrent_dropout(engine):
     torch.manual_seed(1)
     layer = LSTM(I, H, 2, bidirectional=True, zoneout=(0.3, 0.1), recurrent_dropout=0.5,
-                 dtype=DT).eval()
+                 dtype=DT, engine=engine).eval()
     x = torch.randn(T, B, I, dtype=DT)
     zone = [(torch.full((T, B, H), 0.1, dtype=DT), torch.full((T, B, H), 0.3, dtype=DT))] * 4
     out, h_n, c_n = _by_hand(layer, x, LENGTHS, {"zone": zone})
-    got, (h, c) = layer(x, lengths=LENGTHS)
-    torch.testing.assert_close(got, out)
-    torch.testing.assert_close(c, c_n)
-    assert set(layer.trace(x).masks) == {"zone"}
-    # the same call twice: no randomness in eval
-    torch.testing.assert_close(layer(x)[0], layer(x)[0])
+    with on_engine(engine):
+        got, (h, c) = layer(x, lengths=LENGTHS)
+        torch.testing.assert_close(got, out)
+        torch.testing.assert_close(c, c_n)
+        assert set(layer.trace(x).masks) == {"zone"}
+        # the same call twice: no randomness in eval
+        torch.testing.assert_close(layer(x)[0], layer(x)[0])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "gru-cho", "rnn", "lstm-ln", "gru-ln",
-                                  "peephole", "coupled"])
-def test_gradcheck_with_the_masks_fixed_by_a_seed(cell):
+CELLS = ["lstm", "lstm-proj", "gru", "gru-cho", "rnn", "lstm-ln", "gru-ln", "peephole",
+         "coupled"]
+
+
+def _layer(cell, engine, **kw):
+    """Recurrent of cell ("lstm-proj": the LSTM with proj_size=2) with both regularisers."""
+    two = cell in ("lstm", "lstm-proj", "lstm-ln", "peephole", "coupled")
+    proj = {"proj_size": 2} if cell == "lstm-proj" else {}
+    kw = {"recurrent_dropout": 0.3, "zoneout": (0.3, 0.2) if two else 0.3, "dtype": DT, **kw}
+    return Recurrent(kw.pop("input_size", I), kw.pop("hidden_size", H), kw.pop("num_layers", 1),
+                     bidirectional=True, cell="lstm" if cell == "lstm-proj" else cell,
+                     engine=engine, **proj, **kw)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_with_the_masks_fixed_by_a_seed(cell, engine):
     torch.manual_seed(2)
-    zoneout = (0.3, 0.2) if cell in ("lstm", "lstm-ln", "peephole", "coupled") else 0.3
-    layer = Recurrent(I, H, bidirectional=True, cell=cell, recurrent_dropout=0.3,
-                      zoneout=zoneout, dtype=DT)
+    layer = _layer(cell, engine)
     names = [n for n, _ in layer.named_parameters()]
     leaves = [p.detach().clone().requires_grad_() for p in layer.parameters()]
     x = torch.randn(4, B, I, dtype=DT, requires_grad=True)
@@ -163,9 +196,73 @@ def test_gradcheck_with_the_masks_fixed_by_a_seed(cell):
                                                  {"lengths": lengths})
         return (out, *(hidden if isinstance(hidden, tuple) else (hidden,)))
 
-    assert torch.autograd.gradcheck(run, (x, *leaves))
-    layer.eval()                                  # the expectation form, differentiated too
-    assert torch.autograd.gradcheck(run, (x, *leaves))
+    with on_engine(engine):
+        assert torch.autograd.gradcheck(run, (x, *leaves))
+        layer.eval()                              # the expectation form, differentiated too
+        assert torch.autograd.gradcheck(run, (x, *leaves))
+
+
+def _call(layer, x, lengths, seed=5):
+    """Output, final states and every gradient of one call, the masks drawn from seed."""
+    torch.manual_seed(seed)
+    out, hidden = layer(x, lengths=lengths)
+    hidden = hidden if isinstance(hidden, tuple) else (hidden,)
+    probe = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    loss = (out * probe).sum() + sum(h.pow(2).sum() for h in hidden)
+    if not layer.training:
+        return [out, *hidden]
+    return [out, *hidden, *torch.autograd.grad(loss, [x, *layer.parameters()])]
+
+
+SIZES = {   # (T, B, I, H, dtype): float64, and float32 at a size that takes the compiled
+    # engine's brgemm steps and (on two threads or more) its row groups
+    "small-f64": (6, 3, 3, 5, torch.float64),
+    "large-f32": (20, 32, 16, 64, torch.float32),
+}
+
+
+def _assert_near(got, want):
+    """float64: elementwise. float32: relative to the tensor's norm, as the engines sum in other
+    orders (the LayerNorm LSTM's float32 gradients differ by ~2e-5 of their norm without masks
+    too)."""
+    if want.dtype == torch.float64:
+        torch.testing.assert_close(got, want)
+        return
+    err = ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
+    assert err < 1e-4, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("which", ["recurrent_dropout", "zoneout", "both"])
+def test_compiled_equals_python_on_the_same_masks(cell, which, size):
+    """Outputs, final states and all gradients, two layers, bidirectional, with and without
+    lengths, training and evaluation."""
+    T_, B_, I_, H_, dt = SIZES[size]
+    kw = {"dtype": dt, "input_size": I_, "hidden_size": H_, "num_layers": 2}
+    if which == "zoneout":
+        kw["recurrent_dropout"] = 0.0
+    elif which == "recurrent_dropout":
+        kw["zoneout"] = 0.0
+    torch.manual_seed(3)
+    x = torch.randn(T_, B_, I_, dtype=dt, requires_grad=True)
+    lengths = torch.sort(torch.randint(1, T_ + 1, (B_,)), descending=True).values
+    lengths[0] = T_
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)                       # row groups need two threads or more
+    try:
+        for training in (True, False):
+            for L in (None, lengths):
+                got = []
+                for engine in ENGINES:
+                    torch.manual_seed(4)
+                    layer = _layer(cell, engine, **kw).train(training)
+                    with on_engine(engine):
+                        got.append(_call(layer, x, L))
+                for a, b in zip(*got):
+                    _assert_near(b, a)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_reference_walk_takes_the_masks():
@@ -256,3 +353,14 @@ def test_onnx_export_refuses_zoneout_and_runs_recurrent_dropout_in_eval(tmp_path
         None, {"input": x.numpy()})[0]
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), layer(x)[0], atol=1e-5, rtol=0)
+
+
+def test_auto_runs_them_compiled():
+    """engine="auto" sends a call with the masks to the compiled engine where it can run."""
+    if not compiled.available():
+        pytest.skip("the compiled engine is unavailable")
+    x = torch.randn(T, B, I)
+    for layer in (LSTM(I, H, zoneout=0.1), GRU(I, H, recurrent_dropout=0.2),
+                  LSTM(I, H, recurrent_dropout=0.2).eval()):
+        assert layer._engine_for(False, x, T, False) == "compiled"
+        assert layer._engine_for(True, x, T, False) == "compiled"     # traces too

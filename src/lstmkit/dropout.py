@@ -6,7 +6,7 @@ seed, taken as a 32-bit fraction, is at least p. The seed is drawn from torch's 
 generator, so ``torch.manual_seed`` makes runs repeat, and the backward pass recomputes the
 mask from it instead of storing it. Elsewhere (other dtypes or devices, no compiler) this is
 ``torch.nn.functional.dropout``. Same values in distribution as torch's dropout, not the same
-random stream.
+random stream. ``bernoulli`` draws zoneout's 0/1 masks from the same generator.
 """
 
 from __future__ import annotations
@@ -36,6 +36,18 @@ def dropout_with_seed(x: Tensor, p: float, seed: int) -> Tensor:
     if compiled._load() is None:
         raise RuntimeError(f"the compiled extension is not available: {compiled.build_error()}")
     return _Dropout.apply(x, p, seed)
+
+
+def bernoulli(shape, p: float, like: Tensor) -> Tensor:
+    """A tensor of ``shape`` in like's dtype and device, each element 1 with probability p, else
+    0: on the compiled extension's counter-based generator (seeded from torch's default
+    generator) where it can run, else torch's ``bernoulli_``."""
+    if (like.device.type != "cpu" or like.dtype not in compiled.DTYPES
+            or torch.compiler.is_compiling() or not compiled.available()):
+        return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(p)
+    seed = int(torch.randint(0, 2**62, ()))
+    with torch._C._DisableFuncTorch():     # a plain tensor under torch.func's transforms too
+        return compiled._load().bernoulli(list(shape), p, seed, like.dtype == torch.float64)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

@@ -14,9 +14,10 @@ more of the LSTM without projection, the LayerNorm LSTM and GRU and the RNN run 
 share of the rows through the whole time loop, with no synchronisation between steps. The
 sources are ``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family,
 ``onednn.cpp``, ``dropout.cpp``, and small headers by concern: ``sequence.h`` (what the loop and
-the cells share), ``products.h``, ``brgemm.h``, ``vec_math.h``, ``layernorm.h``, ``denormals.h``,
-``onednn.h`` and ``thresholds.h``, the bounds this module reads through the extension
-(``thresholds()``) to choose engines, so that they are written in one place.
+the cells share), ``masks.h`` (recurrent dropout and zoneout), ``products.h``, ``brgemm.h``,
+``vec_math.h``, ``layernorm.h``, ``denormals.h``, ``onednn.h`` and ``thresholds.h``, the bounds
+this module reads through the extension (``thresholds()``) to choose engines, so that they are
+written in one place.
 
 The extension is built with ``torch.utils.cpp_extension`` on first use and cached per user under
 ``$XDG_CACHE_HOME/lstmkit/extensions`` (``~/.cache/lstmkit/extensions``), one directory per torch
@@ -47,7 +48,7 @@ import torch
 from torch import Tensor
 
 from ..cells.base import Cell
-from .sequence import StepRecord
+from .sequence import Masks, StepRecord
 from .workspace import on_release, scratch
 
 CSRC = Path(__file__).with_name("csrc")
@@ -229,19 +230,29 @@ def cell_spec(cell: Cell) -> list[int] | None:
     return cell.spec() if cell.compiled_kernel else None
 
 
+def _mask_args(masks: Masks | None) -> tuple:
+    """masks as the extension takes them: (h mask or None, [zone mask or None per state])."""
+    if not masks:
+        return None, []
+    return masks.h, list(masks.zone) if masks.zone else []
+
+
 def compiled_forward(cell: Cell, batch_sizes, x: Tensor, states0, weights, products,
-                     record: StepRecord | None = None):
-    """``sequence_forward`` run by the extension: (gates, hist, bufs). weights: (w_ih, w_hh,
-    b_ih, b_hh, w_ch, w_hr); products as ``products(cell, x)`` gives them."""
+                     record: StepRecord | None = None, masks: Masks | None = None):
+    """``sequence_forward`` run by the extension: (gates, hist, bufs), bufs with the masks'
+    buffers as ``sequence_forward`` leaves them. weights: (w_ih, w_hh, b_ih, b_hh, w_ch, w_hr);
+    products as ``products(cell, x)`` gives them."""
     gates, hist, bufs = _state["ext"].forward(cell_spec(cell), batch_sizes or [], x,
-                                              list(states0), *weights, *products)
+                                              list(states0), *weights, *_mask_args(masks),
+                                              *products)
     if record is not None:
         record.gates, record.hist = gates, hist
     return gates, hist, bufs
 
 
 def compiled_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, bufs, weights,
-                      grad_hist, needs, products, record: StepRecord | None = None):
+                      grad_hist, needs, products, record: StepRecord | None = None,
+                      masks: Masks | None = None):
     """``sequence_backward`` run by the extension: [dx, dstates0..., dw_ih, ..., dw_hr], None
     where not needed or absent."""
     T, B = x.shape[:2]
@@ -256,19 +267,20 @@ def compiled_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, b
     else:                                             # the extension fills them entirely
         dhist = [scratch(f"dstate{i}", (T, B, size), **like, zero=False)
                  for i, size in enumerate(cell.state_sizes)]
+    h_mask, zone = _mask_args(masks)
+    # dL/d(each zoned state before zoneout)
+    dzone = [None if d is None else scratch(f"dstate_raw{i}", (T, B, size), **like, zero=packed)
+             for i, (d, size) in enumerate(zip(zone, cell.state_sizes))]
     grads = _state["ext"].backward(cell_spec(cell), batch_sizes or [], x, gates, list(hist),
                                    list(bufs), *weights, list(grad_hist), dgates, gbufs, dhist,
-                                   list(needs), *products)
+                                   list(needs), h_mask, zone, dzone, *products)
     if record is not None:
         record.dhist = dhist
     return [g if need else None for g, need in zip(grads, needs)]
 
 
-def _unsupported(cell: Cell, x: Tensor, masks=None) -> str | None:
+def _unsupported(cell: Cell, x: Tensor) -> str | None:
     """Why this call cannot run compiled (None if it can)."""
-    if masks:
-        return ("engine='compiled' has no recurrent dropout or zoneout yet; those calls run the "
-                "python engine")
     if x.device.type != "cpu":
         return f"engine='compiled' runs on the CPU only; {x.device.type} runs the python engine"
     if x.dtype not in DTYPES:
@@ -352,10 +364,9 @@ def trains_faster(x: Tensor) -> bool:
         1 <= x.shape[1] <= bounds["brgemm_max_rows"]
 
 
-def fallback_reason(cell: Cell, x: Tensor, masks=None) -> str | None:
-    """None when this call runs compiled; else why not, warned once (the python engine runs).
-    masks: the call's ``lstmkit.engine.sequence.Masks`` (or None)."""
-    reason = _unsupported(cell, x, masks)
+def fallback_reason(cell: Cell, x: Tensor) -> str | None:
+    """None when this call runs compiled; else why not, warned once (the python engine runs)."""
+    reason = _unsupported(cell, x)
     if reason is None and not available():
         reason = ("lstmkit: the compiled engine is unavailable "
                   f"({(build_error() or '').splitlines()[0][:300]}); engine='compiled' runs the "

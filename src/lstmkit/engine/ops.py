@@ -59,7 +59,7 @@ def _check_engine(engine: str) -> None:
 def _forward(cell, bs, compiled, products, x, states0, weights, record=None, masks=None):
     """(gates, hist, bufs) on the named engine; bs None or a list of T batch sizes."""
     if compiled:
-        return compiled_forward(cell, bs, x, states0, weights, products, record)
+        return compiled_forward(cell, bs, x, states0, weights, products, record, masks)
     with torch.autocast(x.device.type, enabled=False):          # float32 math, as documented
         return sequence_forward(cell, bs, x, states0, Weights(*weights), record, masks)
 
@@ -69,7 +69,7 @@ def _backward_kernel(cell, bs, compiled, products, x, gates, hist, bufs, weights
     """[dx, dstates0..., dw_ih, ..., dw_hr] by the hand-written BPTT, None where not needed."""
     if compiled:
         return compiled_backward(cell, bs, x, gates, hist, bufs, weights, grad_hist, needs,
-                                 products, record)
+                                 products, record, masks)
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         return sequence_backward(cell, bs, x, gates, hist, bufs, Weights(*weights), grad_hist,
                                  needs, record, masks)
@@ -346,7 +346,7 @@ def sequence(cell, x: Tensor, states0, w: Weights, batch_sizes: list[int] | None
     masks = masks if masks else None
     if record is None and _differentiating_transform():
         return tuple(h[1:] for h in reference_sequence(cell, x, states0, w, batch_sizes, masks))
-    compiled = compiled and fallback_reason(cell, x, masks) is None
+    compiled = compiled and fallback_reason(cell, x) is None
     if not compiled and torch.is_autocast_enabled(x.device.type):
         # the python engine computes in float32 under autocast
         x, states0 = x.float(), [s.float() for s in states0]

@@ -46,8 +46,6 @@ class EngineChoice:
         check_engine(type(self).__name__, self.engine, self._standard)
         if self.engine != "auto":
             return "python" if record and self.engine == "torch" else self.engine
-        if any(self._zone) or (self.recurrent_dropout and self.training):
-            return "python"                    # the engine that has their masks
         if not compiled_usable(self.cell, x):
             return "torch" if self._standard and not record else "python"
         if not plain_eager(x):

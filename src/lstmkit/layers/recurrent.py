@@ -22,6 +22,7 @@ from ..cells.gru import GRUCellMath
 from ..cells.layernorm import LayerNormGRUCellMath, LayerNormLSTMCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
+from ..dropout import bernoulli
 from ..engine.sequence import Masks
 from ..quantization import Quantizable
 from ..trace import Trace
@@ -149,7 +150,7 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
         if zoned:
             sizes = self.cell.state_sizes
             if self.training:
-                draw = lambda z, size: torch.empty(T, B, size, **like).bernoulli_(z)  # noqa
+                draw = lambda z, size: bernoulli((T, B, size), z, x)  # noqa
             else:
                 draw = lambda z, size: x.new_full((1, 1, 1), z).expand(T, B, size)  # noqa
             masks["zone"] = [tuple(draw(z, size) if z else None

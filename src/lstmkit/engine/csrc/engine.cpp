@@ -15,6 +15,7 @@
 // projection, dx and the weight gradients on brgemm tiles (brgemm.h, products.h).
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -22,6 +23,7 @@
 
 #include "brgemm.h"
 #include "denormals.h"
+#include "masks.h"
 #include "onednn.h"
 #include "products.h"
 #include "sequence.h"
@@ -156,12 +158,52 @@ void init_outside_grad(Tensor& d, const OptTensor& grad, const Sequence& q) {
   }
 }
 
+// Recurrent dropout and zoneout (masks.h): h_mask (B, P) or None; zone[k] (T, B, size_k) or
+// None per state (or an empty list). Returns true when the call has any.
+bool set_masks(Sequence& q, const OptTensor& h_mask, const std::vector<OptTensor>& zone,
+               const std::vector<int64_t>& sizes) {
+  TORCH_CHECK(zone.empty() || zone.size() == sizes.size(),
+              "lstmkit compiled engine: one zoneout mask (or None) per state");
+  auto check = [&](const Tensor& t, std::vector<int64_t> shape, const char* what) {
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == q.x.scalar_type(),
+                "lstmkit compiled engine: ", what, " must be ", at::IntArrayRef(shape), " of the "
+                "input's dtype, got ", t.sizes(), " ", t.scalar_type());
+  };
+  bool any = false;
+  q.zone.assign(sizes.size(), Tensor());
+  for (size_t k = 0; k < zone.size(); ++k) {
+    if (!zone[k].has_value() || !zone[k]->defined()) continue;
+    check(*zone[k], {q.T, q.B, sizes[k]}, "a zoneout mask");
+    q.zone[k] = zone[k]->contiguous();   // evaluation's expanded constant included
+    any = true;
+  }
+  if (h_mask.has_value() && h_mask->defined()) {
+    check(*h_mask, {q.B, sizes[0]}, "the recurrent dropout mask");
+    q.h_mask = h_mask->contiguous();
+    any = true;
+  }
+  return any;
+}
+
+// The views the cells read and write (sequence.h): prev, next and h_in; dnext in backward.
+void set_step_views(Sequence& q) {
+  const int64_t T = q.T;
+  q.prev.clear();
+  q.next.clear();
+  for (size_t k = 0; k < q.hist.size(); ++k) {
+    q.prev.push_back(q.hist[k].narrow(0, 0, T));
+    const bool zoned = k < q.raw.size() && q.raw[k].defined();
+    q.next.push_back(zoned ? q.raw[k] : q.hist[k].narrow(0, 1, T));
+  }
+  q.h_in = q.rh.defined() ? q.rh : q.prev[0];
+}
+
 // ------------------------------------------------------------------ forward
 std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
     const std::vector<int64_t>& spec, const std::vector<int64_t>& batch_sizes, const Tensor& x,
     const std::vector<Tensor>& states0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch, const OptTensor& w_hr,
-    bool lowp, bool onednn) {
+    const OptTensor& h_mask, const std::vector<OptTensor>& zone, bool lowp, bool onednn) {
   FlushDenormalGuard ftz;
   at::AutoDispatchBelowADInplaceOrView below_autograd;   // our own tensors: no views to track
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // input dtype
@@ -200,10 +242,17 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
     if (q.packed) h.narrow(0, 1, T).copy_(states0[k].unsqueeze(0).expand({T, B, sizes[k]}));
     q.hist.push_back(h);
   }
-  for (int64_t width : cell->step_buffers()) {          // padding rows must stay finite
-    q.bufs.push_back(q.packed ? at::zeros({T, B, width}, q.x.options())
-                              : at::empty({T, B, width}, q.x.options()));
-  }
+  // padding rows must stay finite
+  auto buffer = [&](int64_t width) {
+    return q.packed ? at::zeros({T, B, width}, q.x.options())
+                    : at::empty({T, B, width}, q.x.options());
+  };
+  for (int64_t width : cell->step_buffers()) q.bufs.push_back(buffer(width));
+  const bool masked = set_masks(q, h_mask, zone, sizes);
+  if (q.h_mask.defined()) q.rh = buffer(sizes[0]);
+  for (size_t k = 0; k < sizes.size(); ++k)
+    q.raw.push_back(q.zone[k].defined() ? buffer(sizes[k]) : Tensor());
+  set_step_views(q);
 
   // W_hh^T (P, G*H) made contiguous runs the per-step product 15-50% faster than the transposed
   // view, but the copy costs as much as 6-17 steps (measured: 40 us for 512 x 128): worth it
@@ -212,12 +261,27 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
   if (packs_recurrent_for_onednn(q, *cell)) q.w.w_hh_pk = onednn_pack(q.w.w_hh, B);
   cell->prepare(q, /*forward=*/true);
   for_row_groups(q, row_groups(q, *cell), [&](int64_t, int64_t r0, int64_t r1) {
+    int64_t ready = r0;   // rows [r0, ready) of step s have r_{t-1} (the step before made it)
     for (int64_t s = 0; s < T; ++s) {
       const int64_t end = std::min(r1, q.bs[s]);   // active rows are a prefix of the batch
-      if (end > r0) cell->forward_step(q, s, r0, end - r0);
+      if (end <= r0) {
+        ready = r0;
+        continue;
+      }
+      if (q.h_mask.defined() && ready < end) mask_h(q, s, ready, end);
+      cell->forward_step(q, s, r0, end - r0);
+      if (masked) {
+        ready = s + 1 < T ? std::clamp(std::min(r1, q.bs[s + 1]), r0, end) : r0;
+        after_forward(q, s, r0, end, ready);
+      }
     }
   });
-  return {q.gates, q.hist, q.bufs};
+  // as the python engine's bufs: the cell's, then rh and the states before zoneout
+  std::vector<Tensor> bufs = q.bufs;
+  if (q.rh.defined()) bufs.push_back(q.rh);
+  for (const Tensor& r : q.raw)
+    if (r.defined()) bufs.push_back(r);
+  return {q.gates, q.hist, bufs};
 }
 
 // ------------------------------------------------------------------ backward
@@ -230,7 +294,8 @@ std::vector<Tensor> backward(
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
     const OptTensor& w_ch, const OptTensor& w_hr, const std::vector<OptTensor>& grad_hist,
     const Tensor& dgates, const std::vector<Tensor>& gbufs, const std::vector<Tensor>& dhist,
-    const std::vector<bool>& needs, bool lowp, bool onednn) {
+    const std::vector<bool>& needs, const OptTensor& h_mask, const std::vector<OptTensor>& zone,
+    const std::vector<OptTensor>& dzone, bool lowp, bool onednn) {
   FlushDenormalGuard ftz;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -253,7 +318,27 @@ std::vector<Tensor> backward(
   check(gates, T, cell->gate_width(), "gates");
   check(dgates, T, cell->gate_width(), "dgates");
   const auto widths = cell->step_buffers();
-  TORCH_CHECK(bufs.size() == widths.size(), "lstmkit compiled engine: wrong step buffers");
+  const bool masked = set_masks(q, h_mask, zone, sizes);
+  // bufs as forward returned them: the cell's, then rh and the states before zoneout
+  size_t extra = widths.size();
+  if (q.h_mask.defined()) {
+    TORCH_CHECK(bufs.size() > extra, "lstmkit compiled engine: no masked h buffer");
+    check(bufs[extra], T, sizes[0], "the masked h buffer");
+    q.rh = bufs[extra++];
+  }
+  q.raw.assign(K, Tensor());
+  std::vector<Tensor> draw(K);   // dL/d(the states before zoneout)
+  TORCH_CHECK(dzone.empty() || dzone.size() == K, "lstmkit compiled engine: wrong dzone");
+  for (size_t k = 0; k < K; ++k) {
+    if (!q.zone[k].defined()) continue;
+    TORCH_CHECK(bufs.size() > extra && dzone.size() == K && dzone[k].has_value(),
+                "lstmkit compiled engine: a zoned state needs its buffers");
+    check(bufs[extra], T, sizes[k], "a state before zoneout");
+    check(*dzone[k], T, sizes[k], "a zoneout gradient buffer");
+    q.raw[k] = bufs[extra++];
+    draw[k] = *dzone[k];
+  }
+  TORCH_CHECK(bufs.size() == extra, "lstmkit compiled engine: wrong step buffers");
   for (size_t i = 0; i < widths.size(); ++i) check(bufs[i], T, widths[i], "a step buffer");
   for (size_t k = 0; k < K; ++k) {
     check(hist[k], T + 1, sizes[k], "a state history");
@@ -262,7 +347,7 @@ std::vector<Tensor> backward(
   for (const Tensor& g : gbufs) check(g, T, g.size(2), "a grad buffer");
   q.gates = gates;
   q.hist = hist;
-  q.bufs = bufs;
+  q.bufs.assign(bufs.begin(), bufs.begin() + widths.size());
   q.dgates = dgates;   // (T, B, G*H), zero on inactive rows when packed
   q.gbufs = gbufs;
   q.dhist = dhist;
@@ -270,17 +355,39 @@ std::vector<Tensor> backward(
     init_outside_grad(q.dhist[k], grad_hist[k], q);
     q.dstates0.push_back(at::zeros({B, sizes[k]}, q.x.options()));
   }
+  set_step_views(q);
+  for (size_t k = 0; k < K; ++k) q.dnext.push_back(draw[k].defined() ? draw[k] : q.dhist[k]);
+  // recurrent dropout: the cell's products add dL/dr_{t-1} here (rows of step s), the engine
+  // adds m * it to dL/dh_{t-1}
+  const Tensor scratch = q.h_mask.defined() ? at::empty({B, sizes[0]}, q.x.options()) : Tensor();
 
   if (packs_recurrent_for_onednn(q, *cell)) q.w.w_hh_t_pk = onednn_pack(transposed(q.w.w_hh), B);
   cell->prepare(q, /*forward=*/false);
   for_row_groups(q, row_groups(q, *cell), [&](int64_t, int64_t r0, int64_t r1) {
-    std::vector<Tensor> dprev(K);
+    std::vector<Tensor> dprev(K), dprev_cell;
+    int64_t ready = r0;   // rows [r0, ready) of step s have dL/ds~ (the step after made it)
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t end = std::min(r1, q.bs[s]), n = end - r0;   // rows [r0, end) active
-      if (n <= 0) continue;
+      if (n <= 0) {
+        ready = r0;
+        continue;
+      }
       for (size_t k = 0; k < K; ++k)       // where step s sends dL/d(states at s-1)
         dprev[k] = s ? rows(q.dhist[k], s - 1, n, r0) : q.dstates0[k].narrow(0, r0, n);
-      cell->backward_step(q, s, r0, n, dprev);
+      if (!masked) {
+        cell->backward_step(q, s, r0, n, dprev);
+      } else {
+        if (ready < end) zone_grad(q, scratch, s, ready, end);
+        dprev_cell = dprev;
+        if (scratch.defined()) {
+          const Tensor g = scratch.narrow(0, r0, n);
+          if (cell->h_slot()) dprev_cell.push_back(g);
+          else dprev_cell[0] = g;
+        }
+        cell->backward_step(q, s, r0, n, dprev_cell);
+        ready = s ? std::clamp(std::min(r1, q.bs[s - 1]), r0, end) : r0;
+        after_backward(q, scratch, dprev, s, r0, end, ready);
+      }
       const int64_t a = s ? std::max(r0, q.bs[s - 1]) : end;
       if (a < end) {
         // rows that start at step s (a reverse pass over a packed batch): what step s sent

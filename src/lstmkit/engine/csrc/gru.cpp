@@ -26,6 +26,7 @@ class GRUKernels final : public CellKernels {
   std::vector<int64_t> step_buffers() const override { return {reset_after_ ? 3 * H_ : H_}; }
   int64_t gate_width() const override { return 3 * H_; }
   bool bias_hh_hoisted() const override { return !reset_after_; }
+  bool h_slot() const override { return true; }
 
   void prepare(Sequence& q, bool forward) override {
     if (reset_after_) {
@@ -49,9 +50,10 @@ class GRUKernels final : public CellKernels {
     TORCH_INTERNAL_ASSERT(r0 == 0);
     const int64_t B = q.B, H = H_, G = 3 * H_;
     T* gates = ptr<T>(q.gates) + s * B * G;
-    const T* h_prev = ptr<T>(q.hist[0]) + s * B * H;
-    T* h = ptr<T>(q.hist[0]) + (s + 1) * B * H;
-    const Tensor pre = rows(q.gates, s, n), hp = rows(q.hist[0], s, n);
+    const T* h_prev = ptr<T>(q.prev[0]) + s * B * H;
+    const T* h_in = ptr<T>(q.h_in) + s * B * H;                 // what W_hh sees
+    T* h = ptr<T>(q.next[0]) + s * B * H;
+    const Tensor pre = rows(q.gates, s, n), hp = rows(q.h_in, s, n);
     if (reset_after_) {
       const Tensor hw_s = rows(q.bufs[0], s, n);                 // W_hh h_prev + b_hh (n, 3H)
       if (q.w.b_hh.defined()) {
@@ -84,13 +86,13 @@ class GRUKernels final : public CellKernels {
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
       T* gr = gates + r * G;
       T* gz = gr + H;
-      const T* hpr = h_prev + r * H;
+      const T* hir = h_in + r * H;
       T* rhr = rh + r * H;
       for_vectors<T>(j0, j1, [&](int64_t j, int64_t k) {
         const Vec<T> rv = sigmoid(load(gr, j, k));
         store(gr, j, k, rv);
         store(gz, j, k, sigmoid(load(gz, j, k)));
-        store(rhr, j, k, rv * load(hpr, j, k));                    // r_t * h_{t-1}
+        store(rhr, j, k, rv * load(hir, j, k));                    // r_t * h_{t-1}
       });
     });
     add_mm(q, pre.narrow(1, 2 * H, H), rows(q.bufs[0], s, n), w_n_);
@@ -113,9 +115,11 @@ class GRUKernels final : public CellKernels {
     const int64_t B = q.B, H = H_, G = 3 * H_;
     const T* gates = ptr<T>(q.gates) + s * B * G;
     T* dgates = ptr<T>(q.dgates) + s * B * G;
-    const T* h_prev = ptr<T>(q.hist[0]) + s * B * H;
-    const T* dh = ptr<T>(q.dhist[0]) + s * B * H;
+    const T* h_prev = ptr<T>(q.prev[0]) + s * B * H;
+    const T* h_in = ptr<T>(q.h_in) + s * B * H;
+    const T* dh = ptr<T>(q.dnext[0]) + s * B * H;
     T* dh_prev = ptr<T>(dprev[0]);
+    T* dh_in = ptr<T>(dprev.back());           // dh_prev without recurrent dropout
     if (reset_after_) {
       const T* hw = ptr<T>(q.bufs[0]) + s * B * G;
       T* dhw = ptr<T>(q.gbufs[0]) + s * B * G;   // d(W_hh h_prev + b_hh)
@@ -148,7 +152,7 @@ class GRUKernels final : public CellKernels {
           store(dhwr + 2 * H, j, k, dn_pre * rv);                   // d(W_hn h_prev + b_hn)
         });
       });
-      add_mm(q, dprev[0], rows(q.gbufs[0], s, n), q.w.w_hh);             // dh_prev += dhw W_hh
+      add_mm(q, dprev.back(), rows(q.gbufs[0], s, n), q.w.w_hh);          // dh_in += dhw W_hh
       return;
     }
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
@@ -175,31 +179,31 @@ class GRUKernels final : public CellKernels {
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
       const T* gr = gates + r * G;
       T* dr = dgates + r * G;
-      const T* hpr = h_prev + r * H;
+      const T* hir = h_in + r * H;
       const T* drhr = drhp + r * H;
-      T* dhp = dh_prev + r * H;
+      T* dhi = dh_in + r * H;
       const Vec<T> one(T(1));
       for_vectors<T>(j0, j1, [&](int64_t j, int64_t k) {
         const Vec<T> d = load(drhr, j, k), rv = load(gr, j, k);
-        store(dr, j, k, d * load(hpr, j, k) * rv * (one - rv));
-        store(dhp, j, k, at::vec::fmadd(d, rv, load(dhp, j, k)));  // dh_prev += drh r
+        store(dr, j, k, d * load(hir, j, k) * rv * (one - rv));
+        store(dhi, j, k, at::vec::fmadd(d, rv, load(dhi, j, k)));  // dh_in += drh r
       });
     });
-    add_mm(q, dprev[0], dg.narrow(1, 0, 2 * H), w_rz_);  // dh_prev += d(r|z) W_h(r|z)
+    add_mm(q, dprev.back(), dg.narrow(1, 0, 2 * H), w_rz_);  // dh_in += d(r|z) W_h(r|z)
   }
 
   RecurrentGrads recurrent_grads(Sequence& q) override {
-    const int64_t T_ = q.T, H = H_;
-    const Tensor h_prev = flat(q.hist[0].narrow(0, 0, T_));
+    const int64_t H = H_;
+    const Tensor h_in = flat(q.h_in);   // h_{t-1} as W_hh saw it
     RecurrentGrads g;
     if (reset_after_) {
-      g.w_hh = mm(q, flat(q.gbufs[0]).t(), h_prev);
+      g.w_hh = mm(q, flat(q.gbufs[0]).t(), h_in);
       if (q.w.b_hh.defined()) g.b_hh = q.gbufs[0].sum({0, 1});
       return g;
     }
     const Tensor dg = flat(q.dgates_lp);
-    g.w_hh = at::empty({3 * H, H}, h_prev.options());
-    mm_into(q, g.w_hh.narrow(0, 0, 2 * H), dg.narrow(1, 0, 2 * H).t(), h_prev);
+    g.w_hh = at::empty({3 * H, H}, h_in.options());
+    mm_into(q, g.w_hh.narrow(0, 0, 2 * H), dg.narrow(1, 0, 2 * H).t(), h_in);
     mm_into(q, g.w_hh.narrow(0, 2 * H, H), dg.narrow(1, 2 * H, H).t(), flat(q.bufs[0]));
     return g;
   }

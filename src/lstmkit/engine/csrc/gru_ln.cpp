@@ -33,6 +33,7 @@ class LayerNormGRUKernels final : public CellKernels {
   bool hoists_bias() const override { return false; }
   bool packs_recurrent() const override { return true; }
   bool splits_rows() const override { return true; }   // every product is add_recurrent's
+  bool h_slot() const override { return true; }
 
   void prepare(Sequence& q, bool forward) override {
     TORCH_CHECK(q.w.w_ch.defined() && q.w.w_ch.numel() == 6 * H_,
@@ -46,13 +47,13 @@ class LayerNormGRUKernels final : public CellKernels {
     const int64_t row = s * q.B + r0;                       // row r0 of step s
     T* v = ptr<T>(q.bufs[1]) + row * G;
     std::fill(v, v + n * G, T(0));                          // the product adds into it
-    add_recurrent(q, rows(q.bufs[1], s, n, r0), rows(q.hist[0], s, n, r0), true);  // v_t
+    add_recurrent(q, rows(q.bufs[1], s, n, r0), rows(q.h_in, s, n, r0), true);  // v_t
     T* gates = ptr<T>(q.gates) + row * G;                   // u_t on entry
     T* xu = ptr<T>(q.bufs[0]) + row * G;
     T* e = ptr<T>(q.bufs[2]) + row * G;
     T* rstd = ptr<T>(q.bufs[3]) + row * 2;
-    const T* h_prev = ptr<T>(q.hist[0]) + row * H;
-    T* h = ptr<T>(q.hist[0]) + (row + q.B) * H;
+    const T* h_prev = ptr<T>(q.prev[0]) + row * H;
+    T* h = ptr<T>(q.next[0]) + row * H;
     const T* g_ih = ptr<T>(q.w.w_ch);
     const T* g_hh = g_ih + G;
     const T* b_ih = ptr<T>(q.w.b_ih);
@@ -102,8 +103,8 @@ class LayerNormGRUKernels final : public CellKernels {
     const T* xv = ptr<T>(q.bufs[1]) + row * G;
     const T* e = ptr<T>(q.bufs[2]) + row * G;
     const T* rstd = ptr<T>(q.bufs[3]) + row * 2;
-    const T* h_prev = ptr<T>(q.hist[0]) + row * H;
-    const T* dh = ptr<T>(q.dhist[0]) + row * H;
+    const T* h_prev = ptr<T>(q.prev[0]) + row * H;
+    const T* dh = ptr<T>(q.dnext[0]) + row * H;
     T* dh_prev = ptr<T>(dprev[0]);
     T* du = ptr<T>(q.dgates) + row * G;
     T* da = ptr<T>(q.gbufs[0]) + row * G;
@@ -155,7 +156,7 @@ class LayerNormGRUKernels final : public CellKernels {
                                              rs_v, mv_g, mv_gx));
       });
     });
-    add_recurrent(q, dprev[0], rows(q.gbufs[2], s, n, r0), false);   // dh_prev += dv W_hh
+    add_recurrent(q, dprev.back(), rows(q.gbufs[2], s, n, r0), false);   // dh_in += dv W_hh
   }
 
   // dW_hh = sum_t dv_t^T h_{t-1}; d b_ih = sum_t da_t, d b_hh = sum_t de_t; w_ch: d gamma_ih =
@@ -163,7 +164,7 @@ class LayerNormGRUKernels final : public CellKernels {
   RecurrentGrads recurrent_grads(Sequence& q) override {
     const int64_t G = 3 * H_, R = q.T * q.B;
     RecurrentGrads g;
-    g.w_hh = transposed_mm(q, flat(q.gbufs[2]), flat(q.hist[0].narrow(0, 0, q.T)));
+    g.w_hh = transposed_mm(q, flat(q.gbufs[2]), flat(q.h_in));
     g.w_ch = at::empty({2 * G}, q.x.options());
     if (q.w.b_ih.defined()) {
       g.b_ih = at::empty({G}, q.x.options());

@@ -41,14 +41,14 @@ class LSTMKernels final : public CellKernels {
 
   void forward_step(Sequence& q, int64_t s, int64_t r0, int64_t n) override {
     const int64_t H = H_, GH = G_ * H_;
-    const int64_t row = s * q.B + r0, next = row + q.B;   // row r0 of step s, of step s + 1
-    add_recurrent(q, rows(q.gates, s, n, r0), rows(q.hist[0], s, n, r0), true);  // (n, G*H)
+    const int64_t row = s * q.B + r0;                   // row r0 of step s
+    add_recurrent(q, rows(q.gates, s, n, r0), rows(q.h_in, s, n, r0), true);  // (n, G*H)
     T* gates = ptr<T>(q.gates) + row * GH;
-    const T* c_prev = ptr<T>(q.hist[1]) + row * H;
-    T* c = ptr<T>(q.hist[1]) + next * H;
+    const T* c_prev = ptr<T>(q.prev[1]) + row * H;
+    T* c = ptr<T>(q.next[1]) + row * H;
     T* tanh_c = ptr<T>(q.bufs[0]) + row * H;
     // m_t = o_t * tanh(c_t): the step buffer with a projection, else h_t itself (P == H)
-    T* m = proj_ ? ptr<T>(q.bufs[1]) + row * H : ptr<T>(q.hist[0]) + next * H;
+    T* m = proj_ ? ptr<T>(q.bufs[1]) + row * H : ptr<T>(q.next[0]) + row * H;
     const auto [p_i, p_f, p_o] = peepholes(q);
     const bool peephole = peephole_, coupled = coupled_;
 
@@ -90,23 +90,23 @@ class LSTMKernels final : public CellKernels {
       });
     });
     if (proj_)                                                               // h = W_hr m
-      mm_into(q, rows(q.hist[0], s + 1, n, r0), rows(q.bufs[1], s, n, r0), w_hr_t_);
+      mm_into(q, rows(q.next[0], s, n, r0), rows(q.bufs[1], s, n, r0), w_hr_t_);
   }
 
   void backward_step(Sequence& q, int64_t s, int64_t r0, int64_t n,
                      const std::vector<Tensor>& dprev) override {
     const int64_t H = H_, GH = G_ * H_;
     const int64_t row = s * q.B + r0;                  // row r0 of step s
-    const T* dm = ptr<T>(q.dhist[0]) + row * H;  // dL/dm_t = dL/dh_t without a projection
+    const T* dm = ptr<T>(q.dnext[0]) + row * H;  // dL/dm_t = dL/dh_t without a projection
     if (proj_) {
-      mm_into(q, dm_.narrow(0, r0, n), rows(q.dhist[0], s, n, r0), q.w.w_hr);  // dm = dh W_hr
+      mm_into(q, dm_.narrow(0, r0, n), rows(q.dnext[0], s, n, r0), q.w.w_hr);  // dm = dh W_hr
       dm = ptr<T>(dm_) + r0 * H;
     }
-    T* dc = ptr<T>(q.dhist[1]) + row * H;  // from outside and step s+1; made total here
+    T* dc = ptr<T>(q.dnext[1]) + row * H;  // from outside and step s+1; made total here
     T* dc_prev = ptr<T>(dprev[1]);
     const T* gates = ptr<T>(q.gates) + row * GH;
     T* dgates = ptr<T>(q.dgates) + row * GH;
-    const T* c_prev = ptr<T>(q.hist[1]) + row * H;
+    const T* c_prev = ptr<T>(q.prev[1]) + row * H;
     const T* tanh_c = ptr<T>(q.bufs[0]) + row * H;
     const auto [p_i, p_f, p_o] = peepholes(q);
     const bool peephole = peephole_, coupled = coupled_;
@@ -159,12 +159,10 @@ class LSTMKernels final : public CellKernels {
   }
 
   RecurrentGrads recurrent_grads(Sequence& q) override {
-    const int64_t T_ = q.T, H = H_;
     RecurrentGrads g;
-    // sum_t dgates_t^T h_{t-1}
-    g.w_hh = dgates_t_mm(q, flat(q.hist[0].narrow(0, 0, T_)));
+    g.w_hh = dgates_t_mm(q, flat(q.h_in));                              // sum_t dgates_t^T h_{t-1}
     if (peephole_) g.w_ch = peephole_grads(q);
-    if (proj_) g.w_hr = mm(q, flat(q.dhist[0]).t(), flat(q.bufs[1]));     // sum_t dh_t^T m_t
+    if (proj_) g.w_hr = mm(q, flat(q.dnext[0]).t(), flat(q.bufs[1]));     // sum_t dh_t^T m_t
     return g;
   }
 
@@ -185,11 +183,11 @@ class LSTMKernels final : public CellKernels {
   // threads (three ATen multiply-and-sum passes with their temporaries cost about 5% of a
   // training step at 200 x 16 x 128).
   Tensor peephole_grads(Sequence& q) {
-    const int64_t H = H_, GH = G_ * H_, B = q.B, rows = q.T * q.B;
+    const int64_t H = H_, GH = G_ * H_, rows = q.T * q.B;
     const int64_t np = coupled_ ? 2 : 3, f = coupled_ ? 0 : 1;
     Tensor out = at::zeros({np * H}, q.x.options());
     const T* dg = ptr<T>(q.dgates);
-    const T* c = ptr<T>(q.hist[1]);   // c_{t-1} of row r at c + r H, c_t at c + (r + B) H
+    const T* c_prev = ptr<T>(q.prev[1]), *c = ptr<T>(q.next[1]);   // of row r at + r H
     T* o = ptr<T>(out);
     const bool coupled = coupled_;
     at::parallel_for(0, H, 16, [&](int64_t j0, int64_t j1) {
@@ -197,8 +195,8 @@ class LSTMKernels final : public CellKernels {
       T* o_f = o + f * H;
       T* o_o = o_f + H;
       for (int64_t r = 0; r < rows; ++r) {
-        const T* cp = c + r * H;
-        const T* cn = cp + B * H;
+        const T* cp = c_prev + r * H;
+        const T* cn = c + r * H;
         const T* d_i = dg + r * GH;
         const T* d_f = d_i + f * H;
         const T* d_o = d_f + 2 * H;

@@ -49,18 +49,18 @@ class LayerNormLSTMKernels final : public CellKernels {
 
   void forward_step(Sequence& q, int64_t s, int64_t r0, int64_t n) override {
     const int64_t H = H_, G = 4 * H_;
-    const int64_t row = s * q.B + r0, next = row + q.B;   // row r0 of step s, of step s + 1
+    const int64_t row = s * q.B + r0;                       // row r0 of step s
     T* v = ptr<T>(q.bufs[1]) + row * G;
     std::fill(v, v + n * G, T(0));                          // the product adds into it
-    add_recurrent(q, rows(q.bufs[1], s, n, r0), rows(q.hist[0], s, n, r0), true);  // v_t
+    add_recurrent(q, rows(q.bufs[1], s, n, r0), rows(q.h_in, s, n, r0), true);  // v_t
     T* gates = ptr<T>(q.gates) + row * G;                   // u_t on entry
     T* xu = ptr<T>(q.bufs[0]) + row * G;
     T* xc = ptr<T>(q.bufs[2]) + row * H;
     T* tanh_n = ptr<T>(q.bufs[3]) + row * H;
     T* rstd = ptr<T>(q.bufs[4]) + row * 3;
-    const T* c_prev = ptr<T>(q.hist[1]) + row * H;
-    T* c = ptr<T>(q.hist[1]) + next * H;
-    T* h = ptr<T>(q.hist[0]) + next * H;
+    const T* c_prev = ptr<T>(q.prev[1]) + row * H;
+    T* c = ptr<T>(q.next[1]) + row * H;
+    T* h = ptr<T>(q.next[0]) + row * H;
     const T* g_ih = ptr<T>(q.w.w_ch);
     const T* g_hh = g_ih + G;
     const T* g_c = g_hh + G;
@@ -121,9 +121,9 @@ class LayerNormLSTMKernels final : public CellKernels {
     const T* xc = ptr<T>(q.bufs[2]) + row * H;
     const T* tanh_n = ptr<T>(q.bufs[3]) + row * H;
     const T* rstd = ptr<T>(q.bufs[4]) + row * 3;
-    const T* c_prev = ptr<T>(q.hist[1]) + row * H;
-    const T* dh = ptr<T>(q.dhist[0]) + row * H;
-    T* dc = ptr<T>(q.dhist[1]) + row * H;    // from outside and step s+1; made total here
+    const T* c_prev = ptr<T>(q.prev[1]) + row * H;
+    const T* dh = ptr<T>(q.dnext[0]) + row * H;
+    T* dc = ptr<T>(q.dnext[1]) + row * H;    // from outside and step s+1; made total here
     T* dc_prev = ptr<T>(dprev[1]);
     T* du = ptr<T>(q.dgates) + row * G;
     T* da = ptr<T>(q.gbufs[0]) + row * G;
@@ -198,7 +198,7 @@ class LayerNormLSTMKernels final : public CellKernels {
   RecurrentGrads recurrent_grads(Sequence& q) override {
     const int64_t H = H_, G = 4 * H_, R = q.T * q.B;
     RecurrentGrads g;
-    g.w_hh = transposed_mm(q, flat(q.gbufs[1]), flat(q.hist[0].narrow(0, 0, q.T)));
+    g.w_hh = transposed_mm(q, flat(q.gbufs[1]), flat(q.h_in));
     g.w_ch = at::empty({10 * H}, q.x.options());
     T* out = ptr<T>(g.w_ch);
     if (q.w.b_ih.defined()) g.b_ih = g.b_hh = at::empty({G}, q.x.options());

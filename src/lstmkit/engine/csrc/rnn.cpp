@@ -23,9 +23,9 @@ class RNNKernels final : public CellKernels {
 
   void forward_step(Sequence& q, int64_t s, int64_t r0, int64_t n) override {
     const int64_t H = H_, row = s * q.B + r0;   // row r0 of step s
-    add_recurrent(q, rows(q.gates, s, n, r0), rows(q.hist[0], s, n, r0), true);  // a_t (n, H)
+    add_recurrent(q, rows(q.gates, s, n, r0), rows(q.h_in, s, n, r0), true);  // a_t (n, H)
     const T* a = ptr<T>(q.gates) + row * H;
-    T* h = ptr<T>(q.hist[0]) + (row + q.B) * H;
+    T* h = ptr<T>(q.next[0]) + row * H;
     const bool relu = relu_;
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
       const T* ar = a + r * H;
@@ -41,8 +41,8 @@ class RNNKernels final : public CellKernels {
   void backward_step(Sequence& q, int64_t s, int64_t r0, int64_t n,
                      const std::vector<Tensor>& dprev) override {
     const int64_t H = H_, row = s * q.B + r0;   // row r0 of step s
-    const T* h = ptr<T>(q.hist[0]) + (row + q.B) * H;
-    const T* dh = ptr<T>(q.dhist[0]) + row * H;
+    const T* h = ptr<T>(q.next[0]) + row * H;
+    const T* dh = ptr<T>(q.dnext[0]) + row * H;
     T* da = ptr<T>(q.dgates) + row * H;
     const bool relu = relu_;
     for_rows(n, H, [&](int64_t r, int64_t j0, int64_t j1) {
@@ -61,7 +61,7 @@ class RNNKernels final : public CellKernels {
 
   RecurrentGrads recurrent_grads(Sequence& q) override {
     RecurrentGrads g;
-    g.w_hh = dgates_t_mm(q, flat(q.hist[0].narrow(0, 0, q.T)));
+    g.w_hh = dgates_t_mm(q, flat(q.h_in));
     return g;
   }
 

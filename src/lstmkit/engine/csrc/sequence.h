@@ -51,6 +51,17 @@ struct Sequence {
   int64_t T = 0, B = 0;
   Tensor x, gates;
   std::vector<Tensor> hist, bufs;
+  // recurrent dropout and zoneout (lstmkit/engine/sequence.py's Masks): h_mask (B, P) or
+  // undefined; zone[k] (T, B, size_k) or undefined per state; rh (T, B, P) m * h_{t-1} of each
+  // step; raw[k] (T, B, size_k) the states a step computed, before zoneout, where zoned
+  Tensor h_mask, rh;
+  std::vector<Tensor> zone, raw;
+  // What the cells read and write, views the engine sets (set_step_views) so that a cell needs
+  // no mask of its own: prev[k] (T, B, size_k) state k before step s (hist[k][s]); h_in (T, B, P)
+  // h_{t-1} as the recurrent products see it (rh or prev[0]); next[k] where step s writes state
+  // k (hist[k][s+1], or raw[k]); backward: dnext[k] dL/d(next[k]) (dhist[k], or dL/d(raw[k]))
+  std::vector<Tensor> prev, next, dnext;
+  Tensor h_in;
   // backward
   Tensor dgates;
   Tensor dgates_lp;  // bfloat16 copy of dgates for the products (lowp); see dgates_rows
@@ -69,11 +80,17 @@ struct RecurrentGrads {
 // "r0:r0+n").
 //
 // Forward step s: gates[s, :n] holds W_ih x_s + b on entry; the step leaves the activated
-// gates there and writes the states after the step into hist[k][s+1, :n] (and its step buffers).
-// Backward step s: dhist[k][s, :n] holds on entry the outside gradient plus what step s+1
+// gates there and writes the states after the step into next[k][s, :n] (and its step buffers),
+// reading the states before it from prev[k][s, :n], and h_{t-1} for its recurrent products from
+// h_in[s, :n].
+// Backward step s: dnext[k][s, :n] holds on entry the outside gradient plus what step s+1
 // sent back; for h that is the total, for c the step completes it to the total in place. The step
 // writes dL/d(pre-activations) into dgates[s, :n] and ADDS dL/d(states at s-1) into
-// dprev[k] = dhist[k][s-1, :n] (or the gradient of the initial states at s = 0).
+// dprev[k] = dhist[k][s-1, :n] (or the gradient of the initial states at s = 0). Recurrent
+// dropout: where h_{t-1} enters the step only through the products (h_slot() false), dprev[0]
+// is a scratch the engine masks and adds to dL/dh_{t-1}; else (the GRUs) the engine appends
+// such a scratch to dprev, and the cell adds its products' gradient into dprev.back() (which is
+// dprev[0] without recurrent dropout) and the rest of dL/dh_{t-1} into dprev[0].
 // splits_rows: the rows of a batch are independent sequences. Where a cell's steps touch only
 // their own rows (every product row-wise, no ATen call), the engine runs each thread's share of
 // the rows through the whole time loop in one parallel region (engine.cpp: row_groups).
@@ -93,6 +110,9 @@ class CellKernels {
   // through add_recurrent, so that the engine may pack W_hh for oneDNN
   virtual bool packs_recurrent() const { return false; }
   virtual bool splits_rows() const { return false; }
+  // true when h_{t-1} also enters the step outside the recurrent products (Cell.h_products
+  // "slot", the GRUs): recurrent dropout masks the products' h_in only
+  virtual bool h_slot() const { return false; }
   virtual void forward_step(Sequence& q, int64_t s, int64_t r0, int64_t n) = 0;
   virtual void backward_step(Sequence& q, int64_t s, int64_t r0, int64_t n,
                              const std::vector<Tensor>& dprev) = 0;
