@@ -78,7 +78,8 @@ def test_uneven_last_batch_is_weighted_by_its_share(tmp_path):
     """101 names in batches of 32: the last batch of 5 splits 3 + 2 over two processes; each
     rank's mean loss is weighted by its share, so the update equals one process's."""
     common = ["--train-size", 101, "--batch-size", 32, "--epochs", 2, "--hidden", 16,
-              "--embed", 8, "--layers", 1, "--dropout", 0, "--no-bidirectional"]
+              "--embed", 8, "--layers", 1, "--dropout", 0, "--no-bidirectional",
+              "--weight-drop", 0, "--input-dropout", 0]
     one, two = tmp_path / "one", tmp_path / "two"
     lstmkit("train", "names", "--out", one, "--threads", 1, *common)
     lstmkit("train", "names", "--out", two, "--nproc", 2, *common)
