@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import warnings
 import zlib
 from pathlib import Path
@@ -717,3 +718,24 @@ def test_release_frees_buffers_and_the_next_call_is_unchanged(ext):
     assert not getattr(workspace._local, "pool", None)
     for a, b in zip(first, grads()):
         assert torch.equal(a, b)
+
+
+def test_the_engine_leaves_torchs_workers_keeping_denormals(ext):
+    """Threads start with their creator's MXCSR: workers first made inside a call (under its
+    flush-to-zero) would flush denormals in every later torch op. In a fresh process whose first
+    parallel region is a compiled call, torch's parallel float32 -> float64 copy afterwards
+    keeps a denormal, and so does the calling thread."""
+    code = textwrap.dedent("""
+        import numpy as np, torch, lstmkit
+        torch.set_num_threads(2)
+        layer = lstmkit.LSTM(16, 64, engine="compiled")
+        x = torch.randn(20, 32, 16, requires_grad=True)
+        layer(x)[0].sum().backward()
+        tiny = torch.full((1 << 20,), 1e-45)
+        assert tiny.double().min().item() > 0, "a worker flushes denormals"
+        assert np.spacing(np.float32(0)) > 0, "the calling thread flushes denormals"
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

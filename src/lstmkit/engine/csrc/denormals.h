@@ -6,7 +6,24 @@
 #define LSTMKIT_HAVE_MXCSR 1
 #endif
 
+#include <ATen/Parallel.h>
+
+#include <atomic>
+
 namespace lstmkit {
+
+// A thread starts with the MXCSR of the thread that creates it: torch's intra-op workers made
+// while a FlushDenormalGuard holds would flush denormals for good, in every later torch op of
+// the process. So a call starts the workers (an empty parallel region) before its guard, once
+// per thread count.
+inline void start_workers_unflushed() {
+  static std::atomic<int> started{1};
+  const int n = at::get_num_threads();
+  if (n != started.load(std::memory_order_relaxed) && !at::in_parallel_region()) {
+    at::parallel_for(0, n, 1, [](int64_t, int64_t) {});
+    started.store(n, std::memory_order_relaxed);
+  }
+}
 
 // Flush-to-zero and denormals-are-zero for this thread while the guard lives; the caller's MXCSR
 // (flags included) comes back on exit. A no-op where there is no MXCSR.

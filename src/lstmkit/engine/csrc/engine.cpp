@@ -204,6 +204,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> forward(
     const std::vector<Tensor>& states0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_ch, const OptTensor& w_hr,
     const OptTensor& h_mask, const std::vector<OptTensor>& zone, bool lowp, bool onednn) {
+  start_workers_unflushed();
   FlushDenormalGuard ftz;
   at::AutoDispatchBelowADInplaceOrView below_autograd;   // our own tensors: no views to track
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // input dtype
@@ -296,6 +297,7 @@ std::vector<Tensor> backward(
     const Tensor& dgates, const std::vector<Tensor>& gbufs, const std::vector<Tensor>& dhist,
     const std::vector<bool>& needs, const OptTensor& h_mask, const std::vector<OptTensor>& zone,
     const std::vector<OptTensor>& dzone, bool lowp, bool onednn) {
+  start_workers_unflushed();
   FlushDenormalGuard ftz;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
