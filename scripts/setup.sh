@@ -14,6 +14,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet -e ".[test,onnx]"
     touch "$stamp"
 fi
+# The xLSTM reference (tests only: its pure-PyTorch sLSTM and mLSTM backends); --no-deps keeps
+# its CUDA kernel packages and any other torch out.
+if ! .venv/bin/python -c "import xlstm" 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet --no-deps "xlstm==2.0.6"
+fi
 # The report's browser test (tests/test_report_browser.py) drives the Debian package chromium
 # through playwright; install it where missing and possible (root), else that test skips.
 if ! command -v chromium >/dev/null; then
