@@ -210,15 +210,17 @@ def sequence_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, b
                      per_step(dnew_all, bs), per_step(cell.blocks(dgates), bs),
                      per_step(gbufs, bs), dprev_steps))
     drh_steps = step_views(drh, bs) if slot else None
+    zoned = any(d is not None for d in zone)
     for s in range(T - 1, -1, -1):
         gates_t, prev, new, buf, dnew, dcell, dgates_t, gbuf, dprev = steps[s]
         for i, g in external:
             dnew[i].add_(g[s])
         n = bs[s]
-        for dn, dr, d in zip(dnew, dcell, zone):       # dL/ds~_t = (1 - d_t) dL/ds_t
-            if d is not None:
-                torch.mul(dn, d[s, :n], out=dr)
-                torch.sub(dn, dr, out=dr)
+        if zoned:
+            for dn, dr, d in zip(dnew, dcell, zone):   # dL/ds~_t = (1 - d_t) dL/ds_t
+                if d is not None:
+                    torch.mul(dn, d[s, :n], out=dr)
+                    torch.sub(dn, dr, out=dr)
         dprev_cell = dprev
         if slot:
             dprev_cell = (*dprev, drh_steps[s].zero_())
@@ -228,9 +230,10 @@ def sequence_backward(cell: Cell, batch_sizes, x: Tensor, gates: Tensor, hist, b
                 dprev[0].addcmul_(drh_steps[s], h_mask[:n])
             else:
                 dprev[0].mul_(h_mask[:n])
-        for dp, dn, d in zip(dprev, dnew, zone):       # s_{t-1} kept with weight d_t
-            if d is not None:
-                dp.addcmul_(dn, d[s, :n])
+        if zoned:
+            for dp, dn, d in zip(dprev, dnew, zone):   # s_{t-1} kept with weight d_t
+                if d is not None:
+                    dp.addcmul_(dn, d[s, :n])
         if s and bs[s - 1] < bs[s]:
             # rows that start at step s (a reverse pass over a packed batch): their dprev
             # is dL/d(initial state)
