@@ -11,6 +11,7 @@ import torch
 
 import lstmkit
 from lstmkit.cells.slstm import SLSTMCellMath, from_xlstm
+from lstmkit.engine import compiled
 from lstmkit.engine.reference import reference_sequence
 from lstmkit.layers import Recurrent, make_layer
 
@@ -26,6 +27,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+ENGINES = ("python", "compiled")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """Each test that takes it runs on both engines; the compiled one needs the extension
+    (skipped without a C++ compiler)."""
+    if request.param == "compiled":
+        request.getfixturevalue("ext")
+    return request.param
 
 
 def _layer(num_heads=1, forget_gate="sigmoid", scale=0.8, seed=0, **kwargs):
@@ -51,10 +64,10 @@ def _flat(result):
 
 @pytest.mark.parametrize("forget_gate", FORGET)
 @pytest.mark.parametrize("num_heads", [1, 2])
-def test_gradcheck_of_the_layer_input_weights_and_state(num_heads, forget_gate):
+def test_gradcheck_of_the_layer_input_weights_and_state(num_heads, forget_gate, engine):
     """Every output (the h sequence and the final h, c, n, m) against finite differences, from a
     random state and from the zero state (the first-step rule m_1 = i~_1)."""
-    layer = _layer(num_heads, forget_gate)
+    layer = _layer(num_heads, forget_gate, engine=engine)
     names = [n for n, _ in layer.named_parameters()]
     leaves = [p.detach().clone().requires_grad_() for p in layer.parameters()]
     x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
@@ -70,8 +83,8 @@ def test_gradcheck_of_the_layer_input_weights_and_state(num_heads, forget_gate):
     assert torch.autograd.gradcheck(from_zero, (x, *leaves))
 
 
-def test_gradcheck_two_layers_bidirectional_with_lengths():
-    layer = _layer(2, "sigmoid", num_layers=2, bidirectional=True)
+def test_gradcheck_two_layers_bidirectional_with_lengths(engine):
+    layer = _layer(2, "sigmoid", num_layers=2, bidirectional=True, engine=engine)
     names = [n for n, _ in layer.named_parameters()]
     leaves = [p.detach().clone().requires_grad_() for p in layer.parameters()]
     x = torch.randn(T, 3, I, dtype=DT, requires_grad=True)
@@ -84,11 +97,12 @@ def test_gradcheck_two_layers_bidirectional_with_lengths():
 
 
 @pytest.mark.parametrize("regulariser", ["zoneout", "recurrent_dropout", "weight_drop"])
-def test_gradcheck_with_the_regularisers(regulariser):
+def test_gradcheck_with_the_regularisers(regulariser, engine):
     """The engine's masks act on all four states (zoneout) or on h_{t-1} and W_hh; the
     seed is fixed so that every call draws the same masks."""
     torch.manual_seed(0)
-    layer = Recurrent(I, H, cell="slstm", num_heads=2, dtype=DT, **{regulariser: 0.3})
+    layer = Recurrent(I, H, cell="slstm", num_heads=2, dtype=DT, engine=engine,
+                      **{regulariser: 0.3})
     names = [n for n, _ in layer.named_parameters()]
     leaves = [p.detach().clone().requires_grad_() for p in layer.parameters()]
     x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
@@ -100,8 +114,8 @@ def test_gradcheck_with_the_regularisers(regulariser):
     assert torch.autograd.gradcheck(f, (x, *leaves))
 
 
-def test_second_derivatives_through_the_reference_step():
-    layer = _layer(2, "exp")
+def test_second_derivatives_through_the_reference_step(engine):
+    layer = _layer(2, "exp", engine=engine)
     names = [n for n, _ in layer.named_parameters()]
     w = [p.detach().clone().requires_grad_() for p in layer.parameters()]
     x = torch.randn(3, B, I, dtype=DT, requires_grad=True)
@@ -228,11 +242,11 @@ def test_the_head_wise_product_is_a_block_diagonal_matrix():
     torch.testing.assert_close(cell.recurrent_product(h, w_hh), h @ dense.t())
 
 
-def test_stepping_with_the_returned_state_equals_one_call():
+def test_stepping_with_the_returned_state_equals_one_call(engine):
     """Unlike the package's cell ``step`` (which hands back the state it was given), the layer
     returns the new state: a loop of one-step calls equals one call, outputs, states and
     gradients (the state passed on without detaching: BPTT through the chunks)."""
-    layer = _layer(2, "sigmoid", num_layers=2)
+    layer = _layer(2, "sigmoid", num_layers=2, engine=engine)
     x = torch.randn(6, B, I, dtype=DT, requires_grad=True)
     out, final = layer(x)
     g_whole = torch.autograd.grad(out.sum() + final[1].sum(), [x, *layer.parameters()])
@@ -262,8 +276,8 @@ def test_batch_first_and_unbatched_input():
 
 
 # ---------------------------------------------------------------------- trace and CLI
-def test_the_trace_records_gates_and_the_states_c_n_m():
-    layer = _layer(2, "sigmoid")
+def test_the_trace_records_gates_and_the_states_c_n_m(engine):
+    layer = _layer(2, "sigmoid", engine=engine)
     x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
     trace = layer.trace(x)
     step = trace.steps[0][0]
@@ -334,10 +348,10 @@ def test_bad_states_are_named():
 
 # ---------------------------------------------------------------------- stabiliser and NaN
 @pytest.mark.parametrize("forget_gate", FORGET)
-def test_huge_pre_activations_give_finite_outputs_and_gradients(forget_gate):
+def test_huge_pre_activations_give_finite_outputs_and_gradients(forget_gate, engine):
     """Pre-activations of order 1e4 (exp(1e4) overflows float64): the stabilised step stays
     finite, and |h_t| <= 1, n_t >= 1."""
-    layer = _layer(2, forget_gate)
+    layer = _layer(2, forget_gate, engine=engine)
     x = (torch.randn(8, B, I, dtype=DT) * 1e4).requires_grad_()
     out, (h, c, n, m) = layer(x)
     assert torch.isfinite(out).all() and torch.isfinite(m).all() and m.abs().max() > 1e3
@@ -345,14 +359,15 @@ def test_huge_pre_activations_give_finite_outputs_and_gradients(forget_gate):
     (out.sum() + c.sum() + n.sum()).backward()
     grads = [x.grad, *(p.grad for p in layer.parameters())]
     assert all(torch.isfinite(g).all() for g in grads)
-    out32, _ = lstmkit.sLSTM(I, H, num_heads=2, forget_gate=forget_gate)(x.detach().float())
+    out32, _ = lstmkit.sLSTM(I, H, num_heads=2, forget_gate=forget_gate,
+                             engine=engine)(x.detach().float())
     assert torch.isfinite(out32).all()
 
 
-def test_nan_input_gives_nan_output_for_that_sequence_only():
+def test_nan_input_gives_nan_output_for_that_sequence_only(engine):
     """Documented choice (lstmkit.cells.slstm): a NaN makes its sequence NaN from that step on,
     as torch's LSTM does; the other sequences of the batch are untouched."""
-    layer = _layer(2, "sigmoid")
+    layer = _layer(2, "sigmoid", engine=engine)
     x = torch.randn(T, B, I, dtype=DT)
     clean, _ = layer(x)
     x[2, 0, 1] = float("nan")
@@ -360,3 +375,60 @@ def test_nan_input_gives_nan_output_for_that_sequence_only():
     assert torch.isnan(out[2:, 0]).all() and torch.isfinite(out[:2, 0]).all()
     torch.testing.assert_close(out[:, 1], clean[:, 1])
     assert all(torch.isnan(s[0, 0]).all() for s in state)
+
+
+# ---------------------------------------------------------------------- the compiled engine
+def _all_grads(layer, x, state):
+    """(outputs, final states, gradients of x, every parameter and the state) for a loss on
+    the outputs and every final state."""
+    torch.manual_seed(11)
+    leaves = [s.clone().requires_grad_() for s in state] if state else []
+    out, final = layer(x, tuple(leaves) if leaves else None)
+    weights = [torch.randn(t.shape, dtype=DT).to(t.dtype) for t in (out, *final)]
+    loss = sum((t * w).sum() for t, w in zip((out, *final), weights))
+    grads = torch.autograd.grad(loss, [x, *layer.parameters(), *leaves])
+    return [out, *final, *grads]
+
+
+@pytest.mark.parametrize("forget_gate", FORGET)
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_compiled_equals_python_in_float64(ext, num_heads, forget_gate):
+    """Outputs, states and every gradient, to 1e-12: from zeros and from a random state, two
+    layers, both directions, and a padded batch with lengths."""
+    torch.manual_seed(4)
+    layer = lstmkit.sLSTM(3, 8, num_heads=num_heads, forget_gate=forget_gate, num_layers=2,
+                          bidirectional=True, dtype=DT)
+    x = torch.randn(7, 3, 3, dtype=DT, requires_grad=True)
+    assert compiled.fallback_reason(layer.cell, x) is None      # it runs compiled, not python
+    h, c, m = (torch.randn(4, 3, 8, dtype=DT) for _ in range(3))
+    n = torch.rand(4, 3, 8, dtype=DT) + 1
+    for state in [None, (h, c, n, m)]:
+        got = {}
+        for engine in ENGINES:
+            layer.engine = engine
+            got[engine] = _all_grads(layer, x, state)
+        for a, b in zip(got["compiled"], got["python"]):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    got = {}
+    for engine in ENGINES:
+        layer.engine = engine
+        out, final = layer(x, lengths=[7, 5, 2])
+        g = torch.autograd.grad(out.sum() + final[1].sum(), [x, *layer.parameters()])
+        got[engine] = [out, *final, *g]
+    for a, b in zip(got["compiled"], got["python"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_compiled_float32_against_float64(ext, num_heads):
+    """float32 on the compiled engine (brgemm steps where it has them) against the float64
+    result on the same weights."""
+    torch.manual_seed(5)
+    layer = lstmkit.sLSTM(16, 32, num_heads=num_heads, dtype=DT)
+    x = torch.randn(20, 5, 16, dtype=DT, requires_grad=True)
+    want = _all_grads(layer, x, None)
+    layer32 = lstmkit.sLSTM(16, 32, num_heads=num_heads, engine="compiled")
+    layer32.load_state_dict(layer.state_dict())
+    got = _all_grads(layer32, x.detach().float().requires_grad_(), None)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=2e-4, rtol=2e-4)

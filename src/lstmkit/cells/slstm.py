@@ -57,6 +57,7 @@ class SLSTMCellMath(Cell):
 
     gates = GATES
     state_names = ("h", "c", "n", "m")
+    family_id, compiled_kernel = 5, True                # csrc/slstm.cpp
     h_products = "only"
 
     def __init__(self, hidden_size: int, num_heads: int = 1, forget_gate: str = "sigmoid"):
