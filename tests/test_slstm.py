@@ -215,6 +215,28 @@ def test_equals_the_xlstm_package_on_converted_parameters(num_heads):
     torch.testing.assert_close(normed, full, atol=1e-10, rtol=0)
 
 
+def test_a_batch_where_some_units_start_fresh():
+    """The package tests n == 0 over the whole batch, lstmkit unit by unit (from_xlstm's
+    docstring): from a state where one sequence starts fresh (c = n = 0) and the other does
+    not, h and c / n agree while c, n, m themselves differ by the free factor exp(m)."""
+    pkg = _package_layer(4)
+    ours = lstmkit.sLSTM(8, 8, num_heads=4, dtype=DT)
+    ours.load_state_dict(from_xlstm(pkg))
+    state = torch.randn(4, 2, 8, dtype=DT)
+    state[2] = state[2].abs() + 1
+    state[1:3, 0] = 0                                  # sequence 0: c = n = 0, any h and m
+    state[3, 0] = 3.0                # large enough that the package's max keeps log f + m
+    x = torch.randn(2, 5, 8, dtype=DT)
+    with torch.no_grad():
+        y, s = _package_run(pkg, x, state)
+        out, (h, c, n, m) = ours(x.transpose(0, 1), tuple(v.unsqueeze(0) for v in state))
+    torch.testing.assert_close(out.transpose(0, 1), y, atol=1e-10, rtol=0)
+    torch.testing.assert_close(h[0], s[0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(c[0] / n[0], s[1] / s[2], atol=1e-10, rtol=0)
+    torch.testing.assert_close(m[0, 1], s[3, 1], atol=1e-10, rtol=0)   # the other sequence
+    assert (m[0, 0] - s[3, 0]).abs().max() > 1e-3
+
+
 def test_from_xlstm_refuses_a_layer_with_a_convolution():
     from xlstm.blocks.slstm.layer import sLSTMLayer, sLSTMLayerConfig
 

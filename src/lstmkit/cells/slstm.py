@@ -242,6 +242,12 @@ def from_xlstm(layer) -> dict[str, Tensor]:
     bias_hh_l0 is zero (only their sum counts). Its state tensor (4, N, H) is lstmkit's state
     tuple (h, c, n, m) stacked. The layer's causal convolution (conv1d_kernel_size > 0, feeding
     i and f) has no counterpart here: such a layer is refused.
+
+    First steps: the package sets m_t = i~_t when n == 0 over its whole state tensor (one test
+    for the batch), lstmkit unit by unit. From a zero state, or a state with n > 0 everywhere,
+    the two agree; from a state where only some units have n = 0 (and c = 0, as a fresh unit
+    has), h_t and c_t / n_t still agree (they do not depend on the stabiliser), while c, n and
+    m of those units differ by the factor exp(m) that the stabiliser leaves free.
     """
     config = layer.config
     if getattr(config, "conv1d_kernel_size", 0) > 0:
