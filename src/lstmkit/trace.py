@@ -7,6 +7,7 @@ caller's batch order, zero past each sequence's length:
 
     h        (T, N, H_out)   h_t, short-term memory
     c        (T, N, H)       c_t, long-term memory (LSTM; None otherwise)
+    states   {name: (T, N, size)}   every state by name (sLSTM: h, c, n, m)
     gates    {name: (T, N, H)}   LSTM i f g o, GRU r z n, RNN none
     grad_h   (T, N, H_out)   dL/dh_t, the total derivative BPTT carries (None before backward)
     grad_c   (T, N, H)       dL/dc_t (LSTM)
@@ -58,6 +59,13 @@ class StepTrace:
     def c(self) -> Tensor | None:
         hist = self._record.hist
         return self._time_major(hist[1][1:]) if len(hist) > 1 else None
+
+    @property
+    def states(self) -> dict[str, Tensor]:
+        """Every state by the cell's name for it, (T, N, size) each: h, c for an LSTM; h, c, n,
+        m for the sLSTM."""
+        return {name: self._time_major(h[1:])
+                for name, h in zip(self._cell.state_names, self._record.hist)}
 
     @property
     def gates(self) -> dict[str, Tensor]:

@@ -11,9 +11,10 @@ from .gru import GRUCellMath
 from .layernorm import LayerNormGRUCellMath, LayerNormLSTMCellMath
 from .lstm import LSTMCellMath
 from .rnn import RNNCellMath
+from .slstm import SLSTMCellMath
 
 __all__ = ["Cell", "GRUCellMath", "LSTMCellMath", "LayerNormGRUCellMath", "LayerNormLSTMCellMath",
-           "RNNCellMath", "cell_from_spec", "registry"]
+           "RNNCellMath", "SLSTMCellMath", "cell_from_spec", "registry"]
 
 
 @cache

@@ -89,6 +89,11 @@ class Cell:
     def num_gates(self) -> int:
         return len(self.gates)
 
+    def weight_hh_shape(self) -> tuple[int, int]:
+        """Shape of W_hh as a layer stores it: torch's (G*H, P); a cell with a structured
+        recurrence keeps only its free entries (sLSTM's head-wise blocks: (4H, H / heads))."""
+        return (self.num_gates * self.hidden_size, self.state_sizes[0])
+
     def extra_params(self) -> dict[str, tuple[int, float | None]]:
         """Vectors this cell has besides torch's weights: name -> (length, initial value, or None
         for torch's U(-1/sqrt(H), 1/sqrt(H))). A layer registers each as ``{name}_l{k}`` and hands

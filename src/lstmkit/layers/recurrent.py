@@ -79,7 +79,7 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
             layer_in = input_size if layer == 0 else P * D
             for d in range(D):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                shapes = {"weight_ih": (G * H, layer_in), "weight_hh": (G * H, P)}
+                shapes = {"weight_ih": (G * H, layer_in), "weight_hh": cell.weight_hh_shape()}
                 if bias:
                     shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
                 if proj_size:
@@ -296,9 +296,10 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
         sizes = self.cell.state_sizes
         if hx is None:
             return [x.new_zeros(LD, B, size) for size in sizes]
-        hx = checks.check_state_tuple(name, hx, len(sizes), "(h_0, c_0)")
+        labels = [f"{s}_0" for s in self.cell.state_names]
+        hx = checks.check_state_tuple(name, hx, len(sizes), f"({', '.join(labels)})")
         states = []
-        for s, size, label in zip(hx, sizes, ("h_0", "c_0")):
+        for index, (s, size, label) in enumerate(zip(hx, sizes, labels)):
             shape = (LD, size) if unbatched else (LD, B, size)
             if (isinstance(s, Tensor) and s.dtype != x.dtype and s.is_floating_point()
                     and torch.is_autocast_enabled(x.device.type)):
@@ -308,7 +309,7 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
                 H = "H_out" if label == "h_0" and self.proj_size else "H"
                 layout = f"(num_layers * num_directions, {H})" if unbatched else \
                     f"(num_layers * num_directions, N, {H})"
-                torch_name = f"hidden[{label == 'c_0':d}]" if len(sizes) == 2 else "hidden"
+                torch_name = f"hidden[{index}]" if len(sizes) > 1 else "hidden"
                 checks.check_state(name, label, s, shape, x, layout, torch_name)
             s = s.unsqueeze(1) if unbatched else s
             states.append(s if sorted_indices is None else s.index_select(1, sorted_indices))
@@ -460,6 +461,47 @@ class Recurrent(_Recurrent):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", cell={self.cell_name!r}"
+
+
+class sLSTM(Recurrent):  # noqa: N801 (the paper's name)
+    """sLSTM layer (Beck et al. 2024, xLSTM, Section 2.2), a ``Recurrent`` of the "slstm" cell;
+    equations, stabiliser and layouts in ``lstmkit.cells.slstm``:
+
+        z_t = tanh(z~_t), i_t = exp(i~_t), f_t = sigma(f~_t) or exp(f~_t), o_t = sigma(o~_t)
+        c_t = f_t c_{t-1} + i_t z_t,  n_t = f_t n_{t-1} + i_t,  h_t = o_t c_t / n_t
+
+    with x~_t = W_x x_t + R_x h_{t-1} + b_x, R_x block-diagonal over num_heads heads
+    (``weight_hh_l{k}`` (4H, H / num_heads) holds the blocks). ``forward(input, state=None)``
+    returns ``(output, (h_n, c_n, n_n, m_n))``, each state (D * num_layers, N, H); pass the
+    state back in to carry it over the next chunk (truncated BPTT). A zero state (the default)
+    starts every unit afresh (m_1 = i~_1). ``lstmkit.cells.slstm.from_xlstm`` converts the
+    xlstm package's sLSTMLayer parameters."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_heads: int = 1,
+                 num_layers: int = 1, bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False,
+                 forget_gate: str = "sigmoid", device=None, dtype=None, *,
+                 engine: str = "auto"):
+        self.num_heads, self.forget_gate = num_heads, forget_gate
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, cell="slstm", engine=engine,
+                         num_heads=num_heads, forget_gate=forget_gate)
+
+    def forward(self, input, state=None, lengths=None):
+        """(output, (h_n, c_n, n_n, m_n)) from input and state = (h_0, c_0, n_0, m_0) or None
+        (zeros); shapes as ``lstmkit.layers``' (L, N, H_in) -> (L, N, D * H)."""
+        if state is not None:
+            if not isinstance(state, (tuple, list)):
+                raise TypeError("sLSTM: expected state as a tuple (h, c, n, m) of tensors, got "
+                                f"{type(state).__name__}")
+            if len(state) != 4:
+                raise ValueError("sLSTM: expected state as a tuple (h, c, n, m) of 4 tensors, "
+                                 f"got {len(state)}")
+        return self._run(input, state, lengths, record=False)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", num_heads={self.num_heads}, " \
+            f"forget_gate={self.forget_gate!r}"
 
 
 LAYERS = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}

@@ -44,6 +44,10 @@ Spec make_spec(const std::vector<int64_t>& v) {
   s.coupled = v[4] != 0;
   s.reset_after = v[5] != 0;
   s.relu = v[6] != 0;
+  if (s.family == kSLSTM) {   // sLSTM's options: heads, exponential forget gate
+    s.heads = v[3];
+    s.exp_forget = v[4] != 0;
+  }
   return s;
 }
 
@@ -56,6 +60,7 @@ std::unique_ptr<CellKernels> make_cell(const Spec& spec, at::ScalarType dtype) {
     case kRNN: return make_rnn(spec, dtype);
     case kLSTMLN: return make_lstm_ln(spec, dtype);
     case kGRULN: return make_gru_ln(spec, dtype);
+    case kSLSTM: return make_slstm(spec, dtype);
   }
   TORCH_CHECK(false, "lstmkit compiled engine: unknown cell family ", spec.family);
 }

@@ -1,6 +1,6 @@
 // The compiled engine's contract between the time loop (engine.cpp) and the cells (lstm.cpp,
-// gru.cpp, rnn.cpp, lstm_ln.cpp, gru_ln.cpp). Mirrors lstmkit/engine/sequence.py and
-// lstmkit/cells/*.py: the engine owns time, packed batches, state histories and the
+// gru.cpp, rnn.cpp, lstm_ln.cpp, gru_ln.cpp, slstm.cpp). Mirrors lstmkit/engine/sequence.py
+// and lstmkit/cells/*.py: the engine owns time, packed batches, state histories and the
 // whole-sequence products; a cell owns the equations of one step, forward and backward.
 //
 // Tensors are time-major and contiguous: gates (T, B, G*H), hist[k] (T+1, B, size_k),
@@ -18,7 +18,7 @@ namespace lstmkit {
 
 using at::Tensor;
 
-enum Family : int64_t { kLSTM = 0, kGRU = 1, kRNN = 2, kLSTMLN = 3, kGRULN = 4 };
+enum Family : int64_t { kLSTM = 0, kGRU = 1, kRNN = 2, kLSTMLN = 3, kGRULN = 4, kSLSTM = 5 };
 
 // What the python cell says about itself: the seven ints of Cell.spec (lstmkit/cells/base.py).
 struct Spec {
@@ -29,6 +29,8 @@ struct Spec {
   bool coupled = false;   // LSTM
   bool reset_after = true;  // GRU
   bool relu = false;      // RNN
+  int64_t heads = 1;      // sLSTM: heads of the block-diagonal recurrence
+  bool exp_forget = false;  // sLSTM: f_t = exp(f~_t) rather than sigma(f~_t)
 };
 
 // One layer-direction's parameters in torch's layout; undefined tensors where absent.
@@ -124,6 +126,7 @@ std::unique_ptr<CellKernels> make_gru(const Spec& spec, at::ScalarType dtype);
 std::unique_ptr<CellKernels> make_rnn(const Spec& spec, at::ScalarType dtype);
 std::unique_ptr<CellKernels> make_lstm_ln(const Spec& spec, at::ScalarType dtype);
 std::unique_ptr<CellKernels> make_gru_ln(const Spec& spec, at::ScalarType dtype);
+std::unique_ptr<CellKernels> make_slstm(const Spec& spec, at::ScalarType dtype);
 
 // ------------------------------------------------------------------ views
 template <class T>
