@@ -286,6 +286,21 @@ def test_layer_batch_first_and_unbatched():
     _close(y1, y[1, 3:], 1e-12)
 
 
+def test_inference_reuses_stacked_weights_until_they_change():
+    m = _layer()
+    x = torch.randn(3, 2, 3, dtype=F64)
+    with torch.no_grad():
+        before = m(x)[0]
+        m.weight_v_l0.mul_(2.0)                             # in place: a new version
+        after = m(x)[0]
+        m.load_state_dict({k: v * 0.5 if k == "weight_v_l0" else v
+                           for k, v in m.state_dict().items()})
+        again = m(x)[0]
+    _close(after, 2 * before, 1e-12)                    # h is linear in v
+    _close(again, before, 1e-12)
+    _close(m(x)[0], before, 1e-12)                      # and the autograd path agrees
+
+
 def test_layer_gradcheck():
     m = _layer(num_layers=2, bidirectional=True, mode="parallel")
     names = [n for n, _ in m.named_parameters()]

@@ -46,7 +46,8 @@ from .. import checks
 from ..cells import mlstm as cell
 
 MODES = ("auto", "parallel", "chunkwise", "recurrent")
-AUTO_PARALLEL_MAX_T = 256
+# training steps, one thread, H = 256, 4 heads: parallel ahead up to T = 128, chunkwise from 192
+AUTO_PARALLEL_MAX_T = 160
 _PROJECTIONS = ("q", "k", "v", "i", "f", "o")
 
 
@@ -175,13 +176,9 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
 
     def _layer(self, x: Tensor, index: int, state) -> tuple[Tensor, tuple]:
         """One layer and direction over x (L, N, H_k): (h (L, N, H), final state (N, NH, ...))."""
-        names = self._param_names[index]
         L, N = x.shape[:2]
         H, NH, d = self.hidden_size, self.num_heads, self.head_size
-        weight = torch.cat([getattr(self, names[f"weight_{p}"]) for p in _PROJECTIONS])
-        bias = torch.cat([getattr(self, names[f"bias_{p}"]) for p in _PROJECTIONS]) \
-            if self.bias else None
-        projected = F.linear(x, weight, bias)                             # (L, N, 4 H + 2 NH)
+        projected = F.linear(x, *self._stacked(index))                    # (L, N, 4 H + 2 NH)
         q, k, v, i_pre, f_pre, o = projected.split([H, H, H, NH, NH, H], -1)
         q, k, v = (z.reshape(L, N, NH, d).permute(1, 2, 0, 3) for z in (q, k, v))  # (N,NH,L,d)
         k = k * (1.0 / math.sqrt(d))
@@ -204,6 +201,26 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                                       **kw)
         h = h.permute(2, 0, 1, 3).reshape(L, N, H)                                # (L, N, H)
         return torch.sigmoid(o) * h, final
+
+    def _stacked(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """(W_q|W_k|W_v|w_i|w_f|W_o) and the biases alike, for one product per layer. Outside
+        autograd the stack is kept while no parameter changed (by identity and version), so a
+        step of streaming inference does not copy every weight."""
+        names = self._param_names[index]
+        params = [getattr(self, names[f"{kind}_{p}"]) for kind in ("weight", "bias")
+                  for p in _PROJECTIONS if f"{kind}_{p}" in names]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._stack(params)
+        key = tuple((id(p), p._version, p.data_ptr()) for p in params)
+        cache = self.__dict__.setdefault("_stack_cache", {})
+        if index not in cache or cache[index][0] != key:
+            with torch.no_grad():
+                cache[index] = (key, self._stack(params))
+        return cache[index][1]
+
+    def _stack(self, params: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        n = len(_PROJECTIONS)
+        return torch.cat(params[:n]), torch.cat(params[n:]) if self.bias else None
 
     def _split_state(self, state, N: int, unbatched: bool) -> list | None:
         """The state as one (C, n, m) per layer and direction, each (N, NH, ...), checked."""
