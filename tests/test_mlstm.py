@@ -106,6 +106,15 @@ def test_gradcheck(form, state, eps, forget_gate):
     assert torch.autograd.gradcheck(outputs, leaves, fast_mode=not full)
 
 
+def test_second_derivative_of_parallel_raises():
+    q, k, v, i_pre, f_pre, _ = _inputs(3)
+    q.requires_grad_(True)
+    h, _ = M.parallel(q, k, v, i_pre, f_pre)
+    (g,) = torch.autograd.grad(h.sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()
+
+
 def test_recurrent_gradcheck():
     """The step loop is differentiable through its state (no in-place update)."""
     q, k, v, i_pre, f_pre, st = _inputs(3, True, d=2, batch=(1, 1))

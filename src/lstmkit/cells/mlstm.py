@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 FORGET_GATES = ("sigmoid", "exp")
 State = tuple[Tensor, Tensor, Tensor]
@@ -113,15 +114,15 @@ class _Parallel(torch.autograd.Function):
         has_state = C0 is not None
         F_ = log_forget(f_pre, forget_gate).cumsum(-1)                                  # (*, T)
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        log_D = (F_[..., :, None] - F_[..., None, :] + i_pre[..., None, :]).masked_fill(
-            ~causal, -math.inf)                                                      # (*, T, T)
+        log_D = F_[..., :, None] - F_[..., None, :]                                  # (*, T, T)
+        log_D.add_(i_pre[..., None, :]).masked_fill_(~causal, -math.inf)
         m = log_D.amax(-1)                                                              # (*, T)
         if has_state:
             b = F_ + m0[..., None]
             m = torch.maximum(m, b)
             g = torch.exp(b - m)                                                        # (*, T)
-        D = torch.exp(log_D - m[..., None])                                          # (*, T, T)
-        S = (q @ k.mT) * D
+        D = log_D.sub_(m[..., None]).exp_()            # in place: log D is not needed again
+        S = (q @ k.mT).mul_(D)
         num = S @ v                                                                  # (*, T, d)
         s = S.sum(-1)
         w = D[..., -1, :]                        # the last row: weights of the final state
@@ -144,6 +145,7 @@ class _Parallel(torch.autograd.Function):
         return h, C_T, n_T, m[..., -1]
 
     @staticmethod
+    @once_differentiable        # a second derivative raises rather than differentiating this
     def backward(ctx, dh, dC_T, dn_T, dm_T):
         q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T, *saved = ctx.saved_tensors
         C0, n0, g = saved if ctx.has_state else (None, None, None)
@@ -160,7 +162,7 @@ class _Parallel(torch.autograd.Function):
             dnum = dh / den[..., None]                                  # h = num / den
             dden = -(dh * h).sum(-1) / den
             ds = dden * torch.sign(s) * (s.abs() >= lower)              # den = max(|s|, lower)
-            dS = dnum @ v.mT + ds[..., None]                            # num = S v, s = sum S
+            dS = (dnum @ v.mT).add_(ds[..., None])                      # num = S v, s = sum S
             dv = S.mT @ dnum
             dm = dm + ctx.eps * dden                                    # eps * exp(m) term
             if ctx.has_state:                                           # g C~_0 q, g n~_0^T q
@@ -190,19 +192,20 @@ class _Parallel(torch.autograd.Function):
         dqk = dS * D                                                    # S = (q k^T) * D
         dq = dq + dqk @ k
         dk = dk + dqk.mT @ q
-        dlog_D = dS * S                                                 # D = exp(log D - m)
+        dlog_D = dS.mul_(S)                                             # D = exp(log D - m)
         dlog_D[..., -1, :] += dw * w
-        # m_t = max over [log D_t0 .. log D_tt, b_t]: its gradient goes to the argmax
-        weights = torch.cat([D, g[..., None] if ctx.has_state else torch.zeros_like(s)[..., None]],
-                            -1)
-        arg = weights.argmax(-1, keepdim=True)                          # exp(0) = 1 there
-        routed = torch.zeros_like(weights).scatter_(-1, arg, dm[..., None])
-        dlog_D = dlog_D + routed[..., :T]
+        routed_b = None
+        if dm.any():    # m_t = max over [log D_t0 .. log D_tt, b_t]: to the argmax
+            weights = torch.cat([D, (g if ctx.has_state else torch.zeros_like(s))[..., None]], -1)
+            arg = weights.argmax(-1, keepdim=True)                      # exp(0) = 1 there
+            routed = torch.zeros_like(weights).scatter_(-1, arg, dm[..., None])
+            dlog_D += routed[..., :T]
+            routed_b = routed[..., T]
         di = dlog_D.sum(-2)                                             # log D_tj = .. + i~_j
         dF = dlog_D.sum(-1) - di                                        # F_t - F_j
         dm0 = None
         if ctx.has_state:
-            dlog_b = dg * g + routed[..., T]                            # g = exp(b - m)
+            dlog_b = dg * g if routed_b is None else dg * g + routed_b  # g = exp(b - m)
             dF = dF + dlog_b                                            # b = m_0 + F
             dm0 = dlog_b.sum(-1)
         dlog_f = dF.flip(-1).cumsum(-1).flip(-1)                        # F = cumsum log f
