@@ -53,13 +53,19 @@ class PackageLayer(nn.Module):
     def __init__(self, ours: lstmkit.mLSTM, form: str, chunk_size: int = 64):
         super().__init__()
         self.ours, self.form, self.chunk_size = ours, form, chunk_size
+        with torch.no_grad():       # for inference, stacked once (as lstmkit.mLSTM keeps it)
+            self.stacked = self.stack()
+
+    def stack(self):
+        m = self.ours
+        return (torch.cat([getattr(m, f"weight_{p}_l0") for p in "qkvifo"]),
+                torch.cat([getattr(m, f"bias_{p}_l0") for p in "qkvifo"]))
 
     def project(self, x):
         m = self.ours
         L, N = x.shape[:2]
         H, NH, d = m.hidden_size, m.num_heads, m.head_size
-        w = torch.cat([getattr(m, f"weight_{p}_l0") for p in "qkvifo"])
-        b = torch.cat([getattr(m, f"bias_{p}_l0") for p in "qkvifo"])
+        w, b = self.stack() if torch.is_grad_enabled() else self.stacked
         q, k, v, i, f, o = torch.nn.functional.linear(x, w, b).split([H, H, H, NH, NH, H], -1)
         q, k, v = (z.reshape(L, N, NH, d).permute(1, 2, 0, 3) for z in (q, k, v))
         return q, k, v, i.permute(1, 2, 0), f.permute(1, 2, 0), o       # k unscaled: xLSTM's
