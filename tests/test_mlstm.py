@@ -305,6 +305,10 @@ def test_inference_reuses_stacked_weights_until_they_change():
         m.load_state_dict({k: v * 0.5 if k == "weight_v_l0" else v
                            for k, v in m.state_dict().items()})
         again = m(x)[0]
+        m.weight_v_l0 = torch.nn.Parameter(m.weight_v_l0 * 3.0)         # a new parameter
+        third = m(x)[0]
+        m.weight_v_l0 = torch.nn.Parameter(m.weight_v_l0 / 3.0)
+    _close(third, 3 * before, 1e-12)
     _close(after, 2 * before, 1e-12)                    # h is linear in v
     _close(again, before, 1e-12)
     _close(m(x)[0], before, 1e-12)                      # and the autograd path agrees

@@ -206,17 +206,19 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         """(W_q|W_k|W_v|w_i|w_f|W_o) and the biases alike, for one product per layer. Outside
         autograd the stack is kept while no parameter changed (by identity and version), so a
         step of streaming inference does not copy every weight."""
-        names = self._param_names[index]
-        params = [getattr(self, names[f"{kind}_{p}"]) for kind in ("weight", "bias")
+        names, own = self._param_names[index], self._parameters   # not nn.Module.__getattr__
+        params = [own[names[f"{kind}_{p}"]] for kind in ("weight", "bias")
                   for p in _PROJECTIONS if f"{kind}_{p}" in names]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return self._stack(params)
-        key = tuple((id(p), p._version, p.data_ptr()) for p in params)
+        versions = [p._version for p in params]
         cache = self.__dict__.setdefault("_stack_cache", {})
-        if index not in cache or cache[index][0] != key:
+        held = cache.get(index)             # holds the parameters: their ids stay theirs
+        if held is None or held[2] != versions or any(a is not b for a, b in zip(held[1],
+                                                                                  params)):
             with torch.no_grad():
-                cache[index] = (key, self._stack(params))
-        return cache[index][1]
+                cache[index] = held = (self._stack(params), params, versions)
+        return held[0]
 
     def _stack(self, params: list[Tensor]) -> tuple[Tensor, Tensor | None]:
         n = len(_PROJECTIONS)
