@@ -1,0 +1,249 @@
+"""mLSTM layers (xLSTM's matrix-memory LSTM, Beck et al. 2024, Section 2.3), stacked and
+bidirectional like torch.nn.LSTM, over the three forms of ``lstmkit.cells.mlstm``.
+
+Per layer and direction, per head (NH heads, head size d = H / NH), x_t the layer's input:
+
+    q_t = W_q x_t + b_q,  k_t = (W_k x_t + b_k) / sqrt(d),  v_t = W_v x_t + b_v
+    i~_t = w_i^T x_t + b_i,  f~_t = w_f^T x_t + b_f             (one scalar per head)
+    o_t = sigmoid(W_o x_t + b_o)
+    C_t = f_t C_{t-1} + i_t v_t k_t^T,  n_t = f_t n_{t-1} + i_t k_t
+    h_t = o_t * C_t q_t / max(|n_t^T q_t|, 1),  i_t = exp(i~_t),  f_t = sigmoid(f~_t) or exp(f~_t)
+
+There is no recurrent weight: h_{t-1} does not enter step t, which is what lets the parallel
+and chunkwise forms exist. Shapes as torch.nn names them (N batch, L sequence length,
+D = 2 if bidirectional else 1, H_in input_size, H hidden_size):
+
+    input    (L, N, H_in), (N, L, H_in) with batch_first, or (L, H_in) unbatched
+    output   (L, N, D * H), (N, L, D * H) with batch_first, or (L, D * H) unbatched
+    state    (C, n, m): (D * num_layers, N, NH, d, d), (D * num_layers, N, NH, d),
+             (D * num_layers, N, NH), without the N axis for an unbatched input; the stabilised
+             states of the cell (C~, n~, m); the reverse direction's is the state at step 0
+
+Parameters per layer k (``_reverse`` appended for the backward direction), H_k = H_in for
+k = 0 else D * H: weight_q_l{k}, weight_k_l{k}, weight_v_l{k}, weight_o_l{k} (H, H_k);
+weight_i_l{k}, weight_f_l{k} (NH, H_k); with bias the matching bias_*_l{k} (H,) or (NH,).
+
+Initialisation: W_q, W_k, W_v, W_o ~ U(-1/sqrt(H_k), 1/sqrt(H_k)) (nn.Linear's scale), their
+biases 0; w_i, w_f ~ U(-0.1/sqrt(H_k), 0.1/sqrt(H_k)) (small: the gates start close to their
+biases, as xLSTM's zero weights, but not exactly input-blind); b_i ~ N(0, 0.1); b_f such that
+f = sigmoid(linspace(3, 6, NH)) per head (f~ = that linspace for the sigmoid forget gate, its
+logsigmoid for the exp one), xLSTM's choice: long memory at the start.
+
+mode: "parallel" (O(L^2) per head, fastest for short training sequences), "chunkwise" (O(L)),
+"recurrent" (the step loop), "auto": the recurrent step for L == 1, parallel for
+L <= AUTO_PARALLEL_MAX_T, chunkwise beyond (benchmarks/bench_mlstm.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import checks
+from ..cells import mlstm as cell
+
+MODES = ("auto", "parallel", "chunkwise", "recurrent")
+# training steps, one thread, H = 256, 4 heads: parallel ahead up to T = 128, chunkwise from 192
+AUTO_PARALLEL_MAX_T = 160
+_PROJECTIONS = ("q", "k", "v", "i", "f", "o")
+
+
+class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
+    """A stack of mLSTM layers; see the module docstring for equations, shapes and names."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_heads: int = 1, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, forget_gate: str = "sigmoid", mode: str = "auto",
+                 chunk_size: int = 64, device=None, dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        input_size, hidden_size, num_layers, dropout, _ = checks.check_layer_args(
+            name, input_size, hidden_size, num_layers, bias, batch_first, dropout, 0)
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"{name}: num_heads should be a positive int, got {num_heads!r}")
+        if hidden_size % num_heads:
+            raise ValueError(f"{name}: num_heads must divide hidden_size ({hidden_size}), got "
+                             f"num_heads={num_heads}")
+        if forget_gate not in cell.FORGET_GATES:
+            raise ValueError(f"{name}: forget_gate should be one of {cell.FORGET_GATES}, got "
+                             f"{forget_gate!r}")
+        if mode not in MODES:
+            raise ValueError(f"{name}: mode should be one of {MODES}, got {mode!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"{name}: chunk_size should be a positive int, got {chunk_size!r}")
+        self.input_size, self.hidden_size, self.num_heads = input_size, hidden_size, num_heads
+        self.num_layers, self.bias, self.batch_first = num_layers, bool(bias), batch_first
+        self.dropout, self.bidirectional = dropout, bool(bidirectional)
+        self.forget_gate, self.mode, self.chunk_size = forget_gate, mode, chunk_size
+        self.head_size = hidden_size // num_heads
+
+        factory = {"device": device, "dtype": dtype}
+        H, NH, D = hidden_size, num_heads, self.num_directions
+        self._param_names: list[dict[str, str]] = []
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else D * H
+            for direction in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                names = {}
+                for p in _PROJECTIONS:
+                    rows = NH if p in ("i", "f") else H
+                    shapes = {f"weight_{p}": (rows, layer_in)}
+                    if self.bias:
+                        shapes[f"bias_{p}"] = (rows,)
+                    for key, shape in shapes.items():
+                        self.register_parameter(key + sfx,
+                                                nn.Parameter(torch.empty(shape, **factory)))
+                        names[key] = key + sfx
+                self._param_names.append(names)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        """The initialisation the module docstring describes."""
+        for index, names in enumerate(self._param_names):
+            layer_in = self.input_size if index < self.num_directions else \
+                self.num_directions * self.hidden_size
+            bound = 1.0 / math.sqrt(layer_in)
+            with torch.no_grad():
+                for p in _PROJECTIONS:
+                    weight = getattr(self, names[f"weight_{p}"])
+                    nn.init.uniform_(weight, -bound, bound)
+                    if p in ("i", "f"):
+                        weight.mul_(0.1)
+                    if self.bias:
+                        nn.init.zeros_(getattr(self, names[f"bias_{p}"]))
+                if self.bias:
+                    nn.init.normal_(getattr(self, names["bias_i"]), 0.0, 0.1)
+                    b_f = torch.linspace(3.0, 6.0, self.num_heads, dtype=torch.float64)
+                    if self.forget_gate == "exp":
+                        b_f = F.logsigmoid(b_f)
+                    getattr(self, names["bias_f"]).copy_(b_f)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                             ("bidirectional", False), ("forget_gate", "sigmoid"),
+                             ("mode", "auto"), ("chunk_size", 64)):
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)!r}"
+        return s
+
+    # ------------------------------------------------------------------------------------------
+
+    def forward(self, input: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """(output, (C, n, m)); feed the state back for the next chunk of a long sequence."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: input should be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: expected input of 2 (unbatched) or 3 dimensions, got "
+                             f"shape {tuple(input.shape)}")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first \
+            else input                                                           # (L, N, H_in)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: input.size(-1) must be equal to input_size "
+                             f"({self.input_size}), got {x.shape[-1]}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: expected a sequence of at least one step, got length 0")
+        states = self._split_state(state, x.shape[1], unbatched)
+        D = self.num_directions
+        finals = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                index = layer * D + direction
+                seq = x.flip(0) if direction else x
+                h, final = self._layer(seq, index, states[index] if states else None)
+                outputs.append(h.flip(0) if direction else h)
+                finals.append(final)
+            x = torch.cat(outputs, -1) if D == 2 else outputs[0]                  # (L, N, D*H)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        C, n, m = (torch.stack(parts) for parts in zip(*finals))
+        if unbatched:
+            return x.squeeze(1), (C.squeeze(1), n.squeeze(1), m.squeeze(1))
+        return (x.transpose(0, 1) if self.batch_first else x), (C, n, m)
+
+    def _layer(self, x: Tensor, index: int, state) -> tuple[Tensor, tuple]:
+        """One layer and direction over x (L, N, H_k): (h (L, N, H), final state (N, NH, ...))."""
+        L, N = x.shape[:2]
+        H, NH, d = self.hidden_size, self.num_heads, self.head_size
+        projected = F.linear(x, *self._stacked(index))                    # (L, N, 4 H + 2 NH)
+        q, k, v, i_pre, f_pre, o = projected.split([H, H, H, NH, NH, H], -1)
+        q, k, v = (z.reshape(L, N, NH, d).permute(1, 2, 0, 3) for z in (q, k, v))  # (N,NH,L,d)
+        k = k * (1.0 / math.sqrt(d))
+        i_pre, f_pre = i_pre.permute(1, 2, 0), f_pre.permute(1, 2, 0)            # (N, NH, L)
+        kw = {"forget_gate": self.forget_gate}
+        mode = self.mode
+        if mode == "auto":
+            mode = "recurrent" if L == 1 else "parallel" if L <= AUTO_PARALLEL_MAX_T \
+                else "chunkwise"
+        if mode == "recurrent" and L == 1:
+            h, final = cell.step(q[..., 0, :], k[..., 0, :], v[..., 0, :], i_pre[..., 0],
+                                 f_pre[..., 0], state, **kw)
+            h = h.unsqueeze(-2)
+        elif mode == "recurrent":
+            h, final = cell.recurrent(q, k, v, i_pre, f_pre, state, **kw)
+        elif mode == "parallel":
+            h, final = cell.parallel(q, k, v, i_pre, f_pre, state, **kw)
+        else:
+            h, final = cell.chunkwise(q, k, v, i_pre, f_pre, state, chunk_size=self.chunk_size,
+                                      **kw)
+        h = h.permute(2, 0, 1, 3).reshape(L, N, H)                                # (L, N, H)
+        return torch.sigmoid(o) * h, final
+
+    def _stacked(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """(W_q|W_k|W_v|w_i|w_f|W_o) and the biases alike, for one product per layer. Outside
+        autograd the stack is kept while no parameter changed (by identity and version), so a
+        step of streaming inference does not copy every weight."""
+        names, own = self._param_names[index], self._parameters   # not nn.Module.__getattr__
+        params = [own[names[f"{kind}_{p}"]] for kind in ("weight", "bias")
+                  for p in _PROJECTIONS if f"{kind}_{p}" in names]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._stack(params)
+        versions = [p._version for p in params]
+        cache = self.__dict__.setdefault("_stack_cache", {})
+        held = cache.get(index)             # holds the parameters: their ids stay theirs
+        if held is None or held[2] != versions or any(a is not b for a, b in zip(held[1],
+                                                                                  params)):
+            with torch.no_grad():
+                cache[index] = held = (self._stack(params), params, versions)
+        return held[0]
+
+    def _stack(self, params: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        n = len(_PROJECTIONS)
+        return torch.cat(params[:n]), torch.cat(params[n:]) if self.bias else None
+
+    def _split_state(self, state, N: int, unbatched: bool) -> list | None:
+        """The state as one (C, n, m) per layer and direction, each (N, NH, ...), checked."""
+        if state is None:
+            return None
+        name = type(self).__name__
+        if not isinstance(state, (tuple, list)) or len(state) != 3:
+            got = f"{len(state)} tensors" if isinstance(state, (tuple, list)) else \
+                type(state).__name__
+            raise ValueError(f"{name}: state should be a tuple (C, n, m) of three tensors, got "
+                             f"{got}")
+        DL, NH, d = self.num_directions * self.num_layers, self.num_heads, self.head_size
+        batch = () if unbatched else (N,)
+        shapes = ((DL, *batch, NH, d, d), (DL, *batch, NH, d), (DL, *batch, NH))
+        for key, tensor, shape in zip("Cnm", state, shapes):
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{name}: state's {key} should be a Tensor, got "
+                                f"{type(tensor).__name__}")
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"{name}: expected state's {key} of shape {shape}, got "
+                                 f"{tuple(tensor.shape)}")
+        if unbatched:
+            state = tuple(t.unsqueeze(1) for t in state)
+        return [tuple(t[index] for t in state) for index in range(DL)]
