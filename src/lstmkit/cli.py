@@ -325,12 +325,15 @@ def check_checkpoint(cfg: Config, out: Path) -> None:
     check_optimizer_files(make_optimizer(skeleton, cfg), tensors, meta["optimizer"],
                           f"the optimizer state in {out / 'checkpoint'}")
     carry = [tensors[k] for k in sorted(tensors) if k.startswith("carry.")]
-    expected = (cfg.layers, cfg.batch_size, cfg.hidden)
-    count = len(registry.get(cfg.cell).state_names)
-    if carry and (cfg.task not in ("ptb", "chars") or len(carry) != count
-                  or any(tuple(t.shape) != expected for t in carry)):
+    shapes = getattr(skeleton.rnn, "state_shapes", None)
+    expected = ([tuple(s) for s in shapes(cfg.batch_size)] if shapes else
+                [(cfg.layers, cfg.batch_size, cfg.hidden)] * len(
+                    registry.get(cfg.cell).state_names))
+    if carry and (cfg.task not in ("ptb", "chars")
+                  or [tuple(t.shape) for t in carry] != expected):
         fail(f"{out / 'checkpoint'}: the carried state is {len(carry)} tensor(s) of shape "
-             f"{tuple(carry[0].shape)}, expected {count} of shape {expected} for this run")
+             f"{tuple(carry[0].shape)}, expected {len(expected)} of shape "
+             f"{' / '.join(map(str, dict.fromkeys(expected)))} for this run")
 
 
 # ---------------------------------------------------------------------- using a run
@@ -533,6 +536,10 @@ def gradflow_command(args) -> None:
     from .runio import atomic_write_bytes
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    untraced = [c for c in cells if c in registry.names() and c not in registry.step_names()]
+    if untraced:
+        fail(f"--cells: {', '.join(untraced)} walk the whole sequence at once and record no "
+             f"per-step dL/dh_t; gradflow compares {', '.join(registry.step_names())}")
     if args.length < 2:
         fail(f"--length must be at least 2, got {args.length}")
     if args.train_steps < 0:

@@ -242,7 +242,7 @@ class Config:
             raise ConfigError("zoneout", "a number or a pair [z_c, z_h]", z)
         if not all(math.isfinite(v) and 0 <= v < 1 for v in (z if pair else [z])):
             raise ConfigError("zoneout", "in [0, 1)" + (" (each of z_c, z_h)" if pair else ""), z)
-        if pair and tuple(registry.get(self.cell).make(1, 0).state_names) != ("h", "c"):
+        if pair and tuple(registry.get(self.cell).state_names) != ("h", "c"):
             raise ConfigError("zoneout", f"one number for cell {self.cell!r} (it has no cell "
                               "state: zoneout is z_h)", z)
 
