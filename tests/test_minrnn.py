@@ -342,6 +342,18 @@ def test_bad_input_raises_clear_errors(kind):
         layer.step(x)
 
 
+def test_auto_mode_runs_the_step_loop_on_cpu():
+    """"auto" on CPU: the step loop, measured faster there (benchmarks/bench_minrnn.py)."""
+    x = torch.randn(20, B, I, **F64)
+    for mode, backward in (("auto", "_SequentialScanBackward"),
+                           ("sequential", "_SequentialScanBackward"),
+                           ("parallel", "_LogScanBackward")):
+        layer = make("mingru", mode=mode)
+        layer.weight_ih_l0.requires_grad_()
+        out, _ = layer(x)
+        assert type(out.grad_fn).__name__ == backward, mode
+
+
 def test_exports_and_repr():
     assert lstmkit.minGRU is lstmkit.layers.minGRU and "minLSTM" in lstmkit.__all__
     assert repr(lstmkit.minLSTM(3, 4, num_layers=2, mode="parallel")) == \

@@ -17,9 +17,12 @@ h_0 defaults to zeros, as torch.nn.GRU's does (the first step is then h_1 = b_1 
 any h_0 may be given, zero or negative values included. The paper's log-space code needs
 h_0 > 0 and starts from g(0) = 0.5; pass ``torch.full((D * num_layers, N, H), 0.5)`` for that.
 
-``mode``: "parallel" runs the chunkwise log-space scan (training on long sequences, the paper's
-form), "sequential" the step loop in linear space (inference, streaming), "auto" the parallel
-scan when L > 1, else the step. Both have the same hand-written backward and agree to rounding.
+``mode``: "parallel" runs the chunkwise log-space scan (the paper's training form),
+"sequential" the step loop in linear space; both have the same hand-written backward and agree
+to rounding. "auto": on CPU the step loop, which benchmarks/bench_minrnn.py measures faster than
+the scan for training and inference at every size there (one core runs the loop's T small
+vector ops at memory speed; the scan's logcumsumexp costs ~60 ns per element); elsewhere (an
+accelerator, where the scan's work is parallel over T, as in the paper) the scan when L > 1.
 ``step(x_t, h)`` advances a unidirectional layer by one time step for streaming.
 """
 
@@ -113,7 +116,8 @@ class _MinRNN(nn.Module):
                 "(num_layers * num_directions, N, H)"
             checks.check_state(name, "h_0", state, shape, x, layout, "hidden")
             state = state.unsqueeze(1) if unbatched else state
-        parallel = self.mode == "parallel" or (self.mode == "auto" and T > 1)
+        parallel = self.mode == "parallel" or (self.mode == "auto" and T > 1
+                                                and x.device.type != "cpu")
 
         layer_input, finals = x, []
         for layer in range(self.num_layers):
