@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import lstmkit
 from lstmkit.cells import minrnn
@@ -305,6 +305,43 @@ def test_shapes_batch_first_and_unbatched(kind):
     torch.testing.assert_close(h_u, h_b[:, 0], atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_variable_lengths_run_each_sequence_as_if_alone(kind, mode, batch_first):
+    layer = make(kind, mode=mode, num_layers=2, bidirectional=True, batch_first=batch_first)
+    lengths = [4, 9, 1, 6]                                       # unsorted on purpose
+    x = torch.randn(9, len(lengths), I, **F64)
+    h0 = torch.randn(4, len(lengths), H, **F64)
+    out, h_n = layer(x.transpose(0, 1) if batch_first else x, h0, lengths=lengths)
+    out = out.transpose(0, 1) if batch_first else out
+    for k, n in enumerate(lengths):
+        if batch_first:                                          # a batch of one
+            alone, h_alone = layer(x[:n, k][None], h0[:, k:k + 1])
+            alone, h_alone = alone[0], h_alone[:, 0]
+        else:                                                    # unbatched
+            alone, h_alone = layer(x[:n, k], h0[:, k])
+        torch.testing.assert_close(out[:n, k], alone, atol=1e-10, rtol=0)
+        assert (out[n:, k] == 0).all()
+        torch.testing.assert_close(h_n[:, k], h_alone, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_sequence_equals_lengths(kind):
+    layer = make(kind, num_layers=2, bidirectional=True)
+    lengths = torch.tensor([3, 7, 5])
+    x = torch.randn(7, 3, I, **F64, requires_grad=True)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out_p, h_p = layer(packed)
+    out_l, h_l = layer(x, lengths=lengths)
+    padded, got_lengths = pad_packed_sequence(out_p)
+    assert torch.equal(got_lengths, lengths)
+    torch.testing.assert_close(padded, out_l, atol=1e-12, rtol=0)
+    torch.testing.assert_close(h_p, h_l, atol=1e-12, rtol=0)
+    (grad,) = torch.autograd.grad(out_p.data.sum() + h_p.sum(), x)
+    assert (grad[5:, 2] == 0).all() and (grad[:5, 2] != 0).all()   # nothing flows from padding
+
+
 def test_dropout_between_layers_only_in_training():
     layer = make("mingru", num_layers=2, dropout=0.5)
     x = torch.randn(6, B, I, **F64)
@@ -334,8 +371,16 @@ def test_bad_input_raises_clear_errors(kind):
         layer(torch.randn(5))
     with pytest.raises(ValueError, match="dtype"):
         layer(x.double())
-    with pytest.raises(TypeError, match="PackedSequence"):
-        layer(pack_padded_sequence(x, [5, 3]))
+    with pytest.raises(ValueError, match="lengths is for a padded batch"):
+        layer(pack_padded_sequence(x, [5, 3]), lengths=[5, 3])
+    with pytest.raises(ValueError, match=r"expected lengths as 2 integers .*got shape \(3,\)"):
+        layer(x, lengths=[5, 3, 1])
+    with pytest.raises(ValueError, match=r"between 1 and the sequence length L=5, got \[6, 3\]"):
+        layer(x, lengths=[6, 3])
+    with pytest.raises(TypeError, match="expected integer lengths, got torch.float32"):
+        layer(x, lengths=torch.tensor([5.0, 3.0]))
+    with pytest.raises(ValueError, match="lengths needs a batched 3-D input"):
+        layer(x[:, 0], lengths=[5])
     with pytest.raises(ValueError, match="step runs one direction"):
         cls(I, H, bidirectional=True).step(x[0])
     with pytest.raises(ValueError, match=r"step expects one time step .*got shape \(5, 2, 3\)"):

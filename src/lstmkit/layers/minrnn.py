@@ -4,9 +4,11 @@ the input only (``lstmkit.cells.minrnn`` has the equations and both forms of the
 Shapes as torch.nn names them: N batch, L sequence length, D = 2 if bidirectional else 1,
 H_in input_size, H hidden_size.
 
-    input    (L, N, H_in), (N, L, H_in) with batch_first, or (L, H_in) unbatched
+    input    (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a
+             PackedSequence; ``lengths`` (N,) for a padded batch of variable lengths
     h_0, h_n (D * num_layers, N, H), or (D * num_layers, H) unbatched
-    output   (L, N, D * H), (N, L, D * H) with batch_first, or (L, D * H) unbatched
+    output   (L, N, D * H), (N, L, D * H) with batch_first, (L, D * H) unbatched, or a
+             PackedSequence
 
 Parameters per layer k and direction: ``weight_ih_l{k}{_reverse}`` (G * H, H_in of the layer)
 with the gate blocks stacked, (W_z|W_h) for minGRU (G = 2), (W_f|W_i|W_h) for minLSTM (G = 3),
@@ -33,7 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import checks
 from ..cells import minrnn
@@ -95,19 +97,62 @@ class _MinRNN(nn.Module):
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
         return getattr(self, "weight_ih" + sfx), getattr(self, "bias_ih" + sfx, None)
 
-    def forward(self, input: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Returns (output, h_n); see the module docstring for the shapes."""
+    def forward(self, input, state: Tensor | None = None,
+                lengths=None) -> tuple[Tensor, Tensor]:
+        """Returns (output, h_n); see the module docstring for the shapes.
+
+        Variable lengths: a PackedSequence (output packed the same way), or a padded batch
+        with ``lengths`` (N,), each in 1..L, any order; the output is zero past each length
+        and h_n holds each sequence's state at its last step (for the reverse direction, at
+        its first), as if each sequence ran alone.
+        """
         name = type(self).__name__
         if isinstance(input, PackedSequence):
-            raise TypeError(f"{name}: expected a padded tensor, got a PackedSequence (packed "
-                            "and variable-length batches are not supported by this layer)")
+            if lengths is not None:
+                raise ValueError(f"{name}: lengths is for a padded batch; a PackedSequence "
+                                 "carries its own lengths")
+            checks.check_input(name, input.data, self.input_size, False, packed=True)
+            padded, lengths = pad_packed_sequence(input)         # (L, N, H_in), batch order
+            output, h_n = self._forward(padded, state, lengths.to(padded.device), False)
+            return pack_padded_sequence(output, lengths, enforce_sorted=False), h_n
         checks.check_input(name, input, self.input_size, self.batch_first, packed=False)
-        w = self.weight_ih_l0
-        checks.check_dtype_matches(name, input, w)
         unbatched = input.dim() == 2
+        if lengths is not None:
+            if unbatched:
+                raise ValueError(f"{name}: lengths needs a batched 3-D input, got shape "
+                                 f"{checks.shape_str(input.shape)}")
+            lengths = self._check_lengths(input, lengths)
         x = input.unsqueeze(1) if unbatched else input
         if self.batch_first and not unbatched:
             x = x.transpose(0, 1)                                # (L, N, H_in)
+        output, h_n = self._forward(x, state, lengths, unbatched)
+        if unbatched:
+            return output.squeeze(1), h_n.squeeze(1)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, h_n
+
+    def _check_lengths(self, input: Tensor, lengths) -> Tensor:
+        """lengths (N,) of a padded batch: integers in 1..L, any order; on the input's device."""
+        name = type(self).__name__
+        T = input.shape[1] if self.batch_first else input.shape[0]
+        B = input.shape[0] if self.batch_first else input.shape[1]
+        lengths = torch.as_tensor(lengths)
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"{name}: expected integer lengths, got {lengths.dtype}")
+        if lengths.shape != (B,):
+            raise ValueError(f"{name}: expected lengths as {B} integers (one per sequence), "
+                             f"got shape {checks.shape_str(lengths.shape)}")
+        if B and not (lengths.min() >= 1 and lengths.max() <= T):
+            raise ValueError(f"{name}: expected every length between 1 and the sequence length "
+                             f"L={T}, got {lengths.tolist()}")
+        return lengths.to(input.device, torch.int64)
+
+    def _forward(self, x: Tensor, state: Tensor | None, lengths: Tensor | None,
+                 unbatched: bool) -> tuple[Tensor, Tensor]:
+        """The layers over time-major x (L, N, H_in): output (L, N, D*H), h_n (D*layers, N, H)."""
+        name = type(self).__name__
+        checks.check_dtype_matches(name, x, self.weight_ih_l0)
         T, B = x.shape[0], x.shape[1]
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         if state is not None:
@@ -118,30 +163,39 @@ class _MinRNN(nn.Module):
             state = state.unsqueeze(1) if unbatched else state
         parallel = self.mode == "parallel" or (self.mode == "auto" and T > 1
                                                 and x.device.type != "cpu")
+        steps = torch.arange(T, device=x.device)[:, None]        # (L, 1)
+        if lengths is None:
+            reverse = lambda t: t.flip(0)                        # noqa: E731
+            last = lambda h: h[-1]                               # noqa: E731
+        else:
+            # each sequence reversed within its length, the padding left after it: the reverse
+            # direction starts at each sequence's end; applying it twice is the identity
+            order = torch.where(steps < lengths, lengths - 1 - steps, steps)[..., None]
+            reverse = lambda t: t.gather(0, order.expand(-1, -1, t.shape[-1]))  # noqa: E731
+            at_end = (lengths - 1)[None, :, None].expand(1, -1, H)
+            last = lambda h: h.gather(0, at_end)[0]             # noqa: E731
+            inside = (steps < lengths)[..., None].to(x.dtype)    # (L, N, 1)
 
         layer_input, finals = x, []
         for layer in range(self.num_layers):
             outputs = []
             for d in range(self.num_directions):
                 weight, bias = self._weights(layer, d)
-                x_d = layer_input.flip(0) if d else layer_input
+                x_d = reverse(layer_input) if d else layer_input
                 pre = F.linear(x_d, weight, bias)               # (L, N, G*H)
                 h0 = None if state is None else state[layer * self.num_directions + d]
                 if parallel:
                     h = minrnn.parallel_scan(*minrnn.log_coefficients(self.kind, pre), h0)
                 else:
                     h = minrnn.sequential_scan(*minrnn.coefficients(self.kind, pre), h0)
-                finals.append(h[-1])                             # (N, H), last processed step
-                outputs.append(h.flip(0) if d else h)
+                finals.append(last(h))                           # (N, H), last processed step
+                outputs.append(reverse(h) if d else h)
             layer_input = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]
+            if lengths is not None:
+                layer_input = layer_input * inside               # zero past each length
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        output, h_n = layer_input, torch.stack(finals)          # (L, N, D*H), (D*layers, N, H)
-        if unbatched:
-            return output.squeeze(1), h_n.squeeze(1)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, h_n
+        return layer_input, torch.stack(finals)                  # (L, N, D*H), (D*layers, N, H)
 
     def step(self, input: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One time step for streaming: input (N, H_in) or (H_in,), state (num_layers, N, H) or
