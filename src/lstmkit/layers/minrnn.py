@@ -184,10 +184,7 @@ class _MinRNN(nn.Module):
                 x_d = reverse(layer_input) if d else layer_input
                 pre = F.linear(x_d, weight, bias)               # (L, N, G*H)
                 h0 = None if state is None else state[layer * self.num_directions + d]
-                if parallel:
-                    h = minrnn.parallel_scan(*minrnn.log_coefficients(self.kind, pre), h0)
-                else:
-                    h = minrnn.sequential_scan(*minrnn.coefficients(self.kind, pre), h0)
+                h = minrnn.recurrence(self.kind, pre, h0, parallel)   # (L, N, H)
                 finals.append(last(h))                           # (N, H), last processed step
                 outputs.append(reverse(h) if d else h)
             layer_input = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]
