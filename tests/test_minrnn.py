@@ -253,6 +253,22 @@ def test_inference_without_the_graph_gives_the_same_output(kind, mode):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_bfloat16_runs_the_recurrence_in_float32(kind):
+    layer = make(kind).float()
+    x = torch.randn(300, B, I)
+    want, _ = layer(x)
+    half = make(kind).to(torch.bfloat16)
+    for mode in ("parallel", "sequential"):
+        half.mode = mode
+        with torch.autocast("cpu", torch.bfloat16):
+            got_autocast, _ = layer(x)
+        got, _ = half(x.to(torch.bfloat16))
+        for out in (got, got_autocast):
+            assert out.dtype == torch.bfloat16
+            torch.testing.assert_close(out.float(), want, atol=0.03, rtol=0.02)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_layer_modes_agree_on_gradients(kind):
     grads = []
     x0 = torch.randn(40, B, I, **F64)

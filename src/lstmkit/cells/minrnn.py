@@ -247,8 +247,12 @@ def recurrence(kind: str, pre: Tensor, h0: Tensor | None = None, parallel: bool 
                chunk: int = CHUNK) -> Tensor:
     """h (T, B, H) of a minGRU (kind "mingru") or minLSTM ("minlstm") layer direction from its
     pre-activations pre = W_ih x + b_ih (T, B, G*H) and h_0 (B, H) (any sign; None for zeros):
-    the log-space scan where ``parallel``, else the step loop."""
+    the log-space scan where ``parallel``, else the step loop. bfloat16 and float16 run in
+    float32 (T steps of rounding to 8 bits would pile up), the result in pre's dtype."""
     num_gates(kind)
+    if pre.dtype in (torch.bfloat16, torch.float16):
+        h0 = None if h0 is None else h0.float()
+        return recurrence(kind, pre.float(), h0, parallel, chunk).to(pre.dtype)
     if torch.is_grad_enabled() and (pre.requires_grad or (h0 is not None and h0.requires_grad)):
         return _Recurrence.apply(pre, h0, kind, bool(parallel), int(chunk))
     a, b, log_a, log_b, _ = gates_forward(kind, pre, parallel, backward=False)  # inference
