@@ -302,7 +302,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     "copy": dict(cell="lstm", hidden=128, embed=16, lr=1e-3, epochs=30, batch_size=64,
                  steps_per_epoch=100, length=100, clip=1.0),
     # Deletang et al. 2023's parity: lengths 1..40 to train, 41..240 to test generalisation
-    "parity": dict(cell="lstm", hidden=64, embed=8, lr=3e-3, epochs=10, batch_size=64,
+    "parity": dict(cell="lstm", hidden=128, embed=8, lr=3e-3, epochs=10, batch_size=64,
                    steps_per_epoch=100, length=40, clip=1.0),
 }
 
