@@ -454,6 +454,8 @@ def test_bad_input_raises_clear_errors(kind):
         layer(x, lengths=torch.tensor([5.0, 3.0]))
     with pytest.raises(ValueError, match="lengths needs a batched 3-D input"):
         layer(x[:, 0], lengths=[5])
+    with pytest.raises(ValueError, match="expected kind 'mingru' or 'minlstm', got 'gru'"):
+        minrnn.recurrence("gru", torch.zeros(2, 1, 8))
     with pytest.raises(ValueError, match="step runs one direction"):
         cls(I, H, bidirectional=True).step(x[0])
     with pytest.raises(ValueError, match=r"step expects one time step .*got shape \(5, 2, 3\)"):

@@ -72,6 +72,17 @@ def test_evaluation_sets_are_fixed_with_the_stated_lengths():
     assert make_task(cfg7).sets["test"][""][1].max() == 7
 
 
+def test_default_test_set_is_the_one_results_were_measured_on():
+    """A fingerprint of the default (--length 40) test sets: a change to the generator or the
+    seeds would make new accuracies incomparable with published ones, so it must show here."""
+    sets = make_task(defaults_for("parity")).sets["test"]
+    fingerprint = {prefix: (tuple(tokens.shape), int(lengths.sum()), int(labels.sum()),
+                            lengths[:5].tolist())
+                   for prefix, (tokens, lengths, labels) in sets.items()}
+    assert fingerprint == {"": ((40, 1000), 20840, 521, [10, 11, 25, 39, 3]),
+                           "long_": ((240, 1000), 140000, 490, [108, 118, 60, 236, 223])}
+
+
 def test_tiny_run_completes_and_writes_its_metrics(tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "parity", "--out", out, "--length", "5", "--hidden", "8",
