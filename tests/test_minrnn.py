@@ -266,6 +266,20 @@ def test_bfloat16_runs_the_recurrence_in_float32(kind):
         for out in (got, got_autocast):
             assert out.dtype == torch.bfloat16
             torch.testing.assert_close(out.float(), want, atol=0.03, rtol=0.02)
+    with torch.autocast("cpu", torch.bfloat16):         # bfloat16 from a layer before
+        out, _ = layer(x.to(torch.bfloat16), torch.zeros(1, B, H, dtype=torch.bfloat16))
+    torch.testing.assert_close(out.float(), want, atol=0.03, rtol=0.02)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_batch(kind):
+    layer = make(kind, bidirectional=True)
+    x = torch.randn(4, 0, I, **F64, requires_grad=True)
+    for lengths in (None, []):
+        out, h_n = layer(x, lengths=lengths)
+        assert out.shape == (4, 0, 2 * H) and h_n.shape == (2, 0, H)
+        out.sum().backward()
+        assert layer.weight_ih_l0.grad is not None and (layer.weight_ih_l0.grad == 0).all()
 
 
 @pytest.mark.parametrize("kind", KINDS)

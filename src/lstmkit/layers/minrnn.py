@@ -138,6 +138,8 @@ class _MinRNN(nn.Module):
         T = input.shape[1] if self.batch_first else input.shape[0]
         B = input.shape[0] if self.batch_first else input.shape[1]
         lengths = torch.as_tensor(lengths)
+        if B == 0 and lengths.numel() == 0:
+            return lengths.to(input.device, torch.int64).reshape(0)   # an empty batch, as []
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise TypeError(f"{name}: expected integer lengths, got {lengths.dtype}")
         if lengths.shape != (B,):
@@ -152,7 +154,11 @@ class _MinRNN(nn.Module):
                  unbatched: bool) -> tuple[Tensor, Tensor]:
         """The layers over time-major x (L, N, H_in): output (L, N, D*H), h_n (D*layers, N, H)."""
         name = type(self).__name__
-        checks.check_dtype_matches(name, x, self.weight_ih_l0)
+        w = self.weight_ih_l0
+        if x.dtype != w.dtype and torch.is_autocast_enabled(x.device.type):
+            x = x.to(w.dtype)                  # e.g. bfloat16 from a layer autocast ran before
+            state = state if state is None else state.to(w.dtype)
+        checks.check_dtype_matches(name, x, w)
         T, B = x.shape[0], x.shape[1]
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         if state is not None:
