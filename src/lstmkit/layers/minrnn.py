@@ -21,10 +21,11 @@ h_0 > 0 and starts from g(0) = 0.5; pass ``torch.full((D * num_layers, N, H), 0.
 
 ``mode``: "parallel" runs the chunkwise log-space scan (the paper's training form),
 "sequential" the step loop in linear space; both have the same hand-written backward and agree
-to rounding. "auto": on CPU the step loop, which benchmarks/bench_minrnn.py measures faster than
-the scan for training and inference at every size there (one core runs the loop's T small
-vector ops at memory speed; the scan's logcumsumexp costs ~60 ns per element); elsewhere (an
-accelerator, where the scan's work is parallel over T, as in the paper) the scan when L > 1.
+to rounding. "auto": on CPU the step loop, which benchmarks/bench_minrnn.py measured faster than
+the scan on one thread (training about 1.5-2.5x, inference 2-5x, at T from 35 to 1024): one
+core runs the loop's T small vector ops at memory speed, while the scan's logcumsumexp costs
+~60 ns per element. Elsewhere (an accelerator, where the scan's work is parallel over T, as in
+the paper; not measured here) the scan when L > 1.
 ``step(x_t, h)`` advances a unidirectional layer by one time step for streaming.
 """
 
