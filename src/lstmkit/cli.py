@@ -15,7 +15,7 @@ from pathlib import Path
 from .cells import registry
 from .config import RESUMABLE, Config, defaults_for
 
-TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy", "jsb")
+TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy", "jsb", "parity")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -76,7 +76,8 @@ TRAIN_OPTIONS = [
     ("--window", "window", int, "forecast: past values the model reads", "data"),
     ("--difference", "difference", int, "forecast: model the change over this many steps "
      "(12: over a year of months; 0: the values themselves)", "data"),
-    ("--length", "length", int, "adding/copy: the time lag T", "data"),
+    ("--length", "length", int, "adding/copy: the time lag T; parity: the longest training "
+     "string L (tested also on L+1..6L)", "data"),
     ("--train-size", "train_size", int, "names: train on only this many names (0 = all)",
      "data"),
     ("--split", "split", str, "names: standard (each language's names shuffled, 10%% to test) "
@@ -85,7 +86,7 @@ TRAIN_OPTIONS = [
     ("--cell", "cell", str, "recurrent cell: {cells}", "model"),
     ("--hidden", "hidden", int, "hidden units per layer", "model"),
     ("--layers", "layers", int, "stacked recurrent layers", "model"),
-    ("--embed", "embed", int, "embedding size (names, ptb, chars, copy)", "model"),
+    ("--embed", "embed", int, "embedding size (names, ptb, chars, copy, parity)", "model"),
     ("--dropout", "dropout", float, "dropout between layers and before the output", "model"),
     ("--class-weight", "class_weight", float, "names: weight each language's loss by "
      "n^-P (n its training names), scaled so that a training name weighs 1 on average: 0 "
@@ -122,7 +123,7 @@ TRAIN_OPTIONS = [
      "optimisation"),
     ("--sum-over-steps", "sum_over_steps", "flag", "language models: backpropagate the loss "
      "summed over the segment's steps (Zaremba et al.; ptb's default)", "optimisation"),
-    ("--steps-per-epoch", "steps_per_epoch", int, "adding/copy: fresh batches per epoch",
+    ("--steps-per-epoch", "steps_per_epoch", int, "adding/copy/parity: fresh batches per epoch",
      "optimisation"),
     ("--lr-decay", "lr_decay", float, "multiply the learning rate by this each epoch ...",
      "optimisation"),

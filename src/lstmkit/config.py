@@ -132,7 +132,7 @@ class Config:
     horizon: int = 12                  # forecast: months held out for test (and for valid)
     window: int = 24                   # forecast: past values the model reads
     difference: int = 12               # forecast: model y_t vs y_{t-d} (0 = the values)
-    length: int = 100                  # adding / copy: the time lag T
+    length: int = 100                  # adding / copy: the time lag T; parity: longest string
     train_size: int = 0                # names: use only this many training names (0 = all)
     split: str = "standard"            # names: standard | disjoint (no name in train and test)
     # model
@@ -301,6 +301,9 @@ TASK_DEFAULTS: dict[str, dict] = {
                 patience=15),
     "copy": dict(cell="lstm", hidden=128, embed=16, lr=1e-3, epochs=30, batch_size=64,
                  steps_per_epoch=100, length=100, clip=1.0),
+    # Deletang et al. 2023's parity: lengths 1..40 to train, 41..240 to test generalisation
+    "parity": dict(cell="lstm", hidden=128, embed=8, lr=3e-3, epochs=10, batch_size=64,
+                   steps_per_epoch=100, length=40, clip=1.0),
 }
 
 
