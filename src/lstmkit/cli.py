@@ -102,6 +102,8 @@ TRAIN_OPTIONS = [
      "model"),
     ("--layer-norm", "layer_norm", "flag", "LayerNorm LSTM or GRU (Ba et al. 2016; cells lstm "
      "and gru)", "model"),
+    ("--heads", "heads", int, "heads of the head-wise recurrence (cells slstm, mlstm, xlstm); "
+     "must divide --hidden", "model"),
     ("--bidirectional", "bidirectional", "flag", "names: read each name both ways", "model"),
     ("--tie", "tie", "flag", "language models: the decoder shares the embedding", "model"),
     ("--init-scale", "init_scale", float, "> 0: every parameter ~ U(-s, s)", "model"),
@@ -257,7 +259,7 @@ def train_command(args) -> None:
                  f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
         check_checkpoint(cfg, Path(args.out))
     else:
-        cfg = defaults_for(args.task)
+        cfg = defaults_for(args.task, given.get("cell"))
     cfg = dataclasses.replace(cfg, **given)
     check_config(cfg)
     if "WORLD_SIZE" not in os.environ:          # once, before any worker starts

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .registry import register
+
 GATES = {"mingru": ("z", "h"), "minlstm": ("f", "i", "h")}
 CHUNK = 64                  # steps per log-space chunk (precision: |a*| <= CHUNK * max|log a|)
 sigmoid_backward = torch.ops.aten.sigmoid_backward        # (grad, y) -> grad * y * (1 - y)
@@ -280,3 +282,9 @@ def reference_scan(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
         h = a[t] * h + b[t]
         out.append(h)
     return torch.stack(out)
+
+
+register("mingru", layer="lstmkit.layers.minrnn:minGRU", states=("h",),
+                  summary="minGRU: h_t = (1 - z_t) h_{t-1} + z_t h~_t, gates from x_t only")
+register("minlstm", layer="lstmkit.layers.minrnn:minLSTM", states=("h",),
+                  summary="minLSTM: h_t = f'_t h_{t-1} + i'_t h~_t, gates from x_t only")

@@ -15,14 +15,16 @@ engine has steps for the cells with a C++ kernel: ``Cell.compiled_kernel``).
 
 A cell whose layer walks the whole sequence itself, not one step of h_{t-1} at a time (the
 mLSTM's parallel and chunkwise forms, minGRU's and minLSTM's parallel scan), registers its layer
-class instead of a ``Cell``: ``register("mlstm", layer=mLSTM, summary=...)``. The class takes
-``(input_size, hidden_size, num_layers=, dropout=, bidirectional=, ...)``, returns
-``(output, state)`` and names its states in ``state_names``; the tasks, the CLI and config
+class instead of a ``Cell``, by its import path (a layer lives above the cells):
+``register("mlstm", layer="lstmkit.layers.mlstm:mLSTM", states=("C", "n", "m"))``. The class
+takes ``(input_size, hidden_size, num_layers=, dropout=, bidirectional=, ...)`` and returns
+``(output, state)``, the state's tensors named by ``states``; the tasks, the CLI and config
 validation use it like any other cell.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass, field
 
@@ -39,20 +41,25 @@ class CellType:
     name: str
     math: type[Cell] | None
     options: dict = field(default_factory=dict)
-    # "LSTM", "GRU", "RNN", "" (lstmkit.layers.Recurrent), or a whole-sequence layer class
-    layer: str | type = ""
+    # "LSTM", "GRU", "RNN", "" (lstmkit.layers.Recurrent), or "module:Class" of a
+    # whole-sequence layer
+    layer: str = ""
     summary: str = ""
+    states: tuple[str, ...] = ()         # a whole-sequence layer's state names
 
     @property
     def sequence_layer(self) -> type | None:
         """The layer class of a whole-sequence cell (no per-step ``Cell``), else None."""
-        return self.layer if isinstance(self.layer, type) else None
+        if self.math is not None:
+            return None
+        module, _, name = self.layer.partition(":")
+        return getattr(importlib.import_module(module), name)
 
     def make(self, hidden_size: int, proj_size: int = 0, **options) -> Cell:
         """The cell's equations for a layer of hidden_size units."""
         if self.math is None:
             raise ValueError(f"cell {self.name!r} is a whole-sequence layer "
-                             f"({self.layer.__name__}); it has no per-step equations to make")
+                             f"({self.layer}); it has no per-step equations to make")
         kwargs = {**self.options, **options}
         if proj_size:
             if "proj_size" not in inspect.signature(self.math).parameters:
@@ -71,7 +78,7 @@ class CellType:
     def state_names(self) -> tuple[str, ...]:
         """("h", "c") for a cell with a cell state, else ("h",) (the layer's for a
         whole-sequence cell)."""
-        return (self.layer if self.math is None else self.math).state_names
+        return self.states if self.math is None else self.math.state_names
 
 
 _CELLS: dict[str, CellType] = {}
@@ -79,19 +86,19 @@ _FAMILIES: dict[int, type[Cell]] = {}
 
 
 def register(name: str, math: type[Cell] | None = None, *, options: dict | None = None,
-             layer: str | type = "", summary: str = "") -> CellType:
+             layer: str = "", summary: str = "", states: tuple[str, ...] = ()) -> CellType:
     """Make a cell known by name (see the module docstring); returns its entry."""
     if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
         raise ValueError(f"a cell name is letters, digits, '-' and '_', got {name!r}")
     if name in _CELLS and (_CELLS[name].math, _CELLS[name].layer) != (math, layer):
-        owner = _CELLS[name].math or _CELLS[name].layer
-        raise ValueError(f"cell {name!r} is registered already (by {owner.__name__})")
+        owner = _CELLS[name].math.__name__ if _CELLS[name].math else _CELLS[name].layer
+        raise ValueError(f"cell {name!r} is registered already (by {owner})")
     if math is None:
-        if not (isinstance(layer, type) and isinstance(getattr(layer, "state_names", None),
-                                                       tuple)):
-            raise ValueError(f"cell {name!r}: without a Cell, layer must be a layer class with "
-                             f"a state_names tuple, got {layer!r}")
-        entry = CellType(name, None, dict(options or {}), layer, summary)
+        if ":" not in layer or not states or not all(isinstance(s, str) for s in states):
+            raise ValueError(f"cell {name!r}: without a Cell, give layer='module:Class' of a "
+                             f"whole-sequence layer and its state names, got layer={layer!r}, "
+                             f"states={states!r}")
+        entry = CellType(name, None, dict(options or {}), layer, summary, tuple(states))
         _CELLS[name] = entry
         return entry
     if layer not in ("", "LSTM", "GRU", "RNN"):
@@ -109,7 +116,8 @@ def register(name: str, math: type[Cell] | None = None, *, options: dict | None 
 def unregister(name: str) -> None:
     """Forget a cell (for tests that register their own)."""
     entry = _CELLS.pop(name, None)
-    if entry is not None and entry.math is not None and not any(e.math is entry.math for e in _CELLS.values()):
+    if entry is not None and entry.math is not None and not any(
+            e.math is entry.math for e in _CELLS.values()):
         _FAMILIES.pop(entry.math.family_id, None)
 
 

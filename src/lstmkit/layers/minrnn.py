@@ -260,3 +260,4 @@ class minLSTM(_MinRNN):  # noqa: N801  (the paper's name)
     """
 
     kind = "minlstm"
+

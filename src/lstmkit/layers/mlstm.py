@@ -44,7 +44,6 @@ from torch import Tensor, nn
 
 from .. import checks
 from ..cells import mlstm as cell
-from ..cells import registry
 
 MODES = ("auto", "parallel", "chunkwise", "recurrent")
 # training steps, one thread, H = 256, 4 heads: parallel ahead up to T = 128, chunkwise from 192
@@ -54,8 +53,6 @@ _PROJECTIONS = ("q", "k", "v", "i", "f", "o")
 
 class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
     """A stack of mLSTM layers; see the module docstring for equations, shapes and names."""
-
-    state_names = ("C", "n", "m")
 
     def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
         """The shapes of (C, n, m) for a batch of ``batch`` sequences."""
@@ -256,7 +253,3 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             state = tuple(t.unsqueeze(1) for t in state)
         return [tuple(t[index] for t in state) for index in range(DL)]
 
-
-registry.register("mlstm", layer=mLSTM,
-                  summary="xLSTM's mLSTM: matrix memory C_t = f_t C_{t-1} + i_t v_t k_t^T, "
-                          "parallel in training")
