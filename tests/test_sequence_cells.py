@@ -183,3 +183,18 @@ def test_heads_option_reaches_the_layer_and_is_checked(tmp_path, capsys):
             main(["train", "chars", "--out", str(tmp_path / cell), "--path", str(text),
                   "--cell", cell, "--hidden", str(hidden), "--heads", "4"])
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", SEQUENCE)
+def test_state_returned_under_bfloat16_autocast_is_taken_back(name):
+    """A language model carries the state between batches; under autocast the state comes back
+    in bfloat16 and the next call (float32 input) must take it."""
+    from lstmkit.tasks.models import LanguageModel
+
+    torch.manual_seed(3)
+    model = LanguageModel(11, name, 4, 8, 2)
+    tokens = torch.randint(0, 11, (5, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, state = model(tokens, None, tokens)
+        loss2, _ = model(tokens, state, tokens)
+    assert torch.isfinite(loss) and torch.isfinite(loss2)

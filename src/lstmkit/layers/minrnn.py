@@ -156,8 +156,10 @@ class _MinRNN(nn.Module):
         """The layers over time-major x (L, N, H_in): output (L, N, D*H), h_n (D*layers, N, H)."""
         name = type(self).__name__
         w = self.weight_ih_l0
-        if x.dtype != w.dtype and torch.is_autocast_enabled(x.device.type):
-            x = x.to(w.dtype)                  # e.g. bfloat16 from a layer autocast ran before
+        if torch.is_autocast_enabled(x.device.type):
+            # bfloat16 from a layer autocast ran before, or the state a call under autocast
+            # returned: the products run in autocast's dtype anyway
+            x = x.to(w.dtype)
             state = state if state is None else state.to(w.dtype)
         checks.check_dtype_matches(name, x, w)
         T, B = x.shape[0], x.shape[1]
