@@ -380,3 +380,102 @@ def test_bad_state():
     q, k, v, i_pre, f_pre, st = _inputs(4, True)
     with pytest.raises(ValueError, match="state: expected n"):
         M.recurrent(q, k, v, i_pre, f_pre, (st[0], st[1][..., :1], st[2]))
+
+
+# ---------------------------------------------------------------------------------------------
+# lengths: a right-padded batch against each sequence alone
+
+
+def _final_loss(y, s):
+    """A loss on the output and on the final state at its true scale exp(m) C~, exp(m) n~."""
+    C, n, m = s
+    return ((y * y.cos()).sum() + (C * m.exp()[..., None, None]).sin().sum()
+            + (n * m.exp()[..., None]).sum())
+
+
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("mode", ["parallel", "chunkwise", "recurrent"])
+def test_lengths_equal_each_sequence_alone(mode, forget_gate):
+    m = _layer(num_layers=2, bidirectional=True, mode=mode, chunk_size=2,
+               forget_gate=forget_gate)
+    lengths = torch.tensor([3, 7, 1, 5])                # unsorted; chunks of padding only
+    N, L = len(lengths), 7
+    x = torch.randn(L, N, 3, dtype=F64, requires_grad=True)
+    state = tuple(torch.randn(4, N, NH, *tail, dtype=F64, requires_grad=True)
+                  for tail in ((2, 2), (2,), ()))
+    y, s = m(x, state, lengths=lengths)
+    for b, length in enumerate(lengths.tolist()):       # outputs zero past each length
+        assert (y[length:, b] == 0).all() and (y[:length, b] != 0).all()
+    grads = torch.autograd.grad(_final_loss(y, s), [x, *state, *m.parameters()])
+    assert all(torch.isfinite(g).all() for g in grads)
+    expected = [torch.zeros_like(g) for g in grads]
+    for b, length in enumerate(lengths.tolist()):
+        xb = x[:length, b:b + 1]
+        sb = tuple(z[:, b:b + 1] for z in state)
+        yb, fb = m(xb, sb)
+        _close(y[:length, b:b + 1], yb, 1e-12)
+        for got, want in zip(s, fb):
+            _close(got[:, b:b + 1], want, 1e-12)
+        gb = torch.autograd.grad(_final_loss(yb, fb), [x, *state, *m.parameters()],
+                                 allow_unused=True)
+        expected = [e + (0 if g is None else g) for e, g in zip(expected, gb)]
+    for got, want in zip(grads, expected):
+        _close(got, want, 1e-10)
+
+
+def test_lengths_without_state_and_auto_mode():
+    """No initial state (m_0 = -inf) and the identity steps at once: still the sequence alone;
+    lengths all L is the plain call."""
+    m = _layer(bidirectional=True, chunk_size=2)
+    x = torch.randn(6, 3, 3, dtype=F64)
+    for mode in ("auto", "parallel", "chunkwise", "recurrent"):
+        m.mode = mode
+        y, s = m(x, lengths=torch.tensor([6, 2, 4]))
+        yb, sb = m(x[:2, 1:2])
+        _close(y[:2, 1:2], yb, 1e-12)
+        for a, b in zip(s, sb):
+            _close(a[:, 1:2], b, 1e-12)
+        full = m(x, lengths=[6, 6, 6])
+        _close(full[0], m(x)[0], 0)
+    m = _layer(batch_first=True)
+    y, _ = m(x.transpose(0, 1), lengths=torch.tensor([6, 2, 4]))
+    _close(y[1], m(x[:2, 1])[0].new_zeros(6, 4).index_copy(0, torch.arange(2),
+                                                              m(x[:2, 1])[0]), 1e-12)
+
+
+def test_parallel_gradcheck_with_identity_steps():
+    """The hand-written backward where padded steps hold i~ = -inf, f~ = +inf: no nan, and
+    gradcheck (the padding is built inside, so only valid entries are perturbed)."""
+    q, k, v, i_pre, f_pre, st = _inputs(5, state=True)
+    pad = torch.arange(5) >= torch.tensor([[5], [2]])[..., None]          # (B, 1, T)
+    pad = pad.expand(B, NH, 5)
+    leaves = [x.requires_grad_(True) for x in (q, k, v, i_pre, f_pre, *st)]
+
+    def fn(q, k, v, i_pre, f_pre, C, n, m):
+        i_pre = i_pre.masked_fill(pad, -math.inf)
+        f_pre = f_pre.masked_fill(pad, math.inf)
+        out = []
+        for form in ("parallel", "chunkwise"):
+            h, s = _forms(2)[form](q, k, v, i_pre, f_pre, (C, n, m))
+            out += [h, *s]
+        return tuple(out)
+
+    out = fn(*leaves)
+    torch.autograd.backward([o.sum() for o in out])
+    assert all(torch.isfinite(x.grad).all() for x in leaves)
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_bad_lengths():
+    m = _layer()
+    x = torch.randn(5, 2, 3, dtype=F64)
+    with pytest.raises(ValueError, match=r"lengths of shape \(2,\)"):
+        m(x, lengths=torch.tensor([5]))
+    with pytest.raises(ValueError, match="between 1 and"):
+        m(x, lengths=torch.tensor([6, 2]))
+    with pytest.raises(ValueError, match="between 1 and"):
+        m(x, lengths=torch.tensor([0, 2]))
+    with pytest.raises(TypeError, match="integer lengths"):
+        m(x, lengths=torch.tensor([5.0, 2.0]))
+    with pytest.raises(ValueError, match="batched"):
+        m(x[:, 0], lengths=torch.tensor([5]))

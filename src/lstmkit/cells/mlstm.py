@@ -11,7 +11,10 @@ Stabilised: the states are kept as C~_t = exp(-m_t) C_t, n~_t = exp(-m_t) n_t wi
 
     m_t = max(log f_t + m_{t-1}, i~_t),    h~_t = C~_t q_t / (max(|n~_t^T q_t|, exp(-m_t)) + eps)
 
-so every exp() argument is <= 0. With eps = 0 (the default) h~ does not depend on m: m is a
+so every exp() argument is <= 0. An identity step, i~_t = -inf and log f_t = 0 (f~_t = +inf
+for the sigmoid gate, 0 for exp), leaves the state as it was in every form, gradients included:
+the layer's lengths= pads with such steps (at the end of each sequence, after one valid step).
+With eps = 0 (the default) h~ does not depend on m: m is a
 free choice of scale. The forms below all choose the same one, m_t = the maximum over the row t
 of the log decay matrix log D_tj = F_t - F_j + i~_j (j <= t, F_t = sum_{s<=t} log f_s), and over
 m_0 + F_t when there is an initial state; with no initial state that is the recurrence started
@@ -253,7 +256,9 @@ def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
         F_ = log_forget(fc, forget_gate).cumsum(-1)
         a = F_[..., -1]                                                              # (*, NS)
         w_log = a[..., None] - F_ + ic
-        mu = w_log.amax(-1)
+        # a chunk of padded steps only (i~ = -inf, see the layer's lengths) adds nothing: mu
+        # kept finite so exp(w - mu) is 0, not nan, and exp(mu - m) is 0
+        mu = w_log.amax(-1).clamp(min=torch.finfo(w_log.dtype).min)
         w = torch.exp(w_log - mu[..., None])
         K = (vc * w[..., None]).mT @ kc                                          # (*, NS, d, d)
         kappa = (kc * w[..., None]).sum(-2)                                         # (*, NS, d)

@@ -138,9 +138,14 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
 
     # ------------------------------------------------------------------------------------------
 
-    def forward(self, input: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None
-                ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """(output, (C, n, m)); feed the state back for the next chunk of a long sequence."""
+    def forward(self, input: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """(output, (C, n, m)); feed the state back for the next chunk of a long sequence.
+
+        ``lengths`` (N,) for a right-padded batch (any order): the output is zero past each
+        length and the final state is each sequence's after its own last step; the reverse
+        direction reads each sequence from its own last step. Padded steps run as identity
+        steps (i~ = -inf, log f = 0), so every mode takes them in the same one call."""
         name = type(self).__name__
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: input should be a Tensor, got {type(input).__name__}")
@@ -156,15 +161,29 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         if x.shape[0] == 0:
             raise ValueError(f"{name}: expected a sequence of at least one step, got length 0")
         states = self._split_state(state, x.shape[1], unbatched)
+        valid = reverse = None
+        if lengths is not None:
+            if unbatched:
+                raise ValueError(f"{name}: lengths needs a batched 3-D input, got shape "
+                                 f"{tuple(input.shape)}")
+            valid, reverse = _padding(name, lengths, *x.shape[:2], x.device)
         D = self.num_directions
         finals = []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(D):
                 index = layer * D + direction
-                seq = x.flip(0) if direction else x
-                h, final = self._layer(seq, index, states[index] if states else None)
-                outputs.append(h.flip(0) if direction else h)
+                if not direction:
+                    seq = x
+                elif reverse is None:
+                    seq = x.flip(0)
+                else:               # each sequence from its own last step: padding stays last
+                    seq = x.gather(0, reverse.expand(-1, -1, x.shape[-1]))
+                h, final = self._layer(seq, index, states[index] if states else None, valid)
+                if direction:
+                    h = h.flip(0) if reverse is None else \
+                        h.gather(0, reverse.expand(-1, -1, h.shape[-1]))    # its own inverse
+                outputs.append(h)
                 finals.append(final)
             x = torch.cat(outputs, -1) if D == 2 else outputs[0]                  # (L, N, D*H)
             if self.dropout and self.training and layer < self.num_layers - 1:
@@ -174,14 +193,19 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             return x.squeeze(1), (C.squeeze(1), n.squeeze(1), m.squeeze(1))
         return (x.transpose(0, 1) if self.batch_first else x), (C, n, m)
 
-    def _layer(self, x: Tensor, index: int, state) -> tuple[Tensor, tuple]:
-        """One layer and direction over x (L, N, H_k): (h (L, N, H), final state (N, NH, ...))."""
+    def _layer(self, x: Tensor, index: int, state, valid: Tensor | None = None
+               ) -> tuple[Tensor, tuple]:
+        """One layer and direction over x (L, N, H_k): (h (L, N, H), final state (N, NH, ...)).
+        valid (L, N, 1) bool, False at padded steps (all at the end)."""
         L, N = x.shape[:2]
         H, NH, d = self.hidden_size, self.num_heads, self.head_size
         projected = F.linear(x, *self._stacked(index))                    # (L, N, 4 H + 2 NH)
         q, k, v, i_pre, f_pre, o = projected.split([H, H, H, NH, NH, H], -1)
         q, k, v = (z.reshape(L, N, NH, d).permute(1, 2, 0, 3) for z in (q, k, v))  # (N,NH,L,d)
         k = k * (1.0 / math.sqrt(d))
+        if valid is not None:           # identity steps: nothing written, nothing decays
+            i_pre = i_pre.masked_fill(~valid, -math.inf)
+            f_pre = f_pre.masked_fill(~valid, math.inf if self.forget_gate == "sigmoid" else 0.0)
         i_pre, f_pre = i_pre.permute(1, 2, 0), f_pre.permute(1, 2, 0)            # (N, NH, L)
         kw = {"forget_gate": self.forget_gate}
         mode = self.mode
@@ -200,7 +224,8 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             h, final = cell.chunkwise(q, k, v, i_pre, f_pre, state, chunk_size=self.chunk_size,
                                       **kw)
         h = h.permute(2, 0, 1, 3).reshape(L, N, H)                                # (L, N, H)
-        return torch.sigmoid(o) * h, final
+        h = torch.sigmoid(o) * h
+        return (h if valid is None else h.masked_fill(~valid, 0.0)), final
 
     def _stacked(self, index: int) -> tuple[Tensor, Tensor | None]:
         """(W_q|W_k|W_v|w_i|w_f|W_o) and the biases alike, for one product per layer. Outside
@@ -247,3 +272,23 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         if unbatched:
             state = tuple(t.unsqueeze(1) for t in state)
         return [tuple(t[index] for t in state) for index in range(DL)]
+
+
+def _padding(name: str, lengths, L: int, N: int, device) -> tuple[Tensor, Tensor]:
+    """From lengths (N,): valid (L, N, 1), True at each sequence's own steps, and the time index
+    (L, N, 1) that reverses each sequence within its length and leaves its padding in place."""
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+        raise TypeError(f"{name}: expected integer lengths, got {lengths.dtype}")
+    if tuple(lengths.shape) != (N,):
+        raise ValueError(f"{name}: expected lengths of shape ({N},) (one per sequence), got "
+                         f"{tuple(lengths.shape)}")
+    lengths = lengths.to(device, torch.int64)
+    if N and (lengths.min() < 1 or lengths.max() > L):
+        raise ValueError(f"{name}: expected every length between 1 and the sequence length "
+                         f"L={L}, got {lengths.tolist()}")
+    t = torch.arange(L, device=device)[:, None]                                      # (L, 1)
+    valid = t < lengths                                                              # (L, N)
+    reverse = torch.where(valid, lengths - 1 - t, t)
+    return valid[..., None], reverse[..., None]
