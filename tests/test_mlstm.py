@@ -479,3 +479,65 @@ def test_bad_lengths():
         m(x, lengths=torch.tensor([5.0, 2.0]))
     with pytest.raises(ValueError, match="batched"):
         m(x[:, 0], lengths=torch.tensor([5]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled inference step (csrc/mlstm.cpp)
+
+compiled = pytest.importorskip("lstmkit.engine.compiled")
+needs_compiled = pytest.mark.skipif(not compiled.available(),
+                                    reason="the compiled engine is not built here")
+
+
+@needs_compiled
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_compiled_step_equals_python_step(forget_gate, eps):
+    kw = {"forget_gate": forget_gate, "eps": eps}
+    for dtype, tol in ((F64, 1e-12), (torch.float32, 2e-6)):
+        q, k, v, i_pre, f_pre, st = _inputs(3, state=True, dtype=dtype, d=5, batch=(3, 2))
+        i_pre[0, 0, 1], f_pre[0, 0, 1] = -math.inf, math.inf if forget_gate == "sigmoid" else 0
+        i_pre[1, 1, 2] = 30.0                                      # a large i~: m from it
+        for state in (None, st):
+            for t in range(3):
+                args = (q[..., t, :], k[..., t, :], v[..., t, :], i_pre[..., t], f_pre[..., t])
+                h, s = compiled.mlstm_step(*args, state, **kw)
+                h_ref, s_ref = M.step(*args, state, **kw)
+                assert h.dtype == dtype and h.shape == h_ref.shape
+                _close(h, h_ref, tol)
+                for a, b in zip(s, s_ref):
+                    assert a.shape == b.shape
+                    _close(a, b, tol)
+                state = s
+        args = (q[..., 1, :], k[..., 1, :], v[..., 1, :], i_pre[..., 1], f_pre[..., 1])
+        _, s = compiled.mlstm_step(*args, st, **kw)                 # the identity step: exactly
+        for a, b in zip(s, st):
+            assert torch.equal(a[0, 0], b[0, 0]) and not torch.equal(a[1, 0], b[1, 0])
+
+
+@needs_compiled
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_layer_inference_step_runs_compiled(bidirectional, monkeypatch):
+    """Under no_grad the recurrent mode (and auto on one step) runs the compiled layer step:
+    equal to the python forms, lengths included, and the python step where it is not built."""
+    m = _layer(num_layers=2, bidirectional=bidirectional, mode="recurrent")
+    x = torch.randn(6, 3, 3, dtype=F64)
+    lengths = torch.tensor([6, 2, 4])
+    m.mode = "parallel"
+    want = m(x, lengths=lengths)
+    want_step = m(x[:1], want[1])
+    with torch.no_grad():
+        m.mode = "recurrent"
+        assert m._step_kernel(x) is not None
+        got = m(x, lengths=lengths)
+        m.mode = "auto"
+        got_step = m(x[:1], want[1])
+        with monkeypatch.context() as patch:
+            patch.setattr(compiled, "mlstm_step_kernel", lambda: None)
+            assert m._step_kernel(x[:1]) is None
+            python_step = m(x[:1], want[1])
+    assert m._step_kernel(x[:1]) is None                     # grad enabled: the python step
+    for a, b in ((got, want), (got_step, want_step), (python_step, want_step)):
+        _close(a[0], b[0], 1e-12)
+        for u, w in zip(a[1], b[1]):
+            _close(u, w, 1e-12)

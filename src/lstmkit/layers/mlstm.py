@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from .. import checks
 from ..cells import mlstm as cell
+from ..engine import compiled
 
 MODES = ("auto", "parallel", "chunkwise", "recurrent")
 # training steps, one thread, H = 256, 4 heads: parallel ahead up to T = 128, chunkwise from 192
@@ -98,6 +99,10 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                                                 nn.Parameter(torch.empty(shape, **factory)))
                         names[key] = key + sfx
                 self._param_names.append(names)
+        # each layer-direction's parameter names in the stacking order of ``_stacked``
+        self._stack_order = [[names[f"{kind}_{p}"] for kind in ("weight", "bias")
+                              for p in _PROJECTIONS if f"{kind}_{p}" in names]
+                             for names in self._param_names]
         self.reset_parameters()
 
     @property
@@ -168,19 +173,21 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                                  f"{tuple(input.shape)}")
             valid, reverse = _padding(name, lengths, *x.shape[:2], x.device)
         D = self.num_directions
+        kernel = self._step_kernel(x)
         finals = []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(D):
                 index = layer * D + direction
-                if not direction:
+                if not direction or x.shape[0] == 1:
                     seq = x
                 elif reverse is None:
                     seq = x.flip(0)
                 else:               # each sequence from its own last step: padding stays last
                     seq = x.gather(0, reverse.expand(-1, -1, x.shape[-1]))
-                h, final = self._layer(seq, index, states[index] if states else None, valid)
-                if direction:
+                h, final = self._layer(seq, index, states[index] if states else None, valid,
+                                       kernel)
+                if direction and x.shape[0] > 1:
                     h = h.flip(0) if reverse is None else \
                         h.gather(0, reverse.expand(-1, -1, h.shape[-1]))    # its own inverse
                 outputs.append(h)
@@ -188,18 +195,49 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             x = torch.cat(outputs, -1) if D == 2 else outputs[0]                  # (L, N, D*H)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
-        C, n, m = (torch.stack(parts) for parts in zip(*finals))
+        C, n, m = (torch.stack(parts) for parts in zip(*finals)) if len(finals) > 1 else \
+            (t.unsqueeze(0) for t in finals[0])
         if unbatched:
             return x.squeeze(1), (C.squeeze(1), n.squeeze(1), m.squeeze(1))
         return (x.transpose(0, 1) if self.batch_first else x), (C, n, m)
 
-    def _layer(self, x: Tensor, index: int, state, valid: Tensor | None = None
+    def _step_kernel(self, x: Tensor):
+        """The compiled step (csrc/mlstm.cpp) where this call runs the recurrent form without
+        autograd (under torch.no_grad or inference_mode) on float32/float64 CPU tensors and the
+        extension is built; else None (the python step)."""
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in compiled.DTYPES:
+            return None
+        if self.mode != "recurrent" and not (self.mode == "auto" and x.shape[0] == 1):
+            return None
+        kernels = compiled.mlstm_step_kernel()
+        return None if kernels is None else kernels[1]
+
+    def _layer(self, x: Tensor, index: int, state, valid: Tensor | None = None, kernel=None
                ) -> tuple[Tensor, tuple]:
         """One layer and direction over x (L, N, H_k): (h (L, N, H), final state (N, NH, ...)).
-        valid (L, N, 1) bool, False at padded steps (all at the end)."""
+        valid (L, N, 1) bool, False at padded steps (all at the end). kernel: the compiled
+        layer step (``_step_kernel``), one call per step on the projection, or None."""
         L, N = x.shape[:2]
         H, NH, d = self.hidden_size, self.num_heads, self.head_size
+        if kernel is not None and L == 1:                 # streaming: one product, one call
+            C, n, m = state if state is not None else (None, None, None)
+            h, C, n, m = kernel(F.linear(x[0], *self._stacked(index)), C, n, m, NH,
+                                self.forget_gate == "exp", 0.0)   # h = sigma(o) * h~ (N, NH, d)
+            h = h.view(1, N, H)
+            return (h if valid is None else h.masked_fill(~valid, 0.0)), (C, n, m)
         projected = F.linear(x, *self._stacked(index))                    # (L, N, 4 H + 2 NH)
+        if kernel is not None:
+            if valid is not None:           # identity steps, as below (no autograd here)
+                projected[..., 3 * H:3 * H + NH].masked_fill_(~valid, -math.inf)
+                projected[..., 3 * H + NH:3 * H + 2 * NH].masked_fill_(
+                    ~valid, math.inf if self.forget_gate == "sigmoid" else 0.0)
+            C, n, m = state if state is not None else (None, None, None)
+            hs = []
+            for t in range(L):
+                h, C, n, m = kernel(projected[t], C, n, m, NH, self.forget_gate == "exp", 0.0)
+                hs.append(h)
+            h = torch.stack(hs).view(L, N, H)
+            return (h if valid is None else h.masked_fill(~valid, 0.0)), (C, n, m)
         q, k, v, i_pre, f_pre, o = projected.split([H, H, H, NH, NH, H], -1)
         q, k, v = (z.reshape(L, N, NH, d).permute(1, 2, 0, 3) for z in (q, k, v))  # (N,NH,L,d)
         k = k * (1.0 / math.sqrt(d))
@@ -231,9 +269,8 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         """(W_q|W_k|W_v|w_i|w_f|W_o) and the biases alike, for one product per layer. Outside
         autograd the stack is kept while no parameter changed (by identity and version), so a
         step of streaming inference does not copy every weight."""
-        names, own = self._param_names[index], self._parameters   # not nn.Module.__getattr__
-        params = [own[names[f"{kind}_{p}"]] for kind in ("weight", "bias")
-                  for p in _PROJECTIONS if f"{kind}_{p}" in names]
+        own = self._parameters                                     # not nn.Module.__getattr__
+        params = [own[key] for key in self._stack_order[index]]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return self._stack(params)
         versions = [p._version for p in params]
