@@ -153,10 +153,7 @@ class _Parallel(torch.autograd.Function):
         q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T, *saved = ctx.saved_tensors
         C0, n0, g = saved if ctx.has_state else (None, None, None)
         T = q.shape[-2]
-        dS = torch.zeros_like(S)
-        dv = torch.zeros_like(v)
-        dq = torch.zeros_like(q)
-        dk = torch.zeros_like(k)
+        dq = dk = dv = None                      # None: zero so far (no zero tensors to add to)
         dm = torch.zeros_like(s)                 # through the argmax of m_t
         dg = torch.zeros_like(s) if ctx.has_state else None
         dC0 = torch.zeros_like(C0) if ctx.has_state else None
@@ -167,24 +164,27 @@ class _Parallel(torch.autograd.Function):
             ds = dden * torch.sign(s) * (s.abs() >= lower)              # den = max(|s|, lower)
             dS = (dnum @ v.mT).add_(ds[..., None])                      # num = S v, s = sum S
             dv = S.mT @ dnum
-            dm = dm + ctx.eps * dden                                    # eps * exp(m) term
+            if ctx.eps:
+                dm = dm + ctx.eps * dden                                # eps * exp(m) term
             if ctx.has_state:                                           # g C~_0 q, g n~_0^T q
-                dq = dq + g[..., None] * (dnum @ C0) + (g * ds)[..., None] * n0[..., None, :]
+                dq = g[..., None] * (dnum @ C0) + (g * ds)[..., None] * n0[..., None, :]
                 dC0 = dC0 + (g[..., None] * dnum).mT @ q
                 dn0 = dn0 + ((g * ds)[..., None] * q).sum(-2)
                 dg = dg + (dnum * (q @ C0.mT)).sum(-1) + ds * (q @ n0[..., None]).squeeze(-1)
+        else:
+            dS = torch.zeros_like(S)
         dw = torch.zeros_like(s)                 # into the last row's weights w_j = D~_Tj
         w = D[..., -1, :]
         if dC_T is not None:                                            # C_T = (v w)^T k
-            dv = dv + w[..., None] * (k @ dC_T.mT)
-            dk = dk + w[..., None] * (v @ dC_T)
+            dv = _plus(dv, w[..., None] * (k @ dC_T.mT))
+            dk = w[..., None] * (v @ dC_T)
             dw = dw + ((v @ dC_T) * k).sum(-1)
             dm[..., -1] -= (dC_T * C_T).sum((-2, -1))                   # C~_T ~ exp(-m_T)
             if ctx.has_state:
                 dC0 = dC0 + g[..., -1, None, None] * dC_T
                 dg[..., -1] += (dC_T * C0).sum((-2, -1))
         if dn_T is not None:                                            # n_T = sum_j w_j k_j
-            dk = dk + w[..., None] * dn_T[..., None, :]
+            dk = _plus(dk, w[..., None] * dn_T[..., None, :])
             dw = dw + (k * dn_T[..., None, :]).sum(-1)
             dm[..., -1] -= (dn_T * n_T).sum(-1)
             if ctx.has_state:
@@ -193,8 +193,10 @@ class _Parallel(torch.autograd.Function):
         if dm_T is not None:
             dm[..., -1] += dm_T
         dqk = dS * D                                                    # S = (q k^T) * D
-        dq = dq + dqk @ k
-        dk = dk + dqk.mT @ q
+        dq = _plus(dq, dqk @ k)
+        dk = _plus(dk, dqk.mT @ q)
+        if dv is None:
+            dv = torch.zeros_like(v)
         dlog_D = dS.mul_(S)                                             # D = exp(log D - m)
         dlog_D[..., -1, :] += dw * w
         routed_b = None
@@ -214,6 +216,11 @@ class _Parallel(torch.autograd.Function):
         dlog_f = dF.flip(-1).cumsum(-1).flip(-1)                        # F = cumsum log f
         df = dlog_f * torch.sigmoid(-f_pre) if ctx.forget_gate == "sigmoid" else dlog_f
         return dq, dk, dv, di, df, dC0, dn0, dm0, None, None
+
+
+def _plus(a: Tensor | None, b: Tensor) -> Tensor:
+    """a + b, where a None is zero."""
+    return b if a is None else a + b
 
 
 def parallel(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,

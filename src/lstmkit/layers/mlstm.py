@@ -238,8 +238,9 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 hs.append(h)
             h = torch.stack(hs).view(L, N, H)
             return (h if valid is None else h.masked_fill(~valid, 0.0)), (C, n, m)
-        q, k, v, i_pre, f_pre, o = projected.split([H, H, H, NH, NH, H], -1)
-        q, k, v = (z.reshape(L, N, NH, d).permute(1, 2, 0, 3) for z in (q, k, v))  # (N,NH,L,d)
+        qkv, i_pre, f_pre, o = projected.split([3 * H, NH, NH, H], -1)
+        # one copy into (N, NH, L, d) for all three, which every product then reads as it is
+        q, k, v = qkv.reshape(L, N, 3, NH, d).permute(2, 1, 3, 0, 4).contiguous().unbind(0)
         k = k * (1.0 / math.sqrt(d))
         if valid is not None:           # identity steps: nothing written, nothing decays
             i_pre = i_pre.masked_fill(~valid, -math.inf)
@@ -308,7 +309,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                                  f"{tuple(tensor.shape)}")
         if unbatched:
             state = tuple(t.unsqueeze(1) for t in state)
-        return [tuple(t[index] for t in state) for index in range(DL)]
+        return list(zip(*(t.unbind(0) for t in state)))
 
 
 def _padding(name: str, lengths, L: int, N: int, device) -> tuple[Tensor, Tensor]:
