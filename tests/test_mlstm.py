@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 import lstmkit
 from lstmkit.cells import mlstm as M
+from lstmkit.layers import mlstm as mlstm_layer
 
 F64 = torch.float64
 B, NH, D_HEAD = 2, 2, 4
@@ -541,3 +542,32 @@ def test_layer_inference_step_runs_compiled(bidirectional, monkeypatch):
         _close(a[0], b[0], 1e-12)
         for u, w in zip(a[1], b[1]):
             _close(u, w, 1e-12)
+
+
+@pytest.mark.skipif(mlstm_layer._ONEDNN is None, reason="no oneDNN inner product here")
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_projection_equals_linear(bias):
+    """The float32 projection on oneDNN (large calls): F.linear's output and gradients to
+    float32 rounding; small calls and float64 stay on F.linear."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 30, 64, generator=g, requires_grad=True)
+    w = torch.randn(70, 64, generator=g, requires_grad=True)
+    b = torch.randn(70, generator=g, requires_grad=True) if bias else None
+    assert 40 * 30 * 64 * 70 >= mlstm_layer.ONEDNN_MIN_MACS
+    dy = torch.randn(40, 30, 70, generator=g)
+    leaves = [t for t in (x, w, b) if t is not None]
+    def on_onednn(y):                       # the view of the Function's (M, N_out) output
+        fns = [y.grad_fn, *(f for f, _ in y.grad_fn.next_functions if f is not None)]
+        return any("OneDNN" in f.name() for f in fns)
+
+    got = mlstm_layer._project(x, w, b)
+    assert on_onednn(got)
+    want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    g_got = torch.autograd.grad(got, leaves, dy)
+    g_want = torch.autograd.grad(want, leaves, dy.double())
+    _close(got.double(), want, 1e-5)
+    for a, c in zip(g_got, g_want):
+        assert a.dtype == torch.float32
+        _close(a.double(), c, 1e-5)
+    assert not on_onednn(mlstm_layer._project(x[:2, :2], w, b))
+    assert not on_onednn(mlstm_layer._project(x.double(), w.double(), None))
