@@ -464,7 +464,7 @@ def test_parallel_gradcheck_with_identity_steps():
     out = fn(*leaves)
     torch.autograd.backward([o.sum() for o in out])
     assert all(torch.isfinite(x.grad).all() for x in leaves)
-    assert torch.autograd.gradcheck(fn, leaves)
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
 
 
 def test_bad_lengths():
@@ -529,15 +529,15 @@ def test_layer_inference_step_runs_compiled(bidirectional, monkeypatch):
     want_step = m(x[:1], want[1])
     with torch.no_grad():
         m.mode = "recurrent"
-        assert m._step_kernel(x) is not None
+        assert m._step_kernel(x, 6) is not None
         got = m(x, lengths=lengths)
         m.mode = "auto"
         got_step = m(x[:1], want[1])
         with monkeypatch.context() as patch:
             patch.setattr(compiled, "mlstm_step_kernel", lambda: None)
-            assert m._step_kernel(x[:1]) is None
+            assert m._step_kernel(x[:1], 1) is None
             python_step = m(x[:1], want[1])
-    assert m._step_kernel(x[:1]) is None                     # grad enabled: the python step
+    assert m._step_kernel(x[:1], 1) is None                     # grad enabled: the python step
     for a, b in ((got, want), (got_step, want_step), (python_step, want_step)):
         _close(a[0], b[0], 1e-12)
         for u, w in zip(a[1], b[1]):
@@ -571,3 +571,28 @@ def test_onednn_projection_equals_linear(bias):
         _close(a.double(), c, 1e-5)
     assert not on_onednn(mlstm_layer._project(x[:2, :2], w, b))
     assert not on_onednn(mlstm_layer._project(x.double(), w.double(), None))
+
+
+@needs_compiled
+@pytest.mark.parametrize("layers", [1, 2])
+def test_compiled_layer_step_every_layout(layers):
+    """The short way of one step (no lengths, no grad): batched, batch_first and unbatched, with
+    and without a state, against the python step under autograd."""
+    m = _layer(num_layers=layers, bidirectional=layers == 2)
+    DL = 2 * layers if layers == 2 else 1
+    x = torch.randn(1, 3, 3, dtype=F64)
+    state = tuple(torch.randn(DL, 3, NH, *tail, dtype=F64) for tail in ((2, 2), (2,), ()))
+    for args in ((x, state), (x, None), (x[:, 1], tuple(t[:, 1] for t in state))):
+        want = m(*args)
+        with torch.no_grad():
+            got = m(*args)
+        assert got[0].shape == want[0].shape
+        _close(got[0], want[0], 1e-12)
+        for a, b in zip(got[1], want[1]):
+            assert a.shape == b.shape
+            _close(a, b, 1e-12)
+    m.batch_first = True
+    with torch.no_grad():
+        got = m(x.transpose(0, 1), state)
+    m.batch_first = False
+    _close(got[0].transpose(0, 1), m(x, state)[0], 1e-12)

@@ -32,6 +32,14 @@ logsigmoid for the exp one), xLSTM's choice: long memory at the start.
 mode: "parallel" (O(L^2) per head, fastest for short training sequences), "chunkwise" (O(L)),
 "recurrent" (the step loop), "auto": the recurrent step for L == 1, parallel for
 L <= AUTO_PARALLEL_MAX_T, chunkwise beyond (benchmarks/bench_mlstm.py).
+
+Without autograd (torch.no_grad, inference_mode), float32/float64 on the CPU, the recurrent
+mode (and auto on one step) runs the compiled step (lstmkit.engine.compiled, csrc/mlstm.cpp):
+per step and layer one product and one call for every head and row; the python step where the
+extension is not built. Large float32 projections run on oneDNN (``_project``).
+
+lengths= (a right-padded batch): padded steps become identity steps (i~ = -inf, log f = 0), in
+every mode; outputs there are zero, each final state the sequence's own.
 """
 
 from __future__ import annotations
@@ -155,6 +163,11 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         name = type(self).__name__
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: input should be a Tensor, got {type(input).__name__}")
+        if lengths is None and input.dim() in (2, 3) and input.shape[-1] == self.input_size \
+                and input.shape[1 if self.batch_first and input.dim() == 3 else 0] == 1:
+            kernel = self._step_kernel(input, 1)
+            if kernel is not None:          # streaming inference: the short way
+                return self._compiled_step(input, state, kernel)
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: expected input of 2 (unbatched) or 3 dimensions, got "
                              f"shape {tuple(input.shape)}")
@@ -174,7 +187,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                                  f"{tuple(input.shape)}")
             valid, reverse = _padding(name, lengths, *x.shape[:2], x.device)
         D = self.num_directions
-        kernel = self._step_kernel(x)
+        kernel = self._step_kernel(x, x.shape[0])
         finals = []
         for layer in range(self.num_layers):
             outputs = []
@@ -202,16 +215,48 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             return x.squeeze(1), (C.squeeze(1), n.squeeze(1), m.squeeze(1))
         return (x.transpose(0, 1) if self.batch_first else x), (C, n, m)
 
-    def _step_kernel(self, x: Tensor):
-        """The compiled step (csrc/mlstm.cpp) where this call runs the recurrent form without
-        autograd (under torch.no_grad or inference_mode) on float32/float64 CPU tensors and the
-        extension is built; else None (the python step)."""
+    def _step_kernel(self, x: Tensor, L: int):
+        """The compiled step (csrc/mlstm.cpp) where this call of L steps runs the recurrent form
+        without autograd (under torch.no_grad or inference_mode) on float32/float64 CPU tensors
+        and the extension is built; else None (the python step)."""
         if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in compiled.DTYPES:
             return None
-        if self.mode != "recurrent" and not (self.mode == "auto" and x.shape[0] == 1):
+        if self.mode != "recurrent" and not (self.mode == "auto" and L == 1):
             return None
         kernels = compiled.mlstm_step_kernel()
         return None if kernels is None else kernels[1]
+
+    def _compiled_step(self, input: Tensor, state, kernel) -> tuple[Tensor, tuple]:
+        """``forward`` for one step without lengths, every layer and direction one product and
+        one compiled call: no time axis to move, no state split or stacked for one layer."""
+        x = input.reshape(-1, self.input_size)           # (N, H_in), whatever the layout
+        N, D, NH, H = x.shape[0], self.num_directions, self.num_heads, self.hidden_size
+        DL = D * self.num_layers
+        unbatched = input.dim() == 2
+        if state is None:
+            states = [(None, None, None)] * DL
+        elif DL == 1:                   # the kernel reads (1, N, NH, ...) as (N, NH, ...)
+            self._check_state(state, N, unbatched)
+            states = [state]
+        else:
+            states = self._split_state(state, N, unbatched)
+        exp_gate = self.forget_gate == "exp"
+        finals = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):              # one step: the reverse reads the same
+                index = layer * D + direction
+                h, C, n, m = kernel(F.linear(x, *self._stacked(index)), *states[index], NH,
+                                    exp_gate, 0.0)                   # h = sigma(o) h~ (N, NH, d)
+                outputs.append(h.view(N, H))
+                finals.append((C, n, m))                             # (1, N, NH, ...)
+            x = torch.cat(outputs, -1) if D == 2 else outputs[0]                # (N, D * H)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        final = finals[0] if DL == 1 else tuple(torch.cat(parts) for parts in zip(*finals))
+        if unbatched:
+            final = tuple(t.squeeze(1) for t in final)
+        return x.view(*input.shape[:-1], D * H), final
 
     def _layer(self, x: Tensor, index: int, state, valid: Tensor | None = None, kernel=None
                ) -> tuple[Tensor, tuple]:
@@ -225,7 +270,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             h, C, n, m = kernel(F.linear(x[0], *self._stacked(index)), C, n, m, NH,
                                 self.forget_gate == "exp", 0.0)   # h = sigma(o) * h~ (N, NH, d)
             h = h.view(1, N, H)
-            return (h if valid is None else h.masked_fill(~valid, 0.0)), (C, n, m)
+            return (h if valid is None else h.masked_fill(~valid, 0.0)), (C[0], n[0], m[0])
         projected = _project(x, *self._stacked(index))                    # (L, N, 4 H + 2 NH)
         if kernel is not None:
             if valid is not None:           # identity steps, as below (no autograd here)
@@ -238,7 +283,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 h, C, n, m = kernel(projected[t], C, n, m, NH, self.forget_gate == "exp", 0.0)
                 hs.append(h)
             h = torch.stack(hs).view(L, N, H)
-            return (h if valid is None else h.masked_fill(~valid, 0.0)), (C, n, m)
+            return (h if valid is None else h.masked_fill(~valid, 0.0)), (C[0], n[0], m[0])
         qkv, i_pre, f_pre, o = projected.split([3 * H, NH, NH, H], -1)
         # one copy into (N, NH, L, d) for all three, which every product then reads as it is
         q, k, v = qkv.reshape(L, N, 3, NH, d).permute(2, 1, 3, 0, 4).contiguous().unbind(0)
@@ -292,6 +337,12 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         """The state as one (C, n, m) per layer and direction, each (N, NH, ...), checked."""
         if state is None:
             return None
+        self._check_state(state, N, unbatched)
+        if unbatched:
+            state = tuple(t.unsqueeze(1) for t in state)
+        return list(zip(*(t.unbind(0) for t in state)))
+
+    def _check_state(self, state, N: int, unbatched: bool) -> None:
         name = type(self).__name__
         if not isinstance(state, (tuple, list)) or len(state) != 3:
             got = f"{len(state)} tensors" if isinstance(state, (tuple, list)) else \
@@ -308,9 +359,6 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"{name}: expected state's {key} of shape {shape}, got "
                                  f"{tuple(tensor.shape)}")
-        if unbatched:
-            state = tuple(t.unsqueeze(1) for t in state)
-        return list(zip(*(t.unbind(0) for t in state)))
 
 
 # ------------------------------------------------------------------ the input projection

@@ -151,16 +151,19 @@ void check_state(const std::optional<Tensor>& C0, const std::optional<Tensor>& n
               "mlstm_step: state sizes do not match the inputs");
 }
 
+// h (*batch, d) and the state (*lead, *batch, ...)
 template <class T>
 std::tuple<Tensor, Tensor, Tensor, Tensor> outputs(StepArgs<T>& a, const Tensor& like,
-                                                   at::IntArrayRef batch) {
-  std::vector<int64_t> shape(batch.begin(), batch.end());
-  auto with = [&](std::initializer_list<int64_t> tail) {
-    std::vector<int64_t> s = shape;
+                                                   at::IntArrayRef batch,
+                                                   at::IntArrayRef lead = {}) {
+  auto with = [&](at::IntArrayRef head, std::initializer_list<int64_t> tail) {
+    std::vector<int64_t> s(head.begin(), head.end());
+    s.insert(s.end(), batch.begin(), batch.end());
     s.insert(s.end(), tail);
     return at::empty(s, like.options());
   };
-  Tensor h = with({a.d}), C = with({a.d, a.d}), n = with({a.d}), m = with({});
+  Tensor h = with({}, {a.d}), C = with(lead, {a.d, a.d}), n = with(lead, {a.d});
+  Tensor m = with(lead, {});
   a.h = h.data_ptr<T>();
   a.C = C.data_ptr<T>();
   a.n = n.data_ptr<T>();
@@ -221,7 +224,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlstm_step(
 
 // proj (B, 4H + 2 NH): a layer's projection of x_t, (q | k | v | i~ | f~ | o) as lstmkit.mLSTM
 // stacks it (k not yet scaled); state (C~ (B, NH, d, d), n~ (B, NH, d), m (B, NH)) or none.
-// Returns (h (B, NH, d) = sigma(o) * h~, C~, n~, m).
+// Returns (h (B, NH, d) = sigma(o) * h~, C~, n~, m), the state with a leading axis of one (a
+// layer and direction: a one-layer state goes back in as it is).
 std::tuple<Tensor, Tensor, Tensor, Tensor> mlstm_layer_step(
     const Tensor& proj_, const std::optional<Tensor>& C0_, const std::optional<Tensor>& n0_,
     const std::optional<Tensor>& m0_, int64_t num_heads, bool exp_forget, double eps) {
@@ -230,7 +234,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlstm_layer_step(
   TORCH_CHECK(NH >= 1 && (W - 2 * NH) % 4 == 0 && (W - 2 * NH) / 4 % NH == 0,
               "mlstm_layer_step: proj must be (B, 4H + 2 NH) with NH dividing H");
   const int64_t H = (W - 2 * NH) / 4, d = H / NH;
-  check_state(C0_, n0_, m0_, proj_, B * NH, d);
+  check_state(C0_, n0_, m0_, proj_, B * NH, d);   // any shape of that many elements
   const Tensor proj = proj_.contiguous();
   Tensor C0, n0, m0;
   if (C0_) {
@@ -260,7 +264,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlstm_layer_step(
     a.k_scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(d)));
     a.eps = static_cast<scalar_t>(eps);
     a.exp_forget = exp_forget;
-    out = outputs(a, proj, batch);
+    out = outputs(a, proj, batch, {1});
     run(a);
   });
   return out;
