@@ -609,3 +609,18 @@ def test_compiled_layer_step_sees_weight_changes():
         after = m(x)[0]
     _close(after, 2 * before, 1e-12)
     assert before.abs().max() > 1e-3
+
+
+def test_export_sees_plain_torch_operators():
+    """torch.export of one inference step and of a float32 training-size call: the compiled
+    step and the oneDNN projection stay out of the graph."""
+    m = lstmkit.mLSTM(64, 64, num_heads=2).eval()
+    step = torch.randn(1, 2, 64)
+    state = m(torch.randn(3, 2, 64))[1]
+    with torch.no_grad():
+        program = torch.export.export(m, (step, state))
+        _close(program.module()(step, state)[0], m(step, state)[0], 1e-6)
+    x = torch.randn(40, 30, 64)
+    assert 40 * 30 * 64 * m.weight_q_l0.shape[0] * 4 >= mlstm_layer.ONEDNN_MIN_MACS
+    program = torch.export.export(m, (x,))
+    _close(program.module()(x)[0], m(x)[0], 1e-5)

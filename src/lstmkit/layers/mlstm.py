@@ -221,7 +221,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         and the extension is built; else None (the python step)."""
         if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in compiled.DTYPES:
             return None
-        if self.mode != "recurrent" and not (self.mode == "auto" and L == 1):
+        if self.mode != "recurrent" and not (self.mode == "auto" and L == 1) or _tracing():
             return None
         kernels = compiled.mlstm_step_kernel()
         return None if kernels is None else kernels[1]
@@ -373,6 +373,13 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                                  f"{tuple(tensor.shape)}")
 
 
+def _tracing() -> bool:
+    """torch.compile, torch.export, ONNX or TorchScript tracing: plain torch operators only
+    (the compiled step and the oneDNN projection are opaque to them)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or \
+        torch.onnx.is_in_onnx_export()
+
+
 # ------------------------------------------------------------------ the input projection
 
 def _onednn_ops():
@@ -397,7 +404,7 @@ def _project(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """F.linear(x, weight, bias) for x (L, N, H_k), on oneDNN for large float32 CPU calls."""
     L, N, K = x.shape
     if (_ONEDNN is None or x.dtype != torch.float32 or x.device.type != "cpu"
-            or L * N * K * weight.shape[0] < ONEDNN_MIN_MACS):
+            or L * N * K * weight.shape[0] < ONEDNN_MIN_MACS or _tracing()):
         return F.linear(x, weight, bias)
     return _OneDNNLinear.apply(x.reshape(L * N, K), weight, bias).view(L, N, -1)
 
