@@ -591,6 +591,9 @@ def test_compiled_layer_step_every_layout(layers):
         for a, b in zip(got[1], want[1]):
             assert a.shape == b.shape
             _close(a, b, 1e-12)
+    with torch.no_grad():                           # an empty batch
+        y, (C, _, _) = m(x[:, :0])
+    assert y.shape == (1, 0, m.num_directions * 4) and C.shape == (DL, 0, NH, 2, 2)
     m.batch_first = True
     with torch.no_grad():
         got = m(x.transpose(0, 1), state)

@@ -254,6 +254,8 @@ def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     batch, T, d = q.shape[:-2], q.shape[-2], q.shape[-1]
     L = chunk_size
+    if T <= L:                      # one chunk: the parallel form itself
+        return parallel(q, k, v, i_pre, f_pre, state, forget_gate=forget_gate, eps=eps)
     NS = T // L
     outputs = []
     if NS:

@@ -229,10 +229,11 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
     def _compiled_step(self, input: Tensor, state, kernel) -> tuple[Tensor, tuple]:
         """``forward`` for one step without lengths, every layer and direction one product and
         one compiled call: no time axis to move, no state split or stacked for one layer."""
-        x = input.reshape(-1, self.input_size)           # (N, H_in), whatever the layout
-        N, D, NH, H = x.shape[0], self.num_directions, self.num_heads, self.hidden_size
-        DL = D * self.num_layers
         unbatched = input.dim() == 2
+        N = 1 if unbatched else input.shape[0 if self.batch_first else 1]
+        x = input.reshape(N, self.input_size)            # (N, H_in), whatever the layout
+        D, NH, H = self.num_directions, self.num_heads, self.hidden_size
+        DL = D * self.num_layers
         if state is None:
             states = [(None, None, None)] * DL
         elif DL == 1:                   # the kernel reads (1, N, NH, ...) as (N, NH, ...)
