@@ -63,7 +63,9 @@ def step(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
          state: State | None = None, *, forget_gate: str = "sigmoid",
          eps: float = 0.0) -> tuple[Tensor, State]:
     """One step: q, k, v (*, d), i~ and f~ (*); returns (h~_t (*, d), the new state). Builds
-    new tensors only (no in-place update), so a loop over it can be backpropagated."""
+    new tensors only (no in-place update), so a loop over it can be backpropagated. Its
+    compiled twin for inference is ``lstmkit.engine.compiled.mlstm_step`` (csrc/mlstm.cpp),
+    which lstmkit.mLSTM runs under no_grad."""
     if state is None:                           # m_0 = -inf: C_t = v k^T, n_t = k, m_t = i~_t
         m = i_pre
         C = v.unsqueeze(-1) * k.unsqueeze(-2)                                     # (*, d, d)
