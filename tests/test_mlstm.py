@@ -627,3 +627,9 @@ def test_export_sees_plain_torch_operators():
     assert 40 * 30 * 64 * m.weight_q_l0.shape[0] * 4 >= mlstm_layer.ONEDNN_MIN_MACS
     program = torch.export.export(m, (x,))
     _close(program.module()(x)[0], m(x)[0], 1e-5)
+
+
+def test_projection_under_bf16_autocast_is_autocasts():
+    x, w = torch.randn(40, 30, 64), torch.randn(70, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mlstm_layer._project(x, w, None).dtype == torch.bfloat16

@@ -402,10 +402,12 @@ ONEDNN_MIN_MACS = 1 << 22
 
 
 def _project(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """F.linear(x, weight, bias) for x (L, N, H_k), on oneDNN for large float32 CPU calls."""
+    """F.linear(x, weight, bias) for x (L, N, H_k), on oneDNN for large float32 CPU calls
+    (outside autocast and tracing)."""
     L, N, K = x.shape
     if (_ONEDNN is None or x.dtype != torch.float32 or x.device.type != "cpu"
-            or L * N * K * weight.shape[0] < ONEDNN_MIN_MACS or _tracing()):
+            or L * N * K * weight.shape[0] < ONEDNN_MIN_MACS or _tracing()
+            or torch.is_autocast_enabled("cpu")):                  # autocast's own products
         return F.linear(x, weight, bias)
     return _OneDNNLinear.apply(x.reshape(L * N, K), weight, bias).view(L, N, -1)
 
