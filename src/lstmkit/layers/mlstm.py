@@ -221,7 +221,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         and the extension is built; else None (the python step)."""
         if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in compiled.DTYPES:
             return None
-        if self.mode != "recurrent" and not (self.mode == "auto" and L == 1) or _tracing():
+        if (self.mode != "recurrent" and not (self.mode == "auto" and L == 1)) or _tracing():
             return None
         kernels = compiled.mlstm_step_kernel()
         return None if kernels is None else kernels[1]
