@@ -542,6 +542,7 @@ def test_compiled_equals_the_python_loop_float64(kind, T, batch, hidden, h0):
     gen = torch.Generator().manual_seed(T + hidden)
     G = minrnn.num_gates(kind)
     pre = torch.randn(T, batch, G * hidden, generator=gen, **F64) * 4
+    pre[T // 2, :, :hidden], pre[T // 2, :, hidden:2 * hidden] = 800.0, -800.0   # saturated
     h_init = None if h0 is None else torch.randn(batch, hidden, generator=gen, **F64)
     h_init = h_init * 0 if h0 == "zero" else h_init
     grad_out = torch.randn(T, batch, hidden, generator=gen, **F64)
@@ -564,6 +565,8 @@ def test_compiled_float32_within_rounding_and_saturated_gates_finite(kind):
     pre = torch.randn(T, B, minrnn.num_gates(kind) * hidden, generator=gen, **F64) * 4
     pre[5:9] = 150.0
     pre[20:24] = -150.0
+    pre[30:33, :, :hidden], pre[30:33, :, hidden:2 * hidden] = 150.0, -150.0   # one gate each
+    pre[40:43, :, :hidden], pre[40:43, :, hidden:2 * hidden] = -150.0, 150.0
     h0 = torch.randn(B, hidden, generator=gen, **F64)
     grad_out = torch.randn(T, B, hidden, generator=gen, **F64)
     exact = run_both(kind, pre, h0, grad_out)[1]
