@@ -234,19 +234,22 @@ def _layer(**kw):
 def test_parameter_names_shapes_and_init():
     m = lstmkit.mLSTM(3, 8, num_heads=4, num_layers=2, bidirectional=True)
     shapes = {n: tuple(p.shape) for n, p in m.named_parameters()}
-    assert len(shapes) == 2 * 2 * 12
+    assert len(shapes) == 2 * 2 * 13
+    assert shapes["weight_norm_l1_reverse"] == (8,) and torch.equal(m.weight_norm_l0,
+                                                                    torch.ones(8))
     assert shapes["weight_q_l0"] == (8, 3) and shapes["weight_i_l0_reverse"] == (4, 3)
     assert shapes["weight_o_l1"] == (8, 16) and shapes["bias_f_l1_reverse"] == (4,)
     assert torch.allclose(m.bias_f_l0, torch.linspace(3, 6, 4))
     e = lstmkit.mLSTM(3, 8, num_heads=4, forget_gate="exp")
     assert torch.allclose(e.bias_f_l0.exp(), torch.sigmoid(torch.linspace(3, 6, 4)))
-    assert {n for n, _ in lstmkit.mLSTM(3, 8, bias=False).named_parameters()} == {
-        f"weight_{p}_l0" for p in "qkvifo"}
+    assert {n for n, _ in lstmkit.mLSTM(3, 8, bias=False, head_norm=False).named_parameters()} \
+        == {f"weight_{p}_l0" for p in "qkvifo"}
 
 
 def test_layer_matches_hand_written_equations():
-    """One layer, one head group, against the paper's unstabilised equations."""
-    m = _layer(mode="parallel")
+    """One layer, one head group, against the paper's unstabilised equations (h = o * h~: no
+    head norm, which tests/test_mlstm_trace.py checks)."""
+    m = _layer(mode="parallel", head_norm=False)
     x = torch.randn(6, 2, 3, dtype=F64)
     y, _ = m(x)
     d, Hd = 2, 4
@@ -297,7 +300,7 @@ def test_layer_batch_first_and_unbatched():
 
 
 def test_inference_reuses_stacked_weights_until_they_change():
-    m = _layer()
+    m = _layer(head_norm=False)                             # h linear in v
     x = torch.randn(3, 2, 3, dtype=F64)
     with torch.no_grad():
         before = m(x)[0]
@@ -603,7 +606,7 @@ def test_compiled_layer_step_every_layout(layers):
 
 @needs_compiled
 def test_compiled_layer_step_sees_weight_changes():
-    m = _layer()
+    m = _layer(head_norm=False)
     x = torch.randn(1, 3, 3, dtype=F64)
     with torch.no_grad():
         before = m(x)[0]                            # no state: h linear in v

@@ -34,8 +34,12 @@ def test_trace_gives_forwards_output_and_state(batch_first):
     torch.testing.assert_close(trace.steps[1][1].h, h[..., 8:])
 
 
-def test_states_and_gates_follow_the_equations_and_bptt_through_C():
-    layer = _layer()
+@pytest.mark.parametrize("head_norm", [False, True])
+def test_states_and_gates_follow_the_equations_and_bptt_through_C(head_norm):
+    layer = _layer(head_norm=head_norm)
+    if head_norm:
+        with torch.no_grad():
+            layer.weight_norm_l0.uniform_(0.5, 1.5)
     x = torch.randn(6, 2, 3, dtype=torch.float64)
     trace = layer.trace(x)
     w = torch.randn_like(trace.output)
@@ -55,7 +59,12 @@ def test_states_and_gates_follow_the_equations_and_bptt_through_C():
     torch.testing.assert_close(st.gates["o"], torch.sigmoid(o.detach()))
     qn = (n * q).sum(-1)
     den = torch.maximum(qn.abs(), torch.exp(-m))                             # (T, N, NH)
-    h_tilde = (C @ q.unsqueeze(-1)).squeeze(-1) / den[..., None]
+    h_tilde = (C @ q.unsqueeze(-1)).squeeze(-1) / den[..., None]               # (T, N, NH, d)
+    if head_norm:                       # GN: each head's d values normalised, then weighted
+        mu, var = h_tilde.mean(-1, keepdim=True), h_tilde.var(-1, unbiased=False, keepdim=True)
+        gn = (h_tilde - mu) / torch.sqrt(var + 1e-5) * layer.weight_norm_l0.detach().view(NH, d)
+        torch.testing.assert_close(st.h, st.gates["o"] * gn.reshape(T, N, 8))
+        return                          # the BPTT check below is for h = o * h~
     torch.testing.assert_close(st.h, st.gates["o"] * h_tilde.reshape(T, N, 8))
     # dL/dh_t is the output's gradient (no h feeds the next step); dL/dC_t: the direct term
     # g_t q_t^T / den_t plus what the next step carries back, f'_{t+1} dL/dC_{t+1}

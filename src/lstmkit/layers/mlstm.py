@@ -7,7 +7,12 @@ Per layer and direction, per head (NH heads, head size d = H / NH), x_t the laye
     i~_t = w_i^T x_t + b_i,  f~_t = w_f^T x_t + b_f             (one scalar per head)
     o_t = sigmoid(W_o x_t + b_o)
     C_t = f_t C_{t-1} + i_t v_t k_t^T,  n_t = f_t n_{t-1} + i_t k_t
-    h_t = o_t * C_t q_t / max(|n_t^T q_t|, 1),  i_t = exp(i~_t),  f_t = sigmoid(f~_t) or exp(f~_t)
+    h~_t = C_t q_t / max(|n_t^T q_t|, 1),  i_t = exp(i~_t),  f_t = sigmoid(f~_t) or exp(f~_t)
+    h_t = o_t * GN(h~_t)        (head_norm=True, the default)     h_t = o_t * h~_t   (False)
+
+GN normalises each head's d values of h~_t (zero mean, unit variance, eps 1e-5) and scales them
+by a learned weight (xLSTM's head-wise group norm, the package's ``outnorm``): h~_t has no
+bound (C_t q_t against n_t^T q_t), and without it a deep or wide mLSTM diverges in training.
 
 There is no recurrent weight: h_{t-1} does not enter step t, which is what lets the parallel
 and chunkwise forms exist. Shapes as torch.nn names them (N batch, L sequence length,
@@ -21,7 +26,8 @@ D = 2 if bidirectional else 1, H_in input_size, H hidden_size):
 
 Parameters per layer k (``_reverse`` appended for the backward direction), H_k = H_in for
 k = 0 else D * H: weight_q_l{k}, weight_k_l{k}, weight_v_l{k}, weight_o_l{k} (H, H_k);
-weight_i_l{k}, weight_f_l{k} (NH, H_k); with bias the matching bias_*_l{k} (H,) or (NH,).
+weight_i_l{k}, weight_f_l{k} (NH, H_k); with bias the matching bias_*_l{k} (H,) or (NH,);
+with head_norm weight_norm_l{k} (H,), initially ones.
 
 Initialisation: W_q, W_k, W_v, W_o ~ U(-1/sqrt(H_k), 1/sqrt(H_k)) (nn.Linear's scale), their
 biases 0; w_i, w_f ~ U(-0.1/sqrt(H_k), 0.1/sqrt(H_k)) (small: the gates start close to their
@@ -72,7 +78,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
     def __init__(self, input_size: int, hidden_size: int, num_heads: int = 1, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, forget_gate: str = "sigmoid", mode: str = "auto",
-                 chunk_size: int = 64, device=None, dtype=None):
+                 chunk_size: int = 64, head_norm: bool = True, device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
         input_size, hidden_size, num_layers, dropout, _ = checks.check_layer_args(
@@ -94,6 +100,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         self.dropout, self.bidirectional = dropout, bool(bidirectional)
         self.forget_gate, self.mode, self.chunk_size = forget_gate, mode, chunk_size
         self.head_size = hidden_size // num_heads
+        self.head_norm = bool(head_norm)
 
         factory = {"device": device, "dtype": dtype}
         H, NH, D = hidden_size, num_heads, self.num_directions
@@ -112,6 +119,10 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                         self.register_parameter(key + sfx,
                                                 nn.Parameter(torch.empty(shape, **factory)))
                         names[key] = key + sfx
+                if self.head_norm:
+                    self.register_parameter("weight_norm" + sfx,
+                                            nn.Parameter(torch.empty(H, **factory)))
+                    names["weight_norm"] = "weight_norm" + sfx
                 self._param_names.append(names)
         # each layer-direction's parameter names in the stacking order of ``_stacked``
         self._stack_order = [[names[f"{kind}_{p}"] for kind in ("weight", "bias")
@@ -143,6 +154,8 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                     if self.forget_gate == "exp":
                         b_f = F.logsigmoid(b_f)
                     getattr(self, names["bias_f"]).copy_(b_f)
+                if self.head_norm:
+                    nn.init.ones_(getattr(self, names["weight_norm"]))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}"
@@ -150,7 +163,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             s += f", num_layers={self.num_layers}"
         for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
                              ("bidirectional", False), ("forget_gate", "sigmoid"),
-                             ("mode", "auto"), ("chunk_size", 64)):
+                             ("mode", "auto"), ("chunk_size", 64), ("head_norm", True)):
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
         return s
@@ -254,9 +267,10 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 index = layer * D + direction
                 weight_t, bias = self._step_weights(index)
                 projected = x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
+                projected, o = self._gate_later(projected)
                 h, C, n, m = kernel(projected, *states[index], NH, exp_gate, 0.0)
                 # h = sigma(o) * h~ (N, NH, d); the state (1, N, NH, ...)
-                outputs.append(h.view(N, H))
+                outputs.append(self._output(h, o, index).view(N, H))
                 finals.append((C, n, m))
             x = torch.cat(outputs, -1) if D == 2 else outputs[0]                # (N, D * H)
             if self.dropout and self.training and layer < self.num_layers - 1:
@@ -275,9 +289,10 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         H, NH = self.hidden_size, self.num_heads
         if kernel is not None and L == 1:                 # streaming: one product, one call
             C, n, m = state if state is not None else (None, None, None)
-            h, C, n, m = kernel(F.linear(x[0], *self._stacked(index)), C, n, m, NH,
-                                self.forget_gate == "exp", 0.0)   # h = sigma(o) * h~ (N, NH, d)
-            h = h.view(1, N, H)
+            projected, o = self._gate_later(F.linear(x[0], *self._stacked(index)))
+            h, C, n, m = kernel(projected, C, n, m, NH, self.forget_gate == "exp", 0.0)
+            h = self._output(h, o, index).view(1, N, H)   # h = sigma(o) * h~ (N, NH, d) in
+            # the kernel; with head_norm it gave h~ and the gate comes after the norm
             return (h if valid is None else h.masked_fill(~valid, 0.0)), (C[0], n[0], m[0])
         projected = _project(x, *self._stacked(index))                    # (L, N, 4 H + 2 NH)
         if kernel is None:
@@ -288,11 +303,12 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 projected[..., 3 * H + NH:3 * H + 2 * NH].masked_fill_(
                     ~valid, math.inf if self.forget_gate == "sigmoid" else 0.0)
             C, n, m = state if state is not None else (None, None, None)
+            projected, o = self._gate_later(projected)
             hs = []
             for t in range(L):
                 h, C, n, m = kernel(projected[t], C, n, m, NH, self.forget_gate == "exp", 0.0)
                 hs.append(h)
-            h = torch.stack(hs).view(L, N, H)
+            h = self._output(torch.stack(hs), o, index).view(L, N, H)
             return (h if valid is None else h.masked_fill(~valid, 0.0)), (C[0], n[0], m[0])
         kw = {"forget_gate": self.forget_gate}
         mode = self.mode
@@ -310,9 +326,34 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         else:
             h, final = cell.chunkwise(q, k, v, i_pre, f_pre, state, chunk_size=self.chunk_size,
                                       **kw)
-        h = h.permute(2, 0, 1, 3).reshape(L, N, H)                                # (L, N, H)
-        h = torch.sigmoid(o) * h
+        h = h.permute(2, 0, 1, 3)                                               # (L, N, NH, d)
+        if self.head_norm:
+            h = self._group_norm(h, index)
+        h = torch.sigmoid(o) * h.reshape(L, N, H)
         return (h if valid is None else h.masked_fill(~valid, 0.0)), final
+
+    def _group_norm(self, h: Tensor, index: int) -> Tensor:
+        """GN(h~): each head's d values (..., NH, d) normalised, times the learned weight."""
+        weight = self._parameters[self._param_names[index]["weight_norm"]]
+        return F.layer_norm(h, (self.head_size,), eps=1e-5) * weight.view(self.num_heads, -1)
+
+    def _gate_later(self, projected: Tensor) -> tuple[Tensor, Tensor | None]:
+        """For the compiled step, which applies sigma(o~) itself: with head_norm the gate comes
+        after the norm, so the kernel gets o~ = +inf (sigma = 1, h~ out) and o~ is kept."""
+        if not self.head_norm:
+            return projected, None
+        H, NH = self.hidden_size, self.num_heads
+        o = projected[..., 3 * H + 2 * NH:].clone()
+        projected = projected.clone()
+        projected[..., 3 * H + 2 * NH:] = math.inf
+        return projected, o
+
+    def _output(self, h: Tensor, o: Tensor | None, index: int) -> Tensor:
+        """The compiled step's h (..., NH, d) as the layer's output: as it is without
+        head_norm, else sigma(o~) * GN(h~)."""
+        if o is None:
+            return h
+        return torch.sigmoid(o) * self._group_norm(h, index).reshape(o.shape)
 
     def _split(self, projected: Tensor, valid: Tensor | None = None) -> tuple[Tensor, ...]:
         """The projection (L, N, 4 H + 2 NH) as q, k (scaled by 1/sqrt(d)), v (N, NH, L, d),
@@ -353,7 +394,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 index = layer * D + direction
                 seq = x.flip(0) if direction else x
                 q, k, v, i_pre, f_pre, o = self._split(_project(seq, *self._stacked(index)))
-                st = _MLSTMStepTrace(self, direction == 1)
+                st = _MLSTMStepTrace(self, direction == 1, index)
                 h, final = st.run(q, k, v, i_pre, f_pre, o, states[index] if states else None)
                 outputs.append(h.flip(0) if direction else h)
                 finals.append(final)
@@ -436,8 +477,9 @@ class _MLSTMStepTrace:
     """One layer and direction of a trace: every step's tensors kept (gradients retained),
     served time-major in time order (the reverse direction flipped back)."""
 
-    def __init__(self, layer: mLSTM, reverse: bool):
+    def __init__(self, layer: mLSTM, reverse: bool, index: int):
         self._forget_gate, self._reverse = layer.forget_gate, reverse
+        self._norm = (lambda h: layer._group_norm(h, index)) if layer.head_norm else None
         self._H = layer.hidden_size
         self._h, self._C, self._n, self._m, self._i, self._f, self._o = ([] for _ in range(7))
 
@@ -450,7 +492,7 @@ class _MLSTMStepTrace:
                                  f_pre[..., t], state, forget_gate=self._forget_gate)
             C, n, m = state
             gate_o = torch.sigmoid(o[t])
-            h = gate_o * h.reshape(N, self._H)
+            h = gate_o * (h if self._norm is None else self._norm(h)).reshape(N, self._H)
             for z in (h, C, n):
                 if z.requires_grad:
                     z.retain_grad()
