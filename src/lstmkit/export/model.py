@@ -19,8 +19,19 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..layers import _Recurrent, _StepCell
-from ..layers.onnx import ExportError, OnnxLayer
+from ..layers import _Recurrent, _StepCell, mLSTM
+from ..layers.onnx import ExportError, OnnxLayer, OnnxMLSTM
+
+# what each lstmkit layer becomes
+_ONNX_FORMS = ((_Recurrent, OnnxLayer), (mLSTM, OnnxMLSTM))
+
+
+def _onnx_form(module: nn.Module) -> nn.Module | None:
+    """The ONNX form of an lstmkit layer, or None for any other module."""
+    for kind, form in _ONNX_FORMS:
+        if isinstance(module, kind):
+            return form(module)
+    return None
 
 
 def _require_onnx():
@@ -33,13 +44,13 @@ def _require_onnx():
                           "pip install 'lstmkit[onnx]'") from None
 
 
-def _swap_layers(model: nn.Module) -> tuple[nn.Module, list[OnnxLayer]]:
+def _swap_layers(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
     """A copy of model (eval mode) with each lstmkit layer replaced by its ONNX form."""
     if isinstance(model, _StepCell):
         raise ExportError(f"{type(model).__name__} (one step) has no ONNX form here; export "
                           "the layer form (LSTM, GRU, RNN), which runs any number of steps")
-    if isinstance(model, _Recurrent):
-        onnx_layer = OnnxLayer(model)
+    onnx_layer = _onnx_form(model)
+    if onnx_layer is not None:
         return onnx_layer, [onnx_layer]
     model = copy.deepcopy(model).eval()
     swapped = []
@@ -47,10 +58,10 @@ def _swap_layers(model: nn.Module) -> tuple[nn.Module, list[OnnxLayer]]:
         if isinstance(child, _StepCell):
             raise ExportError(f"{name}: {type(child).__name__} (one step) has no ONNX form "
                               "here; use the layer form (LSTM, GRU, RNN)")
-        if isinstance(child, _Recurrent):
+        onnx_layer = _onnx_form(child)
+        if onnx_layer is not None:
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name)
-            onnx_layer = OnnxLayer(child)
             setattr(parent, attr, onnx_layer)
             swapped.append(onnx_layer)
     return model, swapped
@@ -92,7 +103,7 @@ class _Exported(nn.Module):
     def __init__(self, model: nn.Module, layers: list[OnnxLayer], streaming: bool):
         super().__init__()
         self.model, self.layers, self.streaming = model, layers, streaming
-        self.n_states = [2 if layer.family == "lstm" else 1 for layer in layers]
+        self.n_states = [len(layer.state_names) for layer in layers]
 
     def forward(self, *args):
         n_state = sum(self.n_states) if self.streaming else 0
@@ -112,9 +123,8 @@ def _state_names(layers: list[OnnxLayer]) -> tuple[list[str], list[str]]:
     ins, outs = [], []
     for k, layer in enumerate(layers):
         sfx = "" if len(layers) == 1 else f"_{k}"
-        kinds = ("h", "c") if layer.family == "lstm" else ("h",)
-        ins += [f"initial_{s}{sfx}" for s in kinds]
-        outs += [f"Y_{s}{sfx}" for s in kinds]
+        ins += [f"initial_{s}{sfx}" for s in layer.state_names]
+        outs += [f"Y_{s}{sfx}" for s in layer.state_names]
     return ins, outs
 
 
@@ -149,7 +159,7 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
             if layer.D == 2:
                 raise ExportError("streaming needs unidirectional layers: a bidirectional "
                                   "layer reads each sequence from its end")
-    is_layer = isinstance(module, _Recurrent)
+    is_layer = isinstance(module, (_Recurrent, mLSTM))
     wrapper = _Exported(model, layers, streaming)
     with torch.no_grad():                    # the state shapes, from one run of the ONNX form
         for layer in layers:
@@ -165,7 +175,7 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
     if output_names is None:
         if is_layer:
             output_names = ["output"] + ([] if streaming else
-                                         ["h_n", "c_n"][: len(layers[0].stream_out)])
+                                         [f"{s}_n" for s in layers[0].state_names])
         else:
             n = n_out - len(state_out)
             output_names = ["output"] if n == 1 else [f"output_{i}" for i in range(n)]

@@ -15,22 +15,32 @@ This module owns every conversion of weight layout between lstmkit (torch's layo
     GRU   (r|z|n), reset_after=True/False    (z|r|h), linear_before_reset=1/0
     RNN   tanh / relu                        activations ["Tanh"] / ["Relu"]
 
-An LSTM with ``proj_size`` has no ONNX operator: its layers run as ONNX ``Scan`` over the cell's
-reference step (``Cell.reference_step``), for any length, with the same handling of lengths.
+Any other cell has no ONNX operator: an LSTM with ``proj_size``, the LayerNorm cells (lstm-ln,
+gru-ln, ``layer_norm=True``), sLSTM, a registered cell of one's own. Its layers run as an ONNX
+``Scan`` over the cell's reference step (``Cell.reference_step``), for any length, with the same
+handling of lengths; a cell without a reference step raises ExportError.
+
+mLSTM (``lstmkit.mLSTM``, no recurrent weight) runs in its parallel form (``OnnxMLSTM``): plain
+matrix products over the T steps of a call, from the initial state (C, n, m).
 
 Shapes: T steps, B batch, D directions, H hidden size, H_out = proj_size or H.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..cells.base import Weights
+from ..cells import mlstm as mlstm_cell
+from ..cells.base import Cell, Weights
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
+from .mlstm import _PROJECTIONS
 
 # gate blocks: ONNX's order, given as lstmkit's block index (None: a zero block)
 _ORDER = {"lstm": (0, 3, 1, 2), "lstm-coupled": ("-0", 2, None, 1), "gru": (1, 0, 2),
@@ -54,6 +64,14 @@ def _reorder(t: Tensor, order, H: int) -> Tensor:
         else:
             out.append(blocks[k])
     return torch.cat(out)
+
+
+_NATIVE = (LSTMCellMath, GRUCellMath, RNNCellMath)
+
+
+def has_reference_step(cell: Cell) -> bool:
+    """Whether the cell writes its step in plain torch ops (what the Scan form runs)."""
+    return type(cell).reference_step is not Cell.reference_step
 
 
 def _kind(layer) -> str:
@@ -88,8 +106,9 @@ def _scan_weights(layer, k: int, live: bool = False) -> dict[str, Tensor]:
 
 
 class OnnxLayer(nn.Module):
-    """Stands in for an lstmkit LSTM, GRU or RNN while torch.onnx.export traces a model: same
-    call ``(input, hx=None, lengths=None)`` and results, written as ONNX operators.
+    """Stands in for an lstmkit LSTM, GRU, RNN, sLSTM or ``Recurrent`` while torch.onnx.export
+    traces a model: same call ``(input, hx=None, lengths=None)`` and results, written as ONNX
+    operators (the native ones for the cells ONNX has, else a Scan over the reference step).
 
     ``stream_in`` / ``stream_out`` carry the state past the model's own code for a streaming
     export: when set, ``stream_in`` is the initial state of a call without hx, and the final
@@ -98,11 +117,13 @@ class OnnxLayer(nn.Module):
 
     def __init__(self, layer, live: bool = False):
         super().__init__()
-        if type(layer.cell) not in (LSTMCellMath, GRUCellMath, RNNCellMath):
-            # ONNX's operators have the LSTM, GRU and RNN equations only (no LayerNorm, no
-            # registered cell of one's own)
+        # ONNX's operators have the LSTM, GRU and RNN equations only; the other cells run
+        # their reference step in a Scan
+        self.native = type(layer.cell) in _NATIVE and not layer.proj_size
+        if not self.native and not has_reference_step(layer.cell):
             raise ExportError(f"{type(layer).__name__} with {type(layer.cell).__name__} has no "
-                              "ONNX form")
+                              "ONNX form: the cell has no reference_step (plain torch ops) for "
+                              "an ONNX Scan to run")
         if any(layer._zone):
             # evaluation mixes every step's states with the previous ones
             raise ExportError(f"{type(layer).__name__} with zoneout={layer.zoneout} has no ONNX "
@@ -114,13 +135,14 @@ class OnnxLayer(nn.Module):
         self.nonlinearity = getattr(layer.cell, "nonlinearity", "tanh")
         self.reset_after = getattr(layer, "reset_after", True)
         self.cell = layer.cell
+        self.state_names = layer.cell.state_names
         self.stream_in: tuple | None = None
         self.stream_out: tuple | None = None
         # live: the layer's own parameters, converted in the traced graph (torch.onnx.export
         # of a model); else converted once into buffers (export_onnx)
         self._live = (layer,) if live else None       # a tuple: not a submodule
         self._names = []
-        convert = _scan_weights if self.proj_size else onnx_weights
+        convert = onnx_weights if self.native else _scan_weights
         for k in range(self.num_layers if not live else 0):
             tensors = convert(layer, k)
             for name, t in tensors.items():
@@ -129,8 +151,12 @@ class OnnxLayer(nn.Module):
 
     def _layer(self, k: int) -> dict[str, Tensor]:
         if self._live is not None:
-            return (_scan_weights if self.proj_size else onnx_weights)(self._live[0], k, live=True)
+            return (onnx_weights if self.native else _scan_weights)(self._live[0], k, live=True)
         return {name: getattr(self, f"l{k}_{name}") for name in self._names[k]}
+
+    def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        """Shapes of the states (``state_names``' order) for a batch: (L * D, batch, size)."""
+        return [(self.num_layers * self.D, batch, size) for size in self.cell.state_sizes]
 
     def forward(self, input, hx=None, lengths=None):
         if isinstance(input, PackedSequence):
@@ -142,7 +168,7 @@ class OnnxLayer(nn.Module):
             x = x.transpose(0, 1)                                         # (T, B, I)
         if hx is None and self.stream_in is not None:
             hx = self.stream_in
-        n_states = 2 if self.family == "lstm" else 1
+        n_states = len(self.state_names)
         if hx is not None:
             hx = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
             if unbatched:
@@ -152,7 +178,7 @@ class OnnxLayer(nn.Module):
         for k in range(self.num_layers):
             states = None if hx is None else \
                 tuple(s[k * self.D : (k + 1) * self.D] for s in hx)
-            run = self._scan if self.proj_size else self._native
+            run = self._native if self.native else self._scan
             x, layer_finals = run(k, x, seq_lens, states)
             for f, s in zip(finals, layer_finals):
                 f.append(s)
@@ -162,7 +188,7 @@ class OnnxLayer(nn.Module):
             x, finals = x.squeeze(1), [f.squeeze(1) for f in finals]
         elif self.batch_first:
             x = x.transpose(0, 1)
-        return x, (tuple(finals) if self.family == "lstm" else finals[0])
+        return x, (tuple(finals) if n_states > 1 else finals[0])
 
     def _native(self, k: int, x: Tensor, seq_lens, states):
         """One ONNX LSTM/GRU/RNN node for layer k: (T, B, D*H) and the final states."""
@@ -193,8 +219,9 @@ class OnnxLayer(nn.Module):
         return y, finals
 
     def _scan(self, k: int, x: Tensor, seq_lens, states):
-        """Layer k as a Scan over the reference step, for configurations ONNX has no operator
-        for (proj_size). Past a sequence's length its state stays and its output is zero."""
+        """Layer k as a Scan over the reference step, for the cells ONNX has no operator for
+        (proj_size, LayerNorm, sLSTM, registered cells). Past a sequence's length its state
+        stays and its output is zero."""
         from torch._higher_order_ops.scan import scan
 
         w_all, T, B = self._layer(k), x.shape[0], x.shape[1]
@@ -230,3 +257,152 @@ class OnnxLayer(nn.Module):
                 f.append(s)
         y = torch.cat(outputs, -1) if self.D == 2 else outputs[0]
         return y, [torch.stack(f) for f in finals]
+
+
+# ---------------------------------------------------------------------------------------- mLSTM
+
+
+def _mlstm_parallel(q, k, v, i_pre, f_pre, state, forget_gate: str):
+    """mLSTM's parallel form in plain ops (``lstmkit.cells.mlstm._Parallel``'s forward, with the
+    same stabiliser), for any T >= 1: q, k, v (B, NH, T, d), i~, f~ (B, NH, T), state (C~_0,
+    n~_0, m_0) or None; returns h~ (B, NH, T, d) and the final (C~, n~, m)."""
+    T = q.shape[-2]
+    F_ = mlstm_cell.log_forget(f_pre, forget_gate).cumsum(-1)                     # (B, NH, T)
+    steps = torch.arange(T, device=q.device)
+    causal = steps[:, None] >= steps[None, :]                                        # (T, T)
+    log_D = F_[..., :, None] - F_[..., None, :] + i_pre[..., None, :]            # (B, NH, T, T)
+    log_D = torch.where(causal, log_D, torch.full_like(log_D, -math.inf))
+    m = log_D.amax(-1)                                                            # (B, NH, T)
+    if state is not None:
+        C0, n0, m0 = state
+        b = F_ + m0[..., None]
+        m = torch.maximum(m, b)
+        g = torch.exp(b - m)                                                      # (B, NH, T)
+    D = torch.exp(log_D - m[..., None])
+    S = (q @ k.transpose(-1, -2)) * D
+    num = S @ v                                                                # (B, NH, T, d)
+    s = S.sum(-1)
+    w = D[..., -1, :]                               # the last row: the final state's weights
+    C = (v * w[..., None]).transpose(-1, -2) @ k                               # (B, NH, d, d)
+    n = (k * w[..., None]).sum(-2)
+    if state is not None:
+        num = num + g[..., None] * (q @ C0.transpose(-1, -2))
+        s = s + g * (q @ n0[..., None]).squeeze(-1)
+        C = C + g[..., -1, None, None] * C0
+        n = n + g[..., -1, None] * n0
+    den = torch.maximum(s.abs(), mlstm_cell._lower(m))
+    return num / den[..., None], (C, n, m[..., -1])
+
+
+def _mlstm_scan(q, k, v, i_pre, f_pre, state, forget_gate: str):
+    """The same as an ONNX Scan over ``lstmkit.cells.mlstm.step``; a missing state is
+    (0, 0, -inf), which the step turns into C~_1 = v_1 k_1^T, n~_1 = k_1, m_1 = i~_1."""
+    from torch._higher_order_ops.scan import scan
+
+    B, NH, T, d = q.shape
+    if state is None:
+        state = (q.new_zeros(B, NH, d, d), q.new_zeros(B, NH, d),
+                 q.new_full((B, NH), -math.inf))
+    xs = tuple(t.movedim(2, 0) for t in (q, k, v, i_pre, f_pre))                # time first
+
+    def step(prev, inp):
+        h, new = mlstm_cell.step(*inp, prev, forget_gate=forget_gate)
+        return new, h
+
+    final, h = scan(step, tuple(state), xs)
+    return h.movedim(0, 2), final
+
+
+class OnnxMLSTM(nn.Module):
+    """Stands in for an ``lstmkit.mLSTM`` while torch.onnx.export traces a model: same call
+    ``(input, state=None)`` and results (output, (C, n, m)), in plain ONNX operators.
+
+    ``form``: "parallel" (default: every step of a call at once, the masked decay matrix of
+    the paper's parallel form, O(T^2) memory per head; feed a long sequence in chunks with the
+    streaming export) or "scan" (an ONNX Scan over the recurrent step, O(T) memory, slower at
+    every length measured). ``stream_in`` / ``stream_out`` as ``OnnxLayer``'s.
+    """
+
+    state_names = ("C", "n", "m")
+    FORMS = ("parallel", "scan")
+
+    def __init__(self, layer, live: bool = False, form: str = "parallel"):
+        super().__init__()
+        if form not in self.FORMS:
+            raise ValueError(f"OnnxMLSTM: form should be one of {self.FORMS}, got {form!r}")
+        self.form, self.family = form, "mlstm"
+        self.num_layers, self.D = layer.num_layers, layer.num_directions
+        self.hidden_size, self.num_heads = layer.hidden_size, layer.num_heads
+        self.head_size, self.forget_gate = layer.head_size, layer.forget_gate
+        self.input_size, self.batch_first = layer.input_size, layer.batch_first
+        self.stream_in: tuple | None = None
+        self.stream_out: tuple | None = None
+        self._live = (layer,) if live else None       # a tuple: not a submodule
+        self._has_bias = layer.bias
+        for index in range(0 if live else self.num_layers * self.D):
+            weight, bias = layer._stack([getattr(layer, name) for name in _mlstm_names(layer,
+                                                                                      index)])
+            self.register_buffer(f"w{index}", weight.detach().clone())
+            if bias is not None:
+                self.register_buffer(f"b{index}", bias.detach().clone())
+
+    def _weights(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """(W_q|W_k|W_v|w_i|w_f|W_o) (3H + 2NH + H, H_k) and the biases alike."""
+        if self._live is not None:
+            layer = self._live[0]
+            return layer._stack([getattr(layer, name) for name in _mlstm_names(layer, index)])
+        return getattr(self, f"w{index}"), getattr(self, f"b{index}", None)
+
+    def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        """Shapes of (C, n, m) for a batch: (L * D, batch, NH, d, d), (.., NH, d), (.., NH)."""
+        LD, NH, d = self.num_layers * self.D, self.num_heads, self.head_size
+        return [(LD, batch, NH, d, d), (LD, batch, NH, d), (LD, batch, NH)]
+
+    def forward(self, input, state=None, lengths=None):
+        if lengths is not None:
+            raise ExportError("mLSTM: lengths has no ONNX form here; export calls on whole "
+                              "sequences (or feed each sequence alone)")
+        if state is None and self.stream_in is not None:
+            state = self.stream_in
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first \
+            else input                                                           # (L, N, H_in)
+        if state is not None:
+            state = tuple(s.unsqueeze(1) for s in state) if unbatched else tuple(state)
+        finals = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.D):
+                index = layer * self.D + direction
+                seq = x.flip(0) if direction else x
+                h, final = self._layer(seq, index, None if state is None else
+                                       tuple(s[index] for s in state))
+                outputs.append(h.flip(0) if direction else h)
+                finals.append(final)
+            x = torch.cat(outputs, -1) if self.D == 2 else outputs[0]             # (L, N, D*H)
+        C, n, m = (torch.stack(parts) for parts in zip(*finals))
+        self.stream_out = (C, n, m)
+        if unbatched:
+            return x.squeeze(1), (C.squeeze(1), n.squeeze(1), m.squeeze(1))
+        return (x.transpose(0, 1) if self.batch_first else x), (C, n, m)
+
+    def _layer(self, x: Tensor, index: int, state) -> tuple[Tensor, tuple]:
+        """``lstmkit.mLSTM._layer`` in the chosen form: (h (L, N, H), final (C, n, m))."""
+        L, N = x.shape[0], x.shape[1]
+        H, NH, d = self.hidden_size, self.num_heads, self.head_size
+        projected = F.linear(x, *self._weights(index))                   # (L, N, 4 H + 2 NH)
+        q, k, v, i_pre, f_pre, o = projected.split([H, H, H, NH, NH, H], -1)
+        q, k, v = (z.reshape(L, N, NH, d).permute(1, 2, 0, 3) for z in (q, k, v))  # (N,NH,L,d)
+        k = k * (1.0 / math.sqrt(d))
+        i_pre, f_pre = i_pre.permute(1, 2, 0), f_pre.permute(1, 2, 0)            # (N, NH, L)
+        run = _mlstm_parallel if self.form == "parallel" else _mlstm_scan
+        h, final = run(q, k, v, i_pre, f_pre, state, self.forget_gate)
+        h = h.permute(2, 0, 1, 3).reshape(L, N, H)                                # (L, N, H)
+        return torch.sigmoid(o) * h, final
+
+
+def _mlstm_names(layer, index: int) -> list[str]:
+    """Parameter names of one layer-direction in ``mLSTM._stack``'s order."""
+    names = layer._param_names[index]
+    return [names[f"{kind}_{p}"] for kind in ("weight", "bias")
+            for p in _PROJECTIONS if f"{kind}_{p}" in names]
