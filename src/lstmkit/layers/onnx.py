@@ -99,8 +99,10 @@ def onnx_weights(layer, k: int, live: bool = False) -> dict[str, Tensor]:
 
 
 def _scan_weights(layer, k: int, live: bool = False) -> dict[str, Tensor]:
-    """Layer k's parameters per direction in torch's layout, for the Scan form."""
-    return {f"d{d}_{key}": t if live else t.detach().clone()
+    """Layer k's parameters per direction in torch's layout, for the Scan form. Live ones are
+    detached (the graph is the same): torch.onnx fails to decompose a Scan over weights that
+    require grad (sLSTM's heads)."""
+    return {f"d{d}_{key}": t.detach() if live else t.detach().clone()
             for d in range(layer.num_directions)
             for key, t in vars(layer.weights(k, d)).items() if t is not None}
 
@@ -157,6 +159,11 @@ class OnnxLayer(nn.Module):
     def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
         """Shapes of the states (``state_names``' order) for a batch: (L * D, batch, size)."""
         return [(self.num_layers * self.D, batch, size) for size in self.cell.state_sizes]
+
+    def start_values(self) -> tuple[float, ...]:
+        """Each state's value at the start of a stream: zeros (sLSTM's n = 0 starts every
+        unit afresh, m_1 = i~_1)."""
+        return (0.0,) * len(self.state_names)
 
     def forward(self, input, hx=None, lengths=None):
         if isinstance(input, PackedSequence):
@@ -249,7 +256,17 @@ class OnnxLayer(nn.Module):
                 kept = tuple(m_t * n + (1 - m_t) * p for n, p in zip(new, prev))
                 return kept, m_t * new[0]
 
-            last, ys = scan(step, init, (xw, mask))
+            def full_step(prev, xw_t, w=w):                 # every sequence is T long
+                new = self.cell.reference_step(w, xw_t, prev)
+                return new, new[0].clone()            # an output may not alias the carry
+
+            # detached (an identity in ONNX): torch.onnx fails on a Scan whose inputs require
+            # grad (an embedding's output), as on one over such weights
+            init, xw = tuple(s.detach() for s in init), xw.detach()
+            if seq_lens is None:
+                last, ys = scan(full_step, init, xw)
+            else:
+                last, ys = scan(step, init, (xw, mask))
             if d:
                 ys = ys.gather(0, index[:, :, None].expand_as(ys))
             outputs.append(ys)
@@ -303,13 +320,15 @@ def _mlstm_scan(q, k, v, i_pre, f_pre, state, forget_gate: str):
     if state is None:
         state = (q.new_zeros(B, NH, d, d), q.new_zeros(B, NH, d),
                  q.new_full((B, NH), -math.inf))
-    xs = tuple(t.movedim(2, 0) for t in (q, k, v, i_pre, f_pre))                # time first
+    # time first; detached as in OnnxLayer._scan
+    xs = tuple(t.movedim(2, 0).detach() for t in (q, k, v, i_pre, f_pre))
+    state = tuple(s.detach() for s in state)
 
     def step(prev, inp):
         h, new = mlstm_cell.step(*inp, prev, forget_gate=forget_gate)
         return new, h
 
-    final, h = scan(step, tuple(state), xs)
+    final, h = scan(step, state, xs)
     return h.movedim(0, 2), final
 
 
@@ -357,6 +376,12 @@ class OnnxMLSTM(nn.Module):
         """Shapes of (C, n, m) for a batch: (L * D, batch, NH, d, d), (.., NH, d), (.., NH)."""
         LD, NH, d = self.num_layers * self.D, self.num_heads, self.head_size
         return [(LD, batch, NH, d, d), (LD, batch, NH, d), (LD, batch, NH)]
+
+    def start_values(self) -> tuple[float, ...]:
+        """(C, n, m) at the start of a stream: (0, 0, -inf), the state the layer starts from
+        without one (m_1 = i~_1). Zeros give the same outputs (h~ does not depend on m), with
+        final states scaled by another exp(m)."""
+        return (0.0, 0.0, -math.inf)
 
     def forward(self, input, state=None, lengths=None):
         if lengths is not None:
