@@ -184,8 +184,11 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
     output_names = list(output_names) + state_out
     if len(output_names) != n_out:
         raise ExportError(f"{len(output_names)} output names for {n_out} outputs")
-    dynamic = tuple({i: torch.export.Dim.AUTO for i in range(a.dim())}
-                    if isinstance(a, Tensor) else None for a in all_args)
+    auto = torch.export.Dim.AUTO
+    # a state's batch (dim 1) is its only free size: a free layers dim would reach a Scan's
+    # initial state through a slice, which torch.export cannot trace
+    dynamic = tuple({i: auto for i in range(a.dim())} if isinstance(a, Tensor) else None
+                    for a in args) + tuple({1: auto} for _ in state_args)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

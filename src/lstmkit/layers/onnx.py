@@ -247,17 +247,21 @@ class OnnxLayer(nn.Module):
             bias = self.cell.hoisted_bias(w)
             if bias is not None:
                 xw = xw + bias
-            init = tuple(states[j][d] if states is not None else x.new_zeros(B, size)
+            # a given state copied: torch.export cannot trace a Scan (past the first layer)
+            # whose initial state is a view of a graph input
+            init = tuple(states[j][d].clone() if states is not None else x.new_zeros(B, size)
                          for j, size in enumerate(sizes))
 
-            def step(prev, inp, w=w):
+            # the steps see the cell, not the module (torch.compile, which traces them, lifts
+            # tensors it finds on a module into the graph)
+            def step(prev, inp, w=w, cell=self.cell):
                 xw_t, m_t = inp
-                new = self.cell.reference_step(w, xw_t, prev)
+                new = cell.reference_step(w, xw_t, prev)
                 kept = tuple(m_t * n + (1 - m_t) * p for n, p in zip(new, prev))
                 return kept, m_t * new[0]
 
-            def full_step(prev, xw_t, w=w):                 # every sequence is T long
-                new = self.cell.reference_step(w, xw_t, prev)
+            def full_step(prev, xw_t, w=w, cell=self.cell):     # every sequence is T long
+                new = cell.reference_step(w, xw_t, prev)
                 return new, new[0].clone()            # an output may not alias the carry
 
             # detached (an identity in ONNX): torch.onnx fails on a Scan whose inputs require
@@ -357,7 +361,6 @@ class OnnxMLSTM(nn.Module):
         self.stream_in: tuple | None = None
         self.stream_out: tuple | None = None
         self._live = (layer,) if live else None       # a tuple: not a submodule
-        self._has_bias = layer.bias
         for index in range(0 if live else self.num_layers * self.D):
             weight, bias = layer._stack([getattr(layer, name) for name in _mlstm_names(layer,
                                                                                       index)])

@@ -1,0 +1,244 @@
+"""ONNX export of the xLSTM layers and of every cell with a reference step: sLSTM, the LayerNorm
+cells and a registered cell of one's own as a Scan over the step, mLSTM in its parallel form; each
+run by onnxruntime and equal to the layer, at other lengths and batch sizes than the export
+example's, and streamed in chunks with the state in and out."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from test_registry import NAME as TOY
+from test_registry import LeakyGateCell
+from torch import nn
+
+from lstmkit import LSTM, mLSTM, sLSTM
+from lstmkit.cells import Cell, registry
+from lstmkit.export import ExportError, export_onnx
+from lstmkit.export.runs import state_inputs
+from lstmkit.layers import Recurrent
+from lstmkit.layers.onnx import OnnxMLSTM
+
+I, H = 3, 8
+ATOL = RTOL = 1e-5       # float32: mLSTM's outputs and states are not bounded by 1
+
+
+def _session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _flat(result) -> list:
+    out, state = result
+    return [out, *state]
+
+
+def _close(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.shape == tuple(e.shape)
+        np.testing.assert_allclose(g, e.numpy(), atol=ATOL, rtol=RTOL)
+
+
+class WithLengths(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, lengths):
+        out, state = self.layer(x, lengths=lengths)
+        return out, state
+
+
+# ---------------------------------------------------------------------------------------- sLSTM
+
+
+def test_slstm_heads_exp_gate_two_layers_bidirectional_lengths(tmp_path):
+    torch.manual_seed(0)
+    layer = sLSTM(I, H, num_heads=4, forget_gate="exp", num_layers=2, bidirectional=True,
+                  batch_first=True).eval()
+    model = WithLengths(layer)
+    path = export_onnx(model, tmp_path / "s.onnx", (torch.randn(3, 4, I), torch.tensor([4, 3, 2])))
+    assert "Scan" in {n.op_type for n in onnx.load(path).graph.node}
+    session = _session(path)
+    for B, T, lengths in ((3, 9, [9, 5, 1]), (2, 1, [1, 1]), (1, 6, [6])):
+        x, lengths = torch.randn(B, T, I) * 2, torch.tensor(lengths)
+        got = session.run(None, {"input_0": x.numpy(), "input_1": lengths.numpy()})
+        with torch.no_grad():
+            out, state = model(x, lengths)
+        assert len(state) == 4                                          # h, c, n, m
+        _close(got, [out, *state])
+        assert np.all(got[0][0, lengths[0]:] == 0) if B == 1 else True
+
+
+def test_slstm_streaming_in_chunks_equals_one_call(tmp_path):
+    torch.manual_seed(1)
+    layer = sLSTM(I, H, num_heads=1, num_layers=2).eval()                # sigmoid forget gate
+    path = export_onnx(layer, tmp_path / "s.onnx", torch.randn(4, 2, I), streaming=True)
+    session = _session(path)
+    states = ["h", "c", "n", "m"]
+    assert [i.name for i in session.get_inputs()] == \
+        ["input"] + [f"initial_{s}" for s in states]
+    assert [o.name for o in session.get_outputs()] == ["output"] + [f"Y_{s}" for s in states]
+    x = torch.randn(8, 3, I) * 2
+    with torch.no_grad():
+        out, final = layer(x)
+        _, middle = layer(x[:2])
+        out_from, final_from = layer(x[2:], middle)
+    state = [np.zeros((2, 3, H), np.float32) for _ in states]             # a fresh stream
+    outs = []
+    for a, b in ((0, 1), (1, 5), (5, 8)):                                 # T = 1, 4, 3
+        y, *state = session.run(None, {"input": x[a:b].numpy(),
+                                       **{f"initial_{s}": v for s, v in zip(states, state)}})
+        outs.append(y)
+    _close([np.concatenate(outs), *state], [out, *final])
+    # from a state that is not fresh (n > 0): the layer's own continuation
+    got = session.run(None, {"input": x[2:].numpy(),
+                             **{f"initial_{s}": v.numpy() for s, v in zip(states, middle)}})
+    _close(got, [out_from, *final_from])
+
+
+def test_torch_onnx_export_of_a_headwise_slstm(tmp_path):
+    """torch.onnx.export itself (the weights converted in the graph), heads > 1."""
+    torch.manual_seed(2)
+    layer = sLSTM(I, H, num_heads=2).eval()
+    auto = torch.export.Dim.AUTO
+    program = torch.onnx.export(layer, (torch.randn(4, 2, I),), dynamo=True, verbose=False,
+                                dynamic_shapes=({0: auto, 1: auto},))
+    program.save(tmp_path / "d.onnx")
+    session = _session(tmp_path / "d.onnx")
+    x = torch.randn(7, 3, I)
+    with torch.no_grad():
+        out, state = layer(x)
+    _close(session.run(None, {session.get_inputs()[0].name: x.numpy()}), [out, *state])
+
+
+# ------------------------------------------------------------------ any cell with a reference step
+
+
+class NoReferenceCell(LeakyGateCell):
+    reference_step = Cell.reference_step                  # as a cell that never wrote one
+
+
+@pytest.fixture
+def toy():
+    registry.register(TOY, LeakyGateCell, summary="a test cell: one update gate")
+    registry.register("no-reference", NoReferenceCell, summary="a test cell without a Scan form")
+    yield
+    registry.unregister(TOY)
+    registry.unregister("no-reference")
+
+
+class Stack(nn.Module):
+    """The LayerNorm cells (LSTM(layer_norm=True) is "lstm-ln") and a registered cell of one's
+    own, one after another."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = LSTM(I, H, layer_norm=True, bidirectional=True)
+        self.b = Recurrent(2 * H, H, cell="gru-ln")
+        self.c = Recurrent(H, H, cell=TOY)
+
+    def forward(self, x, lengths):
+        x, (h_a, c_a) = self.a(x, lengths=lengths)
+        x, h_b = self.b(x, lengths=lengths)
+        x, h_c = self.c(x, lengths=lengths)
+        return x, h_a, c_a, h_b, h_c
+
+
+def test_layernorm_cells_and_a_registered_cell_run_as_scans(toy, tmp_path):
+    torch.manual_seed(3)
+    model = Stack().eval()
+    path = export_onnx(model, tmp_path / "m.onnx", (torch.randn(4, 3, I), torch.tensor([4, 3, 2])))
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert not {"LSTM", "GRU", "RNN"} & set(ops)
+    session = _session(path)
+    for T, lengths in ((7, [7, 4, 2, 1]), (1, [1])):
+        x, lengths = torch.randn(T, len(lengths), I), torch.tensor(lengths)
+        with torch.no_grad():
+            expected = model(x, lengths)
+        _close(session.run(None, {"input_0": x.numpy(), "input_1": lengths.numpy()}), expected)
+
+
+def test_a_cell_without_reference_step_is_refused(toy, tmp_path):
+    layer = Recurrent(I, H, cell="no-reference")
+    with pytest.raises(ExportError, match="NoReferenceCell has no ONNX form.*reference_step"):
+        export_onnx(layer, tmp_path / "m.onnx", torch.randn(4, 2, I))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# ---------------------------------------------------------------------------------------- mLSTM
+
+
+def test_mlstm_exp_gate_two_layers_bidirectional(tmp_path):
+    torch.manual_seed(4)
+    layer = mLSTM(I, H, num_heads=2, num_layers=2, bidirectional=True, forget_gate="exp",
+                  batch_first=True).eval()
+    path = export_onnx(layer, tmp_path / "m.onnx", torch.randn(2, 4, I))
+    session = _session(path)
+    assert [o.name for o in session.get_outputs()] == ["output", "C_n", "n_n", "m_n"]
+    # T = 1: the layer's recurrent step; 5, 40: its parallel form
+    for B, T in ((2, 1), (3, 5), (1, 40)):
+        x = torch.randn(B, T, I) * 2
+        with torch.no_grad():
+            out, state = layer(x)
+        _close(session.run(None, {"input": x.numpy()}), [out, *state])
+    # T = 200 (the layer: its chunkwise form): h and C are not bounded (here up to ~10^3; h
+    # divides by n^T q, ill-conditioned near 0), and float32's forms differ by more than RTOL.
+    # Against float64: no further off than the layer itself, up to 1e-4 of the scale
+    x = torch.randn(1, 200, I) * 2
+    with torch.no_grad():
+        exact = [t.numpy() for t in _flat(copy.deepcopy(layer).double()(x.double()))]
+        own = [t.numpy() for t in _flat(layer(x))]
+    got = session.run(None, {"input": x.numpy()})
+    for g, o, e in zip(got, own, exact):
+        assert np.abs(g - e).max() <= np.abs(o - e).max() + 1e-4 * np.abs(e).max()
+
+
+def test_mlstm_streaming_in_chunks_equals_one_call(tmp_path):
+    torch.manual_seed(5)
+    layer = mLSTM(I, H, num_heads=4, num_layers=2).eval()                # sigmoid forget gate
+    path = export_onnx(layer, tmp_path / "m.onnx", torch.randn(4, 2, I), streaming=True)
+    session = _session(path)
+    names = ["C", "n", "m"]
+    assert [i.name for i in session.get_inputs()] == ["input"] + [f"initial_{s}" for s in names]
+    assert [o.name for o in session.get_outputs()] == ["output"] + [f"Y_{s}" for s in names]
+    x = torch.randn(9, 3, I) * 2
+    with torch.no_grad():
+        out, final = layer(x)
+    starts = state_inputs(layer)
+    assert [(s.name, s.shape, s.start) for s in starts] == [
+        ("initial_C", (2, "N", 4, 2, 2), 0.0), ("initial_n", (2, "N", 4, 2), 0.0),
+        ("initial_m", (2, "N", 4), -math.inf)]
+    state = [s.fresh(3).numpy() for s in starts]                       # (0, 0, -inf)
+    outs = []
+    for a, b in ((0, 1), (1, 6), (6, 9)):                                 # T = 1, 5, 3
+        y, *state = session.run(None, {"input": x[a:b].numpy(),
+                                       **{f"initial_{s}": v for s, v in zip(names, state)}})
+        outs.append(y)
+    _close([np.concatenate(outs), *state], [out, *final])
+    # from zeros (m = 0): the layer from the same state
+    zeros = tuple(torch.zeros(s.fresh(3).shape) for s in starts)
+    with torch.no_grad():
+        expected = layer(x, zeros)
+    got = session.run(None, {"input": x.numpy(),
+                             **{f"initial_{s}": v.numpy() for s, v in zip(names, zeros)}})
+    _close(got, [expected[0], *expected[1]])
+
+
+def test_mlstm_lengths_and_streaming_a_bidirectional_one_are_refused(tmp_path):
+    layer = mLSTM(I, H, bidirectional=True)
+    with pytest.raises(ExportError, match="mLSTM: lengths has no ONNX form"):
+        OnnxMLSTM(layer)(torch.randn(4, 2, I), lengths=torch.tensor([4, 2]))
+    with pytest.raises(ExportError, match="streaming needs unidirectional"):
+        export_onnx(layer, tmp_path / "m.onnx", torch.randn(4, 2, I), streaming=True)
+
+
+def test_state_inputs_of_a_model_read_from_its_layers():
+    model = nn.Sequential(sLSTM(I, H, num_layers=3))
+    assert [(s.name, s.output, s.shape, s.start) for s in state_inputs(model)] == [
+        (f"initial_{k}", f"Y_{k}", (3, "N", H), 0.0) for k in "hcnm"]
