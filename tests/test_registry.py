@@ -138,7 +138,7 @@ def test_an_unknown_cell_is_named():
         make_layer("nope", 3, 4)
 
 
-@pytest.mark.parametrize("name", [*registry.names(), NAME])
+@pytest.mark.parametrize("name", [*registry.step_names(), NAME])
 def test_every_registered_cell_matches_its_reference_and_gradchecks(name, request):
     """Derived from the registry: each cell's layer (python engine) against the reference walk
     of its own reference step, and gradcheck in float64."""

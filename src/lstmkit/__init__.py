@@ -3,8 +3,8 @@ time, drop-in for torch.nn, with a trace of every gate, state and per-step gradi
 
 from ._version import __version__
 from .export import export_onnx
-from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, mLSTM, sLSTM
+from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, minGRU, minLSTM, mLSTM, sLSTM, xLSTM
 from .trace import StepTrace, Trace
 
-__all__ = ["LSTM", "GRU", "RNN", "sLSTM", "mLSTM", "LSTMCell", "GRUCell", "RNNCell", "Trace",
-           "StepTrace", "export_onnx", "__version__"]
+__all__ = ["LSTM", "GRU", "RNN", "sLSTM", "mLSTM", "xLSTM", "minGRU", "minLSTM", "LSTMCell",
+           "GRUCell", "RNNCell", "Trace", "StepTrace", "export_onnx", "__version__"]

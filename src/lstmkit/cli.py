@@ -15,7 +15,7 @@ from pathlib import Path
 from .cells import registry
 from .config import RESUMABLE, Config, defaults_for
 
-TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy", "jsb")
+TASKS = ("names", "ptb", "chars", "forecast", "adding", "copy", "jsb", "parity")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -76,7 +76,8 @@ TRAIN_OPTIONS = [
     ("--window", "window", int, "forecast: past values the model reads", "data"),
     ("--difference", "difference", int, "forecast: model the change over this many steps "
      "(12: over a year of months; 0: the values themselves)", "data"),
-    ("--length", "length", int, "adding/copy: the time lag T", "data"),
+    ("--length", "length", int, "adding/copy: the time lag T; parity: the longest training "
+     "string L (tested also on L+1..6L)", "data"),
     ("--train-size", "train_size", int, "names: train on only this many names (0 = all)",
      "data"),
     ("--split", "split", str, "names: standard (each language's names shuffled, 10%% to test) "
@@ -85,7 +86,7 @@ TRAIN_OPTIONS = [
     ("--cell", "cell", str, "recurrent cell: {cells}", "model"),
     ("--hidden", "hidden", int, "hidden units per layer", "model"),
     ("--layers", "layers", int, "stacked recurrent layers", "model"),
-    ("--embed", "embed", int, "embedding size (names, ptb, chars, copy)", "model"),
+    ("--embed", "embed", int, "embedding size (names, ptb, chars, copy, parity)", "model"),
     ("--dropout", "dropout", float, "dropout between layers and before the output", "model"),
     ("--class-weight", "class_weight", float, "names: weight each language's loss by "
      "n^-P (n its training names), scaled so that a training name weighs 1 on average: 0 "
@@ -101,6 +102,8 @@ TRAIN_OPTIONS = [
      "model"),
     ("--layer-norm", "layer_norm", "flag", "LayerNorm LSTM or GRU (Ba et al. 2016; cells lstm "
      "and gru)", "model"),
+    ("--heads", "heads", int, "heads of the head-wise recurrence (cells slstm, mlstm, xlstm); "
+     "must divide --hidden", "model"),
     ("--bidirectional", "bidirectional", "flag", "names: read each name both ways", "model"),
     ("--tie", "tie", "flag", "language models: the decoder shares the embedding", "model"),
     ("--init-scale", "init_scale", float, "> 0: every parameter ~ U(-s, s)", "model"),
@@ -122,7 +125,7 @@ TRAIN_OPTIONS = [
      "optimisation"),
     ("--sum-over-steps", "sum_over_steps", "flag", "language models: backpropagate the loss "
      "summed over the segment's steps (Zaremba et al.; ptb's default)", "optimisation"),
-    ("--steps-per-epoch", "steps_per_epoch", int, "adding/copy: fresh batches per epoch",
+    ("--steps-per-epoch", "steps_per_epoch", int, "adding/copy/parity: fresh batches per epoch",
      "optimisation"),
     ("--lr-decay", "lr_decay", float, "multiply the learning rate by this each epoch ...",
      "optimisation"),
@@ -256,7 +259,7 @@ def train_command(args) -> None:
                  f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
         check_checkpoint(cfg, Path(args.out))
     else:
-        cfg = defaults_for(args.task)
+        cfg = defaults_for(args.task, given.get("cell"))
     cfg = dataclasses.replace(cfg, **given)
     check_config(cfg)
     if "WORLD_SIZE" not in os.environ:          # once, before any worker starts
@@ -325,12 +328,15 @@ def check_checkpoint(cfg: Config, out: Path) -> None:
     check_optimizer_files(make_optimizer(skeleton, cfg), tensors, meta["optimizer"],
                           f"the optimizer state in {out / 'checkpoint'}")
     carry = [tensors[k] for k in sorted(tensors) if k.startswith("carry.")]
-    expected = (cfg.layers, cfg.batch_size, cfg.hidden)
-    count = len(registry.get(cfg.cell).state_names)
-    if carry and (cfg.task not in ("ptb", "chars") or len(carry) != count
-                  or any(tuple(t.shape) != expected for t in carry)):
+    shapes = getattr(skeleton.rnn, "state_shapes", None)
+    expected = ([tuple(s) for s in shapes(cfg.batch_size)] if shapes else
+                [(cfg.layers, cfg.batch_size, cfg.hidden)] * len(
+                    registry.get(cfg.cell).state_names))
+    if carry and (cfg.task not in ("ptb", "chars")
+                  or [tuple(t.shape) for t in carry] != expected):
         fail(f"{out / 'checkpoint'}: the carried state is {len(carry)} tensor(s) of shape "
-             f"{tuple(carry[0].shape)}, expected {count} of shape {expected} for this run")
+             f"{tuple(carry[0].shape)}, expected {len(expected)} of shape "
+             f"{' / '.join(map(str, dict.fromkeys(expected)))} for this run")
 
 
 # ---------------------------------------------------------------------- using a run
@@ -533,6 +539,10 @@ def gradflow_command(args) -> None:
     from .runio import atomic_write_bytes
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    untraced = [c for c in cells if c in registry.names() and c not in registry.step_names()]
+    if untraced:
+        fail(f"--cells: {', '.join(untraced)} walk the whole sequence at once and record no "
+             f"per-step dL/dh_t; gradflow compares {', '.join(registry.step_names())}")
     if args.length < 2:
         fail(f"--length must be at least 2, got {args.length}")
     if args.train_steps < 0:

@@ -8,6 +8,7 @@ needs to rebuild its model (vocabulary, class names, scaling).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -19,8 +20,8 @@ INITS = ("default", "unit-forget", "chrono", "orthogonal", "unit-forget+orthogon
 INT_MAX = 2**31 - 1                 # sizes and counts end up as C ints in torch
 MAX_THREADS = 1024
 # integer fields that must be at least 1; the others at least 0 (all at most INT_MAX)
-AT_LEAST_ONE = ("hidden", "layers", "embed", "epochs", "batch_size", "bptt", "steps_per_epoch",
-                "length", "window", "horizon", "max_nonfinite")
+AT_LEAST_ONE = ("hidden", "layers", "heads", "embed", "epochs", "batch_size", "bptt",
+                "steps_per_epoch", "length", "window", "horizon", "max_nonfinite")
 # float fields that must be > 0 (the others must be >= 0); PROBABILITIES are in [0, 1)
 POSITIVE_FLOATS = ("lr", "lr_decay")
 PROBABILITIES = ("dropout", "weight_drop", "input_dropout", "recurrent_dropout")
@@ -132,7 +133,7 @@ class Config:
     horizon: int = 12                  # forecast: months held out for test (and for valid)
     window: int = 24                   # forecast: past values the model reads
     difference: int = 12               # forecast: model y_t vs y_{t-d} (0 = the values)
-    length: int = 100                  # adding / copy: the time lag T
+    length: int = 100                  # adding / copy: the time lag T; parity: longest string
     train_size: int = 0                # names: use only this many training names (0 = all)
     split: str = "standard"            # names: standard | disjoint (no name in train and test)
     # model
@@ -147,6 +148,7 @@ class Config:
     recurrent_dropout: float = 0.0     # one mask per sequence on the h_{t-1} W_hh sees
     zoneout: float | list = 0.0        # z for every state, or [z_c, z_h]
     layer_norm: bool = False           # LayerNorm LSTM / GRU (Ba et al. 2016)
+    heads: int = 1                     # head-wise recurrence (slstm, mlstm, xlstm)
     bidirectional: bool = False
     tie: bool = False                  # language models: decoder shares the embedding
     init_scale: float = 0.0            # > 0: every parameter ~ U(-s, s) (Zaremba et al.)
@@ -189,6 +191,8 @@ class Config:
                    "recurrent_dropout": self.recurrent_dropout,
                    "zoneout": tuple(self.zoneout) if isinstance(self.zoneout, list)
                    else self.zoneout}
+        if self.heads != 1:
+            options["num_heads"] = self.heads
         return {**options, "layer_norm": True} if self.layer_norm else options
 
     def validate(self, rebuild: bool = False) -> None:
@@ -233,7 +237,18 @@ class Config:
                 if not ok:
                     raise ConfigError(f.name, expected, value)
         self._check_zoneout(registry)
+        self._check_heads(registry)
         _check_meta(self.task, self.meta, rebuild)
+
+    def _check_heads(self, registry) -> None:
+        entry = registry.get(self.cell)
+        takes = inspect.signature(entry.sequence_layer or entry.math).parameters
+        if self.heads != 1 and "num_heads" not in takes:
+            raise ConfigError("heads", f"1 for cell {self.cell!r} (heads are for "
+                              f"{', '.join(n for n in registry.names() if _has_heads(n))})",
+                              self.heads)
+        if self.hidden % self.heads:
+            raise ConfigError("heads", f"a divisor of --hidden {self.hidden}", self.heads)
 
     def _check_zoneout(self, registry) -> None:
         z = self.zoneout
@@ -242,7 +257,7 @@ class Config:
             raise ConfigError("zoneout", "a number or a pair [z_c, z_h]", z)
         if not all(math.isfinite(v) and 0 <= v < 1 for v in (z if pair else [z])):
             raise ConfigError("zoneout", "in [0, 1)" + (" (each of z_c, z_h)" if pair else ""), z)
-        if pair and tuple(registry.get(self.cell).make(1, 0).state_names) != ("h", "c"):
+        if pair and tuple(registry.get(self.cell).state_names) != ("h", "c"):
             raise ConfigError("zoneout", f"one number for cell {self.cell!r} (it has no cell "
                               "state: zoneout is z_h)", z)
 
@@ -301,10 +316,37 @@ TASK_DEFAULTS: dict[str, dict] = {
                 patience=15),
     "copy": dict(cell="lstm", hidden=128, embed=16, lr=1e-3, epochs=30, batch_size=64,
                  steps_per_epoch=100, length=100, clip=1.0),
+    # Deletang et al. 2023's parity: lengths 1..40 to train, 41..240 to test generalisation
+    "parity": dict(cell="lstm", hidden=128, embed=8, lr=3e-3, epochs=10, batch_size=64,
+                   steps_per_epoch=100, length=40, clip=1.0),
 }
 
 
-def defaults_for(task: str) -> Config:
+def _has_heads(cell: str) -> bool:
+    from .cells import registry
+
+    entry = registry.get(cell)
+    return "num_heads" in inspect.signature(entry.sequence_layer or entry.math).parameters
+
+
+# the layer keywords a task's defaults may set, at the value that turns each off
+LAYER_REGULARISERS = {"weight_drop": 0.0, "input_dropout": 0.0, "recurrent_dropout": 0.0,
+                      "zoneout": 0.0, "layer_norm": False}
+
+
+def defaults_for(task: str, cell: str | None = None) -> Config:
+    """The task's defaults; with ``cell``, for that cell: a whole-sequence cell's layer (mLSTM,
+    minGRU, minLSTM) has no recurrent weights to drop or states to zone out, so the task's
+    default regularisers its layer does not take are off (asked for by name, they are refused
+    when the layer is made)."""
     if task not in TASK_DEFAULTS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_DEFAULTS)}")
-    return Config(task=task, **TASK_DEFAULTS[task])
+    from .cells import registry
+
+    cfg = Config(task=task, **TASK_DEFAULTS[task])
+    if cell is None or cell not in registry.names():
+        return dataclasses.replace(cfg, cell=cell) if cell else cfg
+    layer = registry.get(cell).sequence_layer
+    takes = inspect.signature(layer).parameters if layer is not None else LAYER_REGULARISERS
+    off = {k: v for k, v in LAYER_REGULARISERS.items() if k not in takes}
+    return dataclasses.replace(cfg, cell=cell, **off)

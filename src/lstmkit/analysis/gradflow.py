@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..cells import registry
 from ..init import orthogonal_recurrent_
-from ..layers import GRU, LSTM, RNN
+from ..layers import LSTM, RNN, _Recurrent, make_layer
 
-FAMILIES = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 TABLE_STEPS_BACK = (1, 10, 25, 50, 100)
 
 
@@ -47,9 +47,11 @@ def _to_layer_layout(layer, x: Tensor) -> Tensor:
     return x.transpose(0, 1) if layer.batch_first else x
 
 
-def _check_single(layer, what: str, family=(RNN, LSTM, GRU)) -> None:
+def _check_single(layer, what: str, family=(_Recurrent,)) -> None:
     if not isinstance(layer, family):
-        names = " or ".join(f"lstmkit.{cls.__name__}" for cls in family)
+        names = " or ".join("a layer of a per-step cell (lstmkit.LSTM, GRU, RNN, sLSTM, "
+                            "Recurrent)" if cls is _Recurrent else f"lstmkit.{cls.__name__}"
+                            for cls in family)
         raise TypeError(f"{what}: expected {names}, got {type(layer).__name__}")
     if layer.num_layers != 1 or layer.bidirectional:
         raise ValueError(f"{what}: needs a one-layer, one-direction layer, got num_layers="
@@ -88,7 +90,7 @@ def _traced_gradients(layer, x: Tensor, loss_fn=None):
     with torch.enable_grad():
         states0 = [x.new_zeros((LD, size) if B is None else (LD, B, size), requires_grad=True)
                    for size in sizes]
-        hx = tuple(states0) if len(states0) == 2 else states0[0]
+        hx = tuple(states0) if len(states0) > 1 else states0[0]
         trace = layer.trace(x, hx)
         loss = loss_fn(trace.output)
         grads = torch.autograd.grad(loss, [*states0, *params], allow_unused=True)
@@ -263,7 +265,7 @@ def jacobian_norms(layer, x: Tensor, norm: str = "spectral") -> np.ndarray:
     with torch.enable_grad():
         states0 = [x_rep.new_zeros(1, P * B, size) for size in layer.cell.state_sizes]
         states0[0].requires_grad_()
-        hx = tuple(states0) if len(states0) == 2 else states0[0]
+        hx = tuple(states0) if len(states0) > 1 else states0[0]
         trace = layer.trace(_to_layer_layout(layer, x_rep), hx)
         h_T = _to_time_major(layer, trace.output)[-1].view(P, B, P)
         loss = h_T.diagonal(dim1=0, dim2=2).sum()           # sum_j h_T[copy j, :, j]
@@ -330,6 +332,14 @@ def _curves(layer, x: Tensor, loss_fn=None) -> dict:
     return curves
 
 
+def _check_cells(where: str, cells) -> None:
+    """Every cell registered with per-step equations (the trace gradflow reads)."""
+    unknown = [c for c in cells if c not in registry.step_names()]
+    if unknown:
+        raise ValueError(f"{where}: unknown cells {unknown}; choose from "
+                         f"{list(registry.step_names())}")
+
+
 def compare_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 100,
                   hidden: int = 32, seed: int = 0, batch: int = 16, input_size: int = 8) -> dict:
     """Gradient flow in freshly initialised cells (torch's default initialisation), float64.
@@ -344,9 +354,7 @@ def compare_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 1
     Returns {"length", "hidden", "batch", "seed", "steps_back": (T+1,), "cells": {name: {...}}};
     ``format_table`` prints it.
     """
-    unknown = [c for c in cells if c not in FAMILIES]
-    if unknown:
-        raise ValueError(f"compare_cells: unknown cells {unknown}; choose from {list(FAMILIES)}")
+    _check_cells("compare_cells", cells)
     x = torch.randn(length, batch, input_size, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(seed))
     out = {"length": length, "hidden": hidden, "batch": batch, "seed": seed,
@@ -354,7 +362,7 @@ def compare_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 1
     for name in cells:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            layer = FAMILIES[name](input_size, hidden, dtype=torch.float64)
+            layer = make_layer(name, input_size, hidden, dtype=torch.float64)
         out["cells"][name] = _curves(layer, x)
     return out
 
@@ -373,9 +381,7 @@ def trained_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 1
     from ..data.synthetic import adding_problem
     from ..tasks.models import SequenceRegressor
 
-    unknown = [c for c in cells if c not in FAMILIES]
-    if unknown:
-        raise ValueError(f"trained_cells: unknown cells {unknown}; choose from {list(FAMILIES)}")
+    _check_cells("trained_cells", cells)
     x_eval, y_eval = adding_problem(batch, length, torch.Generator().manual_seed(seed))
     x_eval, y_eval = x_eval.double(), y_eval.double()
     out = {"length": length, "hidden": hidden, "batch": batch, "seed": seed, "steps": steps,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from . import registry
+from . import minrnn, mlstm, registry
 from .base import Cell
 from .gru import GRUCellMath
 from .layernorm import LayerNormGRUCellMath, LayerNormLSTMCellMath
@@ -14,7 +14,7 @@ from .rnn import RNNCellMath
 from .slstm import SLSTMCellMath
 
 __all__ = ["Cell", "GRUCellMath", "LSTMCellMath", "LayerNormGRUCellMath", "LayerNormLSTMCellMath",
-           "RNNCellMath", "SLSTMCellMath", "cell_from_spec", "registry"]
+           "RNNCellMath", "SLSTMCellMath", "cell_from_spec", "minrnn", "mlstm", "registry"]
 
 
 @cache

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .registry import register
+
 FORGET_GATES = ("sigmoid", "exp")
 State = tuple[Tensor, Tensor, Tensor]
 
@@ -311,3 +313,12 @@ def _check(q, k, v, i_pre, f_pre, state, forget_gate) -> None:
         if not isinstance(x, Tensor) or tuple(x.shape) != tuple(shape):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"state: expected {name} of shape {tuple(shape)}, got {got}")
+
+
+register("mlstm", layer="lstmkit.layers.mlstm:mLSTM", states=("C", "n", "m"),
+                  summary="xLSTM's mLSTM: matrix memory C_t = f_t C_{t-1} + i_t v_t k_t^T, "
+                          "parallel in training")
+# the mixed stack (lstmkit.layers.xlstm): mLSTM layers with sLSTM layers between them
+register("xlstm", layer="lstmkit.layers.xlstm:xLSTM",
+         states=("C", "n", "m", "h", "c", "n_s", "m_s"),
+         summary="xLSTM stack: mLSTM layers with an sLSTM every second layer")

@@ -12,10 +12,19 @@ trace's gate names, the operators (``cell_from_spec``) and the parametrised test
 names the torch-compatible layer class that hosts the cell ("LSTM", "GRU", "RNN"); a new cell
 leaves it empty and runs in ``lstmkit.layers.Recurrent``, on the python engine (the compiled
 engine has steps for the cells with a C++ kernel: ``Cell.compiled_kernel``).
+
+A cell whose layer walks the whole sequence itself, not one step of h_{t-1} at a time (the
+mLSTM's parallel and chunkwise forms, minGRU's and minLSTM's parallel scan), registers its layer
+class instead of a ``Cell``, by its import path (a layer lives above the cells):
+``register("mlstm", layer="lstmkit.layers.mlstm:mLSTM", states=("C", "n", "m"))``. The class
+takes ``(input_size, hidden_size, num_layers=, dropout=, bidirectional=, ...)`` and returns
+``(output, state)``, the state's tensors named by ``states``; the tasks, the CLI and config
+validation use it like any other cell.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass, field
 
@@ -30,13 +39,27 @@ class CellType:
     """A registered cell: a name, its equations, and the options that select it."""
 
     name: str
-    math: type[Cell]
+    math: type[Cell] | None
     options: dict = field(default_factory=dict)
-    layer: str = ""                      # "LSTM", "GRU", "RNN", or "" (lstmkit.layers.Recurrent)
+    # "LSTM", "GRU", "RNN", "" (lstmkit.layers.Recurrent), or "module:Class" of a
+    # whole-sequence layer
+    layer: str = ""
     summary: str = ""
+    states: tuple[str, ...] = ()         # a whole-sequence layer's state names
+
+    @property
+    def sequence_layer(self) -> type | None:
+        """The layer class of a whole-sequence cell (no per-step ``Cell``), else None."""
+        if self.math is not None:
+            return None
+        module, _, name = self.layer.partition(":")
+        return getattr(importlib.import_module(module), name)
 
     def make(self, hidden_size: int, proj_size: int = 0, **options) -> Cell:
         """The cell's equations for a layer of hidden_size units."""
+        if self.math is None:
+            raise ValueError(f"cell {self.name!r} is a whole-sequence layer "
+                             f"({self.layer}); it has no per-step equations to make")
         kwargs = {**self.options, **options}
         if proj_size:
             if "proj_size" not in inspect.signature(self.math).parameters:
@@ -53,21 +76,31 @@ class CellType:
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        """("h", "c") for a cell with a cell state, else ("h",)."""
-        return self.math.state_names
+        """("h", "c") for a cell with a cell state, else ("h",) (the layer's for a
+        whole-sequence cell)."""
+        return self.states if self.math is None else self.math.state_names
 
 
 _CELLS: dict[str, CellType] = {}
 _FAMILIES: dict[int, type[Cell]] = {}
 
 
-def register(name: str, math: type[Cell], *, options: dict | None = None, layer: str = "",
-             summary: str = "") -> CellType:
+def register(name: str, math: type[Cell] | None = None, *, options: dict | None = None,
+             layer: str = "", summary: str = "", states: tuple[str, ...] = ()) -> CellType:
     """Make a cell known by name (see the module docstring); returns its entry."""
     if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
         raise ValueError(f"a cell name is letters, digits, '-' and '_', got {name!r}")
-    if name in _CELLS and _CELLS[name].math is not math:
-        raise ValueError(f"cell {name!r} is registered already (by {_CELLS[name].math.__name__})")
+    if name in _CELLS and (_CELLS[name].math, _CELLS[name].layer) != (math, layer):
+        owner = _CELLS[name].math.__name__ if _CELLS[name].math else _CELLS[name].layer
+        raise ValueError(f"cell {name!r} is registered already (by {owner})")
+    if math is None:
+        if ":" not in layer or not states or not all(isinstance(s, str) for s in states):
+            raise ValueError(f"cell {name!r}: without a Cell, give layer='module:Class' of a "
+                             f"whole-sequence layer and its state names, got layer={layer!r}, "
+                             f"states={states!r}")
+        entry = CellType(name, None, dict(options or {}), layer, summary, tuple(states))
+        _CELLS[name] = entry
+        return entry
     if layer not in ("", "LSTM", "GRU", "RNN"):
         raise ValueError(f"layer must be 'LSTM', 'GRU', 'RNN' or '', got {layer!r}")
     family = math.__dict__.get("family_id")
@@ -83,7 +116,8 @@ def register(name: str, math: type[Cell], *, options: dict | None = None, layer:
 def unregister(name: str) -> None:
     """Forget a cell (for tests that register their own)."""
     entry = _CELLS.pop(name, None)
-    if entry is not None and not any(e.math is entry.math for e in _CELLS.values()):
+    if entry is not None and entry.math is not None and not any(
+            e.math is entry.math for e in _CELLS.values()):
         _FAMILIES.pop(entry.math.family_id, None)
 
 
@@ -95,9 +129,17 @@ def get(name: str) -> CellType:
 
 def names() -> tuple[str, ...]:
     """The registered cells' names: LSTM's, GRU's, RNN's, then the others, each family in
-    registration order."""
+    registration order, the whole-sequence cells last."""
     order = list(_CELLS)
-    return tuple(sorted(order, key=lambda n: (_CELLS[n].math.family_id, order.index(n))))
+    def key(n):
+        math = _CELLS[n].math
+        return (math is None, math.family_id if math else 0, order.index(n))
+    return tuple(sorted(order, key=key))
+
+
+def step_names() -> tuple[str, ...]:
+    """The names of the cells with per-step equations (a ``Cell``)."""
+    return tuple(n for n in names() if _CELLS[n].math is not None)
 
 
 def math_for_family(family: int) -> type[Cell]:

@@ -1,4 +1,5 @@
-"""Tasks generated in code: long-range memory benchmarks and a four-step toy example.
+"""Tasks generated in code: long-range memory benchmarks, parity (a formal language) and a
+four-step toy example.
 
 Every generator draws only from the ``torch.Generator`` it is given, so a seed fixes the data.
 Outputs are time-major, (T, B, ...), as the layers take them by default.
@@ -67,6 +68,32 @@ def copy_task(batch: int, length: int, generator: torch.Generator, n_symbols: in
 def copy_task_baseline(length: int, n_symbols: int = 8, copy_length: int = 10) -> float:
     """The memoryless cross-entropy (nats per step) of ``copy_task``."""
     return copy_length * math.log(n_symbols) / (length + 2 * copy_length)
+
+
+PARITY_PAD = 2
+"""parity's tokens: 0 and 1 are the bits, PARITY_PAD fills a batch past each string's end."""
+
+
+def parity(batch: int, min_length: int, max_length: int,
+           generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Parity, from the Chomsky-hierarchy suite of Deletang et al. 2023 ("Neural networks and
+    the Chomsky hierarchy"; a regular language): is the number of ones in a bit string odd?
+
+    Each string's length is drawn uniformly from min_length..max_length, then its bits
+    uniformly. Returns tokens (T, B) long with T the longest length drawn (bits 0/1, PARITY_PAD
+    past each string's end), lengths (B,) long and labels (B,) long: 1 where the count of ones
+    is odd. Labels are balanced, so always guessing scores accuracy 0.5.
+    """
+    if batch < 1 or not 1 <= min_length <= max_length:
+        raise ValueError("parity needs batch >= 1 and 1 <= min_length <= max_length, got "
+                         f"batch={batch}, min_length={min_length}, max_length={max_length}")
+    lengths = torch.randint(min_length, max_length + 1, (batch,), generator=generator)
+    T = int(lengths.max())
+    bits = torch.randint(0, 2, (T, batch), generator=generator)               # (T, B)
+    inside = torch.arange(T)[:, None] < lengths[None, :]                      # (T, B)
+    tokens = torch.where(inside, bits, PARITY_PAD)
+    labels = (bits * inside).sum(0) % 2
+    return tokens, lengths, labels
 
 
 def toy_sequences() -> tuple[Tensor, Tensor]:

@@ -10,6 +10,7 @@ The exported graph is the task's model itself (lstmkit.tasks.models), on these i
     adding    inputs (T, N, 2) float32                       -> prediction (N, 1)
     copy      tokens (T, N) int64                            -> logits (T, N, V)
     jsb       frames (L, N, 88) float32, lengths (N,) int64  -> logits (L, N, 88)
+    parity    tokens (L, N) int64, lengths (N,) int64        -> logits (N, 2)
 
 initial_h / initial_c and Y_h / Y_c: (layers, N, H), zeros to start; a language model always
 carries its state (text is continued one token at a time), the others with ``streaming``. A
@@ -69,6 +70,10 @@ def interface(cfg) -> Interface:
                           ("lengths", "(N,) int64: each chorale's frames")],
                          [("logits", "(L, N, 88) float32: per key, the logit of sounding at "
                            "the next step")]),
+        "parity": Interface([("tokens", "(L, N) int64: bits 0/1, padded with any index"),
+                             ("lengths", "(N,) int64: each string's length")],
+                            [("logits", "(N, 2) float32: scores of an even (0) and an odd (1) "
+                              "count of ones")]),
     }[cfg.task]
 
 
@@ -81,7 +86,8 @@ def example_inputs(cfg, vocab: int) -> tuple[Tensor, ...]:
     return {"names": (tokens, lengths), "ptb": (tokens,), "chars": (tokens,),
             "forecast": (torch.randn(L, N, 1, generator=g),),
             "adding": (torch.rand(L, N, 2, generator=g),), "copy": (tokens,),
-            "jsb": ((torch.rand(L, N, 88, generator=g) > 0.8).float(), lengths)}[cfg.task]
+            "jsb": ((torch.rand(L, N, 88, generator=g) > 0.8).float(), lengths),
+            "parity": (tokens, lengths)}[cfg.task]
 
 
 def _vocab_size(cfg, task) -> int:
@@ -90,6 +96,9 @@ def _vocab_size(cfg, task) -> int:
         return len(cfg.meta["alphabet"])
     if cfg.task in ("ptb", "chars"):
         return len(task.vocab)
+    if cfg.task == "parity":
+        from ..data.synthetic import PARITY_PAD
+        return PARITY_PAD + 1
     return COPY_SYMBOLS + 2
 
 
@@ -115,6 +124,9 @@ def task_meta(cfg, task) -> dict:
         return {"symbols": COPY_SYMBOLS, "copy_length": COPY_LENGTH, "length": cfg.length}
     if cfg.task == "adding":
         return {"length": cfg.length}
+    if cfg.task == "parity":
+        return {"classes": ["even", "odd"], "length": cfg.length,
+                "long_lengths": cfg.meta.get("long_lengths")}
     return {"keys": 88}
 
 

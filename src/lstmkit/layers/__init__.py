@@ -39,14 +39,16 @@ from __future__ import annotations
 
 from ..quantization import QUANTIZABLE
 from .engines import AUTO_BF16_MACS, AUTO_SHORT_T, ENGINES
+from .minrnn import minGRU, minLSTM
 from .mlstm import mLSTM
 from .recurrent import GRU, LSTM, RNN, Recurrent, _Recurrent, make_layer, sLSTM
 from .step_cells import GRUCell, LSTMCell, RNNCell, _StepCell
 from .surface import VARIANT_DEFAULTS
+from .xlstm import xLSTM
 
-__all__ = ["LSTM", "GRU", "RNN", "Recurrent", "sLSTM", "mLSTM", "LSTMCell", "GRUCell", "RNNCell",
-           "make_layer", "ENGINES", "AUTO_SHORT_T", "AUTO_BF16_MACS", "VARIANT_DEFAULTS",
-           "_Recurrent", "_StepCell"]
+__all__ = ["LSTM", "GRU", "RNN", "Recurrent", "sLSTM", "mLSTM", "xLSTM", "minGRU", "minLSTM",
+           "LSTMCell", "GRUCell", "RNNCell", "make_layer", "ENGINES", "AUTO_SHORT_T",
+           "AUTO_BF16_MACS", "VARIANT_DEFAULTS", "_Recurrent", "_StepCell"]
 
 # torch.ao's dynamic quantization treats these as their torch counterparts (quantization.py)
 QUANTIZABLE.extend([LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell])

@@ -54,6 +54,11 @@ _PROJECTIONS = ("q", "k", "v", "i", "f", "o")
 class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
     """A stack of mLSTM layers; see the module docstring for equations, shapes and names."""
 
+    def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        """The shapes of (C, n, m) for a batch of ``batch`` sequences."""
+        DL, NH, d = self.num_directions * self.num_layers, self.num_heads, self.head_size
+        return [(DL, batch, NH, d, d), (DL, batch, NH, d), (DL, batch, NH)]
+
     def __init__(self, input_size: int, hidden_size: int, num_heads: int = 1, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, forget_gate: str = "sigmoid", mode: str = "auto",
@@ -247,3 +252,4 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         if unbatched:
             state = tuple(t.unsqueeze(1) for t in state)
         return [tuple(t[index] for t in state) for index in range(DL)]
+

@@ -8,6 +8,7 @@ directions over the engines (stack.py), torch.nn.RNNBase's surface (surface.py).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -512,6 +513,8 @@ def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> _Recur
     the cells they host, with the cell's options (``peephole=True`` for "peephole"), else a
     ``Recurrent``. kwargs: the layer's arguments (num_layers, dropout, bidirectional, ...)."""
     entry = registry.get(cell)
+    if entry.sequence_layer is not None:
+        return _sequence_layer(entry, input_size, hidden_size, kwargs)
     if kwargs.pop("layer_norm", False):
         if entry.layer not in ("LSTM", "GRU") or entry.options:
             raise ValueError(f"layer_norm is for the cells lstm and gru, got {cell!r} (the "
@@ -520,3 +523,26 @@ def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> _Recur
     if entry.layer:
         return LAYERS[entry.layer](input_size, hidden_size, **entry.options, **kwargs)
     return Recurrent(input_size, hidden_size, cell=cell, **kwargs)
+
+
+# what make_layer's callers may pass that a whole-sequence layer need not take: at these values
+# the keyword asks for nothing
+_NEUTRAL = {"engine": "auto", "weight_drop": 0.0, "input_dropout": 0.0,
+            "recurrent_dropout": 0.0, "zoneout": 0.0, "layer_norm": False, "proj_size": 0}
+
+
+def _sequence_layer(entry, input_size: int, hidden_size: int, kwargs: dict):
+    """A whole-sequence cell's layer (``registry.CellType.sequence_layer``); a keyword it does
+    not take is dropped at its neutral value and refused by name otherwise."""
+    cls = entry.sequence_layer
+    takes = inspect.signature(cls).parameters
+    args = {**entry.options}
+    for key, value in kwargs.items():
+        if key in takes:
+            args[key] = value
+        elif key in _NEUTRAL and value == _NEUTRAL[key]:
+            continue
+        else:
+            raise ValueError(f"cell {entry.name!r} ({cls.__name__}) does not take {key}="
+                             f"{value!r}")
+    return cls(input_size, hidden_size, **args)

@@ -38,9 +38,12 @@ def build_report(run_dir: str | Path, cfg, task, model, text: str | None = None)
     records = sections.read_metrics(run / "metrics.jsonl")
     results = sections.read_results(run)
     model.eval()
-    layers, max_steps = inside_mod.plan(model.rnn)
-    traced = probe(task, model, text, max_steps)
-    inside = inside_mod.inside(traced, model.rnn, layers, max_steps)
+    if hasattr(model.rnn, "cell"):
+        layers, max_steps = inside_mod.plan(model.rnn)
+        traced = probe(task, model, text, max_steps)
+        inside = inside_mod.inside(traced, model.rnn, layers, max_steps)
+    else:
+        inside = inside_mod.untraced(model.rnn, text)
     dates = series_dates(cfg) if cfg.task == "forecast" else None
     charts = {f"chart-curve-{k}": c for k, c in enumerate(sections.curves(cfg, records))}
     section = sections.task_section(cfg, task, model, records, dates)

@@ -37,6 +37,18 @@ def quantities(layer) -> list[str]:
     return (["c"] if len(cell.state_sizes) > 1 else []) + ["h"] + gates
 
 
+def untraced(layer, text: str | None) -> dict:
+    """The section of a layer that records no per-step trace (a whole-sequence layer such as
+    the mLSTM): empty, with a note saying why."""
+    if text is not None:
+        raise ValueError(f"--input shows the states of a traced layer; {type(layer).__name__} "
+                         "records no trace")
+    note = (f"{type(layer).__name__} walks the whole sequence at once and records no per-step "
+            "trace, so there is nothing to show here.")
+    return {"source": "", "kind": "symbol", "loss_text": "", "loss": None, "symbols": [],
+            "hover": [], "segments": [], "notes": [note], "views": []}
+
+
 def plan(layer) -> tuple[list[int], int]:
     """(layers to show, at most how many steps) within FLOAT_BUDGET."""
     per_layer = layer.hidden_size * len(quantities(layer)) * (2 if layer.bidirectional else 1)

@@ -565,5 +565,5 @@ function drawSelective(v) {
 }
 
 drawCharts();
-if (INSIDE) guarded(document.getElementById("inside-body"), insideSetup);
+if (INSIDE && INSIDE.views.length) guarded(document.getElementById("inside-body"), insideSetup);
 document.body.dataset.ready = "1";

@@ -344,6 +344,26 @@ def copy_probe(task, model, text, max_steps) -> Probe:
                         "L = mean cross-entropy per step, as in training", loss)
 
 
+def parity_probe(task, model, text, max_steps) -> Probe:
+    tokens, lengths, labels = task.sets["valid"][""]
+    n = int(lengths[0])                                     # the first validation string
+    x, y = tokens[:n, :1], labels[:1]                       # (T, 1), (1,)
+    trace = model.rnn.trace(model.embed(x))
+    logits = model.out(model.drop(final_hidden(trace.h_n, model.layers, model.directions)))
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    bits = x[:, 0].tolist()
+    odd = [float(sum(bits[: t + 1]) % 2) for t in range(n)]
+    hover = [f"step {t}: bit {b}; ones so far {'odd' if o else 'even'}"
+             for t, (b, o) in enumerate(zip(bits, odd))]
+    guess = "odd" if logits.argmax(-1).item() else "even"
+    return _value_probe(trace, [str(b) for b in bits], hover,
+                        {"ones": [float(b) for b in bits], "odd so far": odd},
+                        f"the first validation string ({n} bits, {'odd' if y.item() else 'even'}"
+                        f" count of ones; the model says {guess})",
+                        "L = cross-entropy of the string's parity", loss)
+
+
 def note_name(midi: int) -> str:
     return f"{NOTE_NAMES[midi % 12]}{midi // 12 - 1}"
 
@@ -372,7 +392,7 @@ def jsb_probe(task, model, text, max_steps) -> Probe:
 
 PROBES = {"names": names_probe, "ptb": language_model_probe, "chars": language_model_probe,
           "forecast": forecast_probe, "adding": adding_probe, "copy": copy_probe,
-          "jsb": jsb_probe}
+          "jsb": jsb_probe, "parity": parity_probe}
 
 
 def per_step(probe: Probe, x: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ MAX_METRICS_BYTES = 64 * 1024 * 1024
 LOSS_UNITS = {"names": "cross-entropy, nats per name", "ptb": "cross-entropy, nats per word",
               "chars": "cross-entropy, nats per character", "adding": "MSE",
               "copy": "cross-entropy, nats per step", "jsb": "NLL, nats per time step",
-              "forecast": "MSE of the scaled change z"}
+              "forecast": "MSE of the scaled change z", "parity": "cross-entropy, nats per string"}
 METRICS = {   # key: (label, format); the order the table lists them
     "names": {"accuracy": ("accuracy (fraction of names)", ".3f"),
               "macro_accuracy": ("macro-averaged accuracy (mean over languages)", ".3f"),
@@ -49,11 +49,16 @@ METRICS = {   # key: (label, format); the order the table lists them
              "loss": ("cross-entropy, nats per step", ".4f"),
              "baseline_loss": ("memoryless cross-entropy, nats per step", ".4f")},
     "jsb": {"nll_per_step": ("NLL, nats per time step", ".3f")},
+    "parity": {"accuracy": ("accuracy, training lengths (chance 0.5)", ".3f"),
+               "long_accuracy": ("accuracy, longer strings (chance 0.5)", ".3f"),
+               "loss": ("cross-entropy, training lengths", ".4f"),
+               "long_loss": ("cross-entropy, longer strings", ".4f")},
 }
 DESCRIPTIONS = {"names": "surname -> language of origin, a character-level classifier",
                 "ptb": "word-level language model", "chars": "character-level language model",
                 "forecast": "time-series forecast", "adding": "the adding problem",
-                "copy": "the copy task", "jsb": "polyphonic music, next-frame prediction"}
+                "copy": "the copy task", "jsb": "polyphonic music, next-frame prediction",
+                "parity": "parity of a bit string (odd count of ones), length generalisation"}
 
 
 # ---------------------------------------------------------------------- reading the run

@@ -8,10 +8,11 @@ from .classify import NamesTask
 from .forecast import ForecastTask
 from .language_model import CharsTask, PTBTask
 from .music import JSBTask
-from .synthetic import AddingTask, CopyTask
+from .synthetic import AddingTask, CopyTask, ParityTask
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (NamesTask, PTBTask, CharsTask, ForecastTask,
-                                                   AddingTask, CopyTask, JSBTask)}
+                                                   AddingTask, CopyTask, JSBTask,
+                                                   ParityTask)}
 
 
 def make_task(cfg: Config, for_training: bool = True) -> Task:

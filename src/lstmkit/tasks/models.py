@@ -39,6 +39,16 @@ def final_hidden(h_n, layers: int, directions: int) -> Tensor:
     return torch.cat([h[(layers - 1) * directions + d] for d in range(directions)], -1)
 
 
+def final_outputs(out: Tensor, lengths: Tensor, directions: int) -> Tensor:
+    """The final h of each direction read from the outputs (L, N, D*H) of a right-padded batch:
+    step lengths-1 of the forward direction, step 0 of the reverse one; (N, D*H). For layers
+    whose state does not hold h (the mLSTM's is (C, n, m))."""
+    H = out.shape[-1] // directions
+    rows = torch.arange(out.shape[1], device=out.device)
+    last = out[lengths.to(out.device) - 1, rows, :H]
+    return last if directions == 1 else torch.cat([last, out[0, :, H:]], -1)
+
+
 class SequenceClassifier(nn.Module):
     """Tokens (L, N) with lengths -> class scores (N, C): embedding, RNN, the final hidden
     state(s), a linear layer."""
@@ -52,6 +62,7 @@ class SequenceClassifier(nn.Module):
         self.embed = nn.Embedding(vocab, embed)
         self.rnn = make_rnn(cell, embed, hidden, layers, dropout, bidirectional, engine,
                             rnn_options)
+        self.h_in_state = registry.get(cell).state_names[0] == "h"
         self.drop = Dropout(dropout)
         self.out = nn.Linear(hidden * self.directions, classes)
 
@@ -59,8 +70,10 @@ class SequenceClassifier(nn.Module):
         # longest first for the layer's lengths=, then back: what packing with
         # enforce_sorted=False does, in tensor ops that torch.export and ONNX follow
         order = lengths.argsort(descending=True)
-        _, h_n = self.rnn(self.embed(tokens).index_select(1, order), lengths=lengths[order])
-        final = final_hidden(h_n, self.layers, self.directions).index_select(0, order.argsort())
+        out, h_n = self.rnn(self.embed(tokens).index_select(1, order), lengths=lengths[order])
+        final = (final_hidden(h_n, self.layers, self.directions) if self.h_in_state
+                 else final_outputs(out, lengths[order], self.directions))
+        final = final.index_select(0, order.argsort())
         return self.out(self.drop(final))
 
 

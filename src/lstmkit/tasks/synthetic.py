@@ -1,4 +1,4 @@
-"""Long-time-lag tasks generated in code: the adding problem and the copy task.
+"""Tasks generated in code: the adding problem and the copy task (long time lags), parity.
 
 Adding (Hochreiter & Schmidhuber 1997): inputs (T, N, 2), values U[0, 1] and two markers, one
 in each half; the target is the sum of the two marked values. Predicting 1 always scores MSE
@@ -6,6 +6,10 @@ in each half; the target is the sum of the two marked values. Predicting 1 alway
 
 Copy (Arjovsky et al. 2016): ten symbols, T blanks, a delimiter, then the network must repeat
 the ten symbols. A memoryless baseline scores cross-entropy 10 log 8 / (T + 20).
+
+Parity (Deletang et al. 2023): is the count of ones in a bit string odd? Trained on lengths
+drawn uniformly from 1..L (--length), scored on fixed sets of the same lengths and of longer
+ones, L+1..6L (length generalisation); chance is accuracy 0.5.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data import adding_problem, copy_task
+from ..data.synthetic import PARITY_PAD, parity
 from .base import Task
-from .models import SequenceRegressor, TokenSequenceModel
+from .models import SequenceClassifier, SequenceRegressor, TokenSequenceModel
 
 TEST_SEED = 20_140_000        # the test set is the same for every run
 TEST_SIZE = 1000
@@ -111,3 +116,69 @@ class CopyTask(SyntheticTask):
     def describe(self, m):
         return (f"cross-entropy {m['loss']:.4f} (memoryless {m['baseline_loss']:.4f}), "
                 f"copied symbols right {m['accuracy']:.3f}")
+
+
+PARITY_LONGEST = 6                      # the long-length sets: lengths L+1 .. 6L
+PARITY_EVAL_BATCH = 500
+
+
+class ParityTask(Task):
+    """Parity of a bit string, variable lengths: a SequenceClassifier over tokens 0/1 reads
+    each string to its length (the layer's ``lengths=``) and scores odd/even from its final
+    hidden state. Fresh training batches of lengths 1..L; fixed validation and test sets, each
+    of TEST_SIZE strings of lengths 1..L (in distribution) and TEST_SIZE of L+1..6L (long)."""
+
+    name = "parity"
+    loss_label = "cross-entropy (nats/string)"
+    batch_dims = (1, 0, 0)                  # tokens (T, N), lengths (N,), labels (N,)
+
+    def __init__(self, cfg, for_training=True):
+        super().__init__(cfg)
+        L = cfg.length
+        self.long_lengths = (L + 1, PARITY_LONGEST * L)
+        self.sets = {}
+        for split, seed in (("valid", TEST_SEED + 1), ("test", TEST_SEED)):
+            gen = torch.Generator().manual_seed(seed + 1000 * L)
+            self.sets[split] = {"": parity(TEST_SIZE, 1, L, gen),
+                                "long_": parity(TEST_SIZE, *self.long_lengths, gen)}
+        cfg.meta = {"length": L, "long_lengths": list(self.long_lengths)}
+
+    def data_sizes(self):
+        L, (lo, hi) = self.cfg.length, self.long_lengths
+        return (f"train {self.cfg.steps_per_epoch * self.cfg.batch_size:,} fresh strings each "
+                f"epoch of lengths 1..{L}; valid and test {TEST_SIZE:,} each of lengths "
+                f"1..{L} and {TEST_SIZE:,} of {lo}..{hi}, made in code")
+
+    def build_model(self):
+        c = self.cfg
+        return SequenceClassifier(PARITY_PAD + 1, 2, c.cell, c.embed, c.hidden, c.layers,
+                                  c.dropout, c.bidirectional, c.engine, c.rnn_options())
+
+    def batches_per_epoch(self):
+        return self.cfg.steps_per_epoch
+
+    def train_batches(self, generator):
+        for _ in range(self.cfg.steps_per_epoch):
+            yield parity(self.cfg.batch_size, 1, self.cfg.length, generator)
+
+    def train_step(self, model, batch, carry):
+        tokens, lengths, labels = batch
+        return F.cross_entropy(model(tokens, lengths), labels), None
+
+    @torch.no_grad()
+    def evaluate(self, model, split):
+        """loss and accuracy on lengths 1..L; long_loss and long_accuracy on L+1..6L."""
+        model.eval()
+        metrics = {}
+        for prefix, (tokens, lengths, labels) in self.sets[split].items():
+            logits = torch.cat([
+                model(tokens[:, i:i + PARITY_EVAL_BATCH], lengths[i:i + PARITY_EVAL_BATCH])
+                for i in range(0, len(labels), PARITY_EVAL_BATCH)])
+            metrics[prefix + "loss"] = F.cross_entropy(logits, labels).item()
+            metrics[prefix + "accuracy"] = (logits.argmax(-1) == labels).float().mean().item()
+        return metrics
+
+    def describe(self, m):
+        (lo, hi) = self.long_lengths
+        return (f"accuracy {m['accuracy']:.3f} on lengths 1..{self.cfg.length}, "
+                f"{m['long_accuracy']:.3f} on {lo}..{hi} (chance 0.5)")
