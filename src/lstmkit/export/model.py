@@ -19,19 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..layers import _Recurrent, _StepCell, mLSTM
-from ..layers.onnx import ExportError, OnnxLayer, OnnxMLSTM
-
-# what each lstmkit layer becomes
-_ONNX_FORMS = ((_Recurrent, OnnxLayer), (mLSTM, OnnxMLSTM))
-
-
-def _onnx_form(module: nn.Module) -> nn.Module | None:
-    """The ONNX form of an lstmkit layer, or None for any other module."""
-    for kind, form in _ONNX_FORMS:
-        if isinstance(module, kind):
-            return form(module)
-    return None
+from ..layers import _StepCell
+from ..layers.onnx import LAYER_TYPES, ExportError, OnnxLayer, onnx_form
 
 
 def _require_onnx():
@@ -45,25 +34,30 @@ def _require_onnx():
 
 
 def _swap_layers(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
-    """A copy of model (eval mode) with each lstmkit layer replaced by its ONNX form."""
+    """A copy of model (eval mode) with each lstmkit layer replaced by its ONNX form (an
+    xLSTM stack as one, its layers inside it)."""
     if isinstance(model, _StepCell):
         raise ExportError(f"{type(model).__name__} (one step) has no ONNX form here; export "
                           "the layer form (LSTM, GRU, RNN), which runs any number of steps")
-    onnx_layer = _onnx_form(model)
+    onnx_layer = onnx_form(model)
     if onnx_layer is not None:
         return onnx_layer, [onnx_layer]
     model = copy.deepcopy(model).eval()
     swapped = []
-    for name, child in list(model.named_modules()):
-        if isinstance(child, _StepCell):
-            raise ExportError(f"{name}: {type(child).__name__} (one step) has no ONNX form "
-                              "here; use the layer form (LSTM, GRU, RNN)")
-        onnx_layer = _onnx_form(child)
-        if onnx_layer is not None:
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(parent, attr, onnx_layer)
-            swapped.append(onnx_layer)
+
+    def swap(parent: nn.Module, prefix: str) -> None:
+        for attr, child in list(parent.named_children()):
+            if isinstance(child, _StepCell):
+                raise ExportError(f"{prefix}{attr}: {type(child).__name__} (one step) has no "
+                                  "ONNX form here; use the layer form (LSTM, GRU, RNN)")
+            onnx_layer = onnx_form(child)
+            if onnx_layer is None:
+                swap(child, f"{prefix}{attr}.")
+            else:
+                setattr(parent, attr, onnx_layer)
+                swapped.append(onnx_layer)
+
+    swap(model, "")
     return model, swapped
 
 
@@ -153,13 +147,14 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
                               "only; export a float32 copy (model.float())")
     model, layers = _swap_layers(module)
     if not layers:
-        raise ExportError(f"{type(module).__name__} holds no lstmkit layer (LSTM, GRU, RNN)")
+        raise ExportError(f"{type(module).__name__} holds no lstmkit layer (LSTM, GRU, "
+                          "RNN, Recurrent, sLSTM, mLSTM, minGRU, minLSTM, xLSTM)")
     if streaming:
         for layer in layers:
             if layer.D == 2:
                 raise ExportError("streaming needs unidirectional layers: a bidirectional "
                                   "layer reads each sequence from its end")
-    is_layer = isinstance(module, (_Recurrent, mLSTM))
+    is_layer = isinstance(module, LAYER_TYPES)
     wrapper = _Exported(model, layers, streaming)
     with torch.no_grad():                    # the state shapes, from one run of the ONNX form
         for layer in layers:

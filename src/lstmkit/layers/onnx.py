@@ -28,6 +28,7 @@ Shapes: T steps, B batch, D directions, H hidden size, H_out = proj_size or H.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -35,12 +36,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ..cells import minrnn as minrnn_cell
 from ..cells import mlstm as mlstm_cell
 from ..cells.base import Cell, Weights
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from .mlstm import _PROJECTIONS
+from .minrnn import _MinRNN
+from .mlstm import _PROJECTIONS, mLSTM
+from .recurrent import _Recurrent
+from .xlstm import xLSTM
 
 # gate blocks: ONNX's order, given as lstmkit's block index (None: a zero block)
 _ORDER = {"lstm": (0, 3, 1, 2), "lstm-coupled": ("-0", 2, None, 1), "gru": (1, 0, 2),
@@ -434,3 +439,144 @@ def _mlstm_names(layer, index: int) -> list[str]:
     names = layer._param_names[index]
     return [names[f"{kind}_{p}"] for kind in ("weight", "bias")
             for p in _PROJECTIONS if f"{kind}_{p}" in names]
+
+
+# ------------------------------------------------------------------------------ minGRU, minLSTM
+
+
+class OnnxMinRNN(nn.Module):
+    """Stands in for an ``lstmkit.minGRU`` / ``minLSTM`` while torch.onnx.export traces a model:
+    same call ``(input, state=None, lengths=None)`` and results. Per layer and direction the
+    coefficients of h_t = a_t * h_{t-1} + b_t come for all steps at once
+    (``lstmkit.cells.minrnn.coefficients``: elementwise ops on W_ih x_t + b_ih), the recurrence
+    runs as an ONNX Scan of one multiply-add per step (the layers' sequential mode; lengths as
+    the layer takes them: each sequence reversed within its length for the reverse direction,
+    zero outputs past it, the final state at its last step)."""
+
+    state_names = ("h",)
+
+    def __init__(self, layer, live: bool = False):
+        super().__init__()
+        self.kind, self.family = layer.kind, layer.kind
+        self.num_layers, self.D = layer.num_layers, layer.num_directions
+        self.hidden_size, self.batch_first = layer.hidden_size, layer.batch_first
+        self.stream_in: tuple | None = None
+        self.stream_out: tuple | None = None
+        self._live = (layer,) if live else None       # a tuple: not a submodule
+        self._bias = layer.bias
+        for k in range(0 if live else self.num_layers):
+            for d in range(self.D):
+                weight, bias = layer._weights(k, d)
+                self.register_buffer(f"w{k}_{d}", weight.detach().clone())
+                if bias is not None:
+                    self.register_buffer(f"b{k}_{d}", bias.detach().clone())
+
+    def _weights(self, k: int, d: int) -> tuple[Tensor, Tensor | None]:
+        if self._live is not None:
+            return self._live[0]._weights(k, d)
+        return getattr(self, f"w{k}_{d}"), getattr(self, f"b{k}_{d}", None)
+
+    def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return [(self.num_layers * self.D, batch, self.hidden_size)]
+
+    def start_values(self) -> tuple[float, ...]:
+        return (0.0,)                                  # h_0 = 0, the layer's default
+
+    def forward(self, input, state=None, lengths=None):
+        from torch._higher_order_ops.scan import scan
+
+        if isinstance(input, PackedSequence):
+            raise ExportError("a PackedSequence cannot be exported (its batch sizes are data); "
+                              "pass the padded batch and lengths=... to the layer instead")
+        if state is None and self.stream_in is not None:
+            state = self.stream_in[0]
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else input.transpose(0, 1) if self.batch_first \
+            else input                                                           # (L, N, H_in)
+        if state is not None and unbatched:
+            state = state.unsqueeze(1)
+        T, B, H = x.shape[0], x.shape[1], self.hidden_size
+        steps = torch.arange(T, device=x.device)[:, None]                         # (L, 1)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths).to(torch.int64)
+            order = torch.where(steps < lengths, lengths - 1 - steps, steps)[..., None]
+            inside = (steps < lengths)[..., None].to(x.dtype)                     # (L, N, 1)
+            at_end = (lengths - 1)[None, :, None].expand(1, B, H)
+
+        def reverse(t):
+            return t.gather(0, order.expand(-1, -1, t.shape[-1])) if lengths is not None \
+                else t.flip(0)
+
+        def step(h_prev, inp):
+            a_t, b_t = inp
+            h = a_t * h_prev + b_t                         # h_t = a_t h_{t-1} + b_t
+            return h, h.clone()                            # an output may not alias the carry
+
+        finals = []
+        for k in range(self.num_layers):
+            outputs = []
+            for d in range(self.D):
+                x_d = reverse(x) if d else x
+                pre = F.linear(x_d, *self._weights(k, d))                       # (L, N, G*H)
+                a, b = minrnn_cell.coefficients(self.kind, pre)                  # (L, N, H)
+                h0 = state[k * self.D + d].clone() if state is not None else \
+                    x.new_zeros(B, H)
+                # detached, as in OnnxLayer._scan
+                last, h = scan(step, h0.detach(), (a.detach(), b.detach()))
+                finals.append(h.gather(0, at_end)[0] if lengths is not None else last)
+                outputs.append(reverse(h) if d else h)
+            x = torch.cat(outputs, -1) if self.D == 2 else outputs[0]             # (L, N, D*H)
+            if lengths is not None:
+                x = x * inside                                        # zero past each length
+        h_n = torch.stack(finals)                                              # (L*D, N, H)
+        self.stream_out = (h_n,)
+        if unbatched:
+            return x.squeeze(1), h_n.squeeze(1)
+        return (x.transpose(0, 1) if self.batch_first else x), h_n
+
+
+# ---------------------------------------------------------------------------------- xLSTM stack
+
+
+class OnnxXLSTM(nn.Module):
+    """Stands in for an ``lstmkit.layers.xLSTM`` stack: the stack itself (a copy) with each of
+    its mLSTM and sLSTM layers in its ONNX form; its state (C, n, m, h, c, n_s, m_s) streams as
+    one, as the stack takes and returns it."""
+
+    state_names = ("C", "n", "m", "h", "c", "n_s", "m_s")
+
+    def __init__(self, layer, live: bool = False):
+        super().__init__()
+        self.family, self.D = "xlstm", layer.num_directions
+        self.stack = copy.deepcopy(layer)
+        for k, inner in enumerate(self.stack.layers):
+            self.stack.layers[k] = onnx_form(inner, live)
+        self.stream_in: tuple | None = None
+        self.stream_out: tuple | None = None
+
+    def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return self.stack.state_shapes(batch)
+
+    def start_values(self) -> tuple[float, ...]:
+        return (0.0, 0.0, -math.inf, 0.0, 0.0, 0.0, 0.0)    # the mLSTM's and sLSTM's
+
+    def forward(self, input, state=None, lengths=None):
+        if state is None and self.stream_in is not None:
+            state = self.stream_in
+        out, state = self.stack(input, state, lengths)
+        self.stream_out = tuple(state)
+        return out, state
+
+
+def onnx_form(module: nn.Module, live: bool = False) -> nn.Module | None:
+    """The ONNX form of an lstmkit layer (``OnnxLayer``, ``OnnxMLSTM``, ``OnnxMinRNN``,
+    ``OnnxXLSTM``), or None for any other module."""
+    for kind, form in _FORMS:
+        if isinstance(module, kind):
+            return form(module, live)
+    return None
+
+
+_FORMS = ((_Recurrent, OnnxLayer), (mLSTM, OnnxMLSTM), (_MinRNN, OnnxMinRNN),
+          (xLSTM, OnnxXLSTM))
+LAYER_TYPES = tuple(kind for kind, _ in _FORMS)
