@@ -21,7 +21,7 @@ from lstmkit import LSTM, mLSTM, sLSTM
 from lstmkit.cells import Cell, registry
 from lstmkit.export import ExportError, export_onnx
 from lstmkit.export.runs import state_inputs
-from lstmkit.layers import Recurrent
+from lstmkit.layers import Recurrent, minGRU, minLSTM, xLSTM
 from lstmkit.layers.onnx import OnnxMLSTM
 
 I, H = 3, 8
@@ -75,33 +75,6 @@ def test_slstm_heads_exp_gate_two_layers_bidirectional_lengths(tmp_path):
         assert np.all(got[0][0, lengths[0]:] == 0) if B == 1 else True
 
 
-def test_slstm_streaming_in_chunks_equals_one_call(tmp_path):
-    torch.manual_seed(1)
-    layer = sLSTM(I, H, num_heads=1, num_layers=2).eval()                # sigmoid forget gate
-    path = export_onnx(layer, tmp_path / "s.onnx", torch.randn(4, 2, I), streaming=True)
-    session = _session(path)
-    states = ["h", "c", "n", "m"]
-    assert [i.name for i in session.get_inputs()] == \
-        ["input"] + [f"initial_{s}" for s in states]
-    assert [o.name for o in session.get_outputs()] == ["output"] + [f"Y_{s}" for s in states]
-    x = torch.randn(8, 3, I) * 2
-    with torch.no_grad():
-        out, final = layer(x)
-        _, middle = layer(x[:2])
-        out_from, final_from = layer(x[2:], middle)
-    state = [np.zeros((2, 3, H), np.float32) for _ in states]             # a fresh stream
-    outs = []
-    for a, b in ((0, 1), (1, 5), (5, 8)):                                 # T = 1, 4, 3
-        y, *state = session.run(None, {"input": x[a:b].numpy(),
-                                       **{f"initial_{s}": v for s, v in zip(states, state)}})
-        outs.append(y)
-    _close([np.concatenate(outs), *state], [out, *final])
-    # from a state that is not fresh (n > 0): the layer's own continuation
-    got = session.run(None, {"input": x[2:].numpy(),
-                             **{f"initial_{s}": v.numpy() for s, v in zip(states, middle)}})
-    _close(got, [out_from, *final_from])
-
-
 def test_torch_onnx_export_of_a_headwise_slstm(tmp_path):
     """torch.onnx.export itself (the weights converted in the graph), heads > 1."""
     torch.manual_seed(2)
@@ -134,30 +107,32 @@ def toy():
 
 
 class Stack(nn.Module):
-    """The LayerNorm cells (LSTM(layer_norm=True) is "lstm-ln") and a registered cell of one's
-    own, one after another."""
+    """The LayerNorm cells (LSTM(layer_norm=True) is "lstm-ln"), a registered cell of one's own
+    and minGRU, one after another."""
 
     def __init__(self):
         super().__init__()
         self.a = LSTM(I, H, layer_norm=True, bidirectional=True)
         self.b = Recurrent(2 * H, H, cell="gru-ln")
         self.c = Recurrent(H, H, cell=TOY)
+        self.d = minGRU(H, H, bidirectional=True)
 
     def forward(self, x, lengths):
         x, (h_a, c_a) = self.a(x, lengths=lengths)
         x, h_b = self.b(x, lengths=lengths)
         x, h_c = self.c(x, lengths=lengths)
-        return x, h_a, c_a, h_b, h_c
+        x, h_d = self.d(x, lengths=lengths)
+        return x, h_a, c_a, h_b, h_c, h_d
 
 
-def test_layernorm_cells_and_a_registered_cell_run_as_scans(toy, tmp_path):
+def test_layernorm_cells_a_registered_cell_and_mingru_run_as_scans(toy, tmp_path):
     torch.manual_seed(3)
     model = Stack().eval()
     path = export_onnx(model, tmp_path / "m.onnx", (torch.randn(4, 3, I), torch.tensor([4, 3, 2])))
     ops = [n.op_type for n in onnx.load(path).graph.node]
     assert not {"LSTM", "GRU", "RNN"} & set(ops)
     session = _session(path)
-    for T, lengths in ((7, [7, 4, 2, 1]), (1, [1])):
+    for T, lengths in ((7, [7, 4, 2, 1]), (1, [1])):      # longest first (packing, LSTM)
         x, lengths = torch.randn(T, len(lengths), I), torch.tensor(lengths)
         with torch.no_grad():
             expected = model(x, lengths)
@@ -199,37 +174,6 @@ def test_mlstm_exp_gate_two_layers_bidirectional(tmp_path):
         assert np.abs(g - e).max() <= np.abs(o - e).max() + 1e-4 * np.abs(e).max()
 
 
-def test_mlstm_streaming_in_chunks_equals_one_call(tmp_path):
-    torch.manual_seed(5)
-    layer = mLSTM(I, H, num_heads=4, num_layers=2).eval()                # sigmoid forget gate
-    path = export_onnx(layer, tmp_path / "m.onnx", torch.randn(4, 2, I), streaming=True)
-    session = _session(path)
-    names = ["C", "n", "m"]
-    assert [i.name for i in session.get_inputs()] == ["input"] + [f"initial_{s}" for s in names]
-    assert [o.name for o in session.get_outputs()] == ["output"] + [f"Y_{s}" for s in names]
-    x = torch.randn(9, 3, I) * 2
-    with torch.no_grad():
-        out, final = layer(x)
-    starts = state_inputs(layer)
-    assert [(s.name, s.shape, s.start) for s in starts] == [
-        ("initial_C", (2, "N", 4, 2, 2), 0.0), ("initial_n", (2, "N", 4, 2), 0.0),
-        ("initial_m", (2, "N", 4), -math.inf)]
-    state = [s.fresh(3).numpy() for s in starts]                       # (0, 0, -inf)
-    outs = []
-    for a, b in ((0, 1), (1, 6), (6, 9)):                                 # T = 1, 5, 3
-        y, *state = session.run(None, {"input": x[a:b].numpy(),
-                                       **{f"initial_{s}": v for s, v in zip(names, state)}})
-        outs.append(y)
-    _close([np.concatenate(outs), *state], [out, *final])
-    # from zeros (m = 0): the layer from the same state
-    zeros = tuple(torch.zeros(s.fresh(3).shape) for s in starts)
-    with torch.no_grad():
-        expected = layer(x, zeros)
-    got = session.run(None, {"input": x.numpy(),
-                             **{f"initial_{s}": v.numpy() for s, v in zip(names, zeros)}})
-    _close(got, [expected[0], *expected[1]])
-
-
 def test_mlstm_lengths_and_streaming_a_bidirectional_one_are_refused(tmp_path):
     layer = mLSTM(I, H, bidirectional=True)
     with pytest.raises(ExportError, match="mLSTM: lengths has no ONNX form"):
@@ -239,6 +183,81 @@ def test_mlstm_lengths_and_streaming_a_bidirectional_one_are_refused(tmp_path):
 
 
 def test_state_inputs_of_a_model_read_from_its_layers():
+    """What ``lstmkit export`` feeds a fresh stream: zeros, the mLSTM's m -inf (m_1 = i~_1)."""
     model = nn.Sequential(sLSTM(I, H, num_layers=3))
     assert [(s.name, s.output, s.shape, s.start) for s in state_inputs(model)] == [
         (f"initial_{k}", f"Y_{k}", (3, "N", H), 0.0) for k in "hcnm"]
+    assert [(s.name, s.shape, s.start) for s in state_inputs(mLSTM(I, H, 4, num_layers=2))] == [
+        ("initial_C", (2, "N", 4, 2, 2), 0.0), ("initial_n", (2, "N", 4, 2), 0.0),
+        ("initial_m", (2, "N", 4), -math.inf)]
+    assert [s.start for s in state_inputs(xLSTM(I, H))] == [0, 0, -math.inf, 0, 0, 0, 0]
+
+
+# ------------------------------------------------------------------------------------ streaming
+
+
+def _stream(session, x, names, state, cuts):
+    """(output, *final state) of feeding x in chunks [cuts[i], cuts[i+1]), the state carried
+    from one call to the next."""
+    outs = []
+    for a, b in zip(cuts, cuts[1:]):
+        y, *state = session.run(None, {"input": x[a:b].numpy(),
+                                       **{f"initial_{s}": v for s, v in zip(names, state)}})
+        outs.append(y)
+    return [np.concatenate(outs), *state]
+
+
+class SThenMin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.s = sLSTM(I, H, num_heads=1, num_layers=2)               # sigmoid forget gate
+        self.m = minLSTM(H, H, num_layers=2)
+
+    def forward(self, x):
+        x, (h, c, n, m) = self.s(x)
+        x, h_min = self.m(x)
+        return x, h, c, n, m, h_min
+
+
+def test_slstm_and_minlstm_streaming_in_chunks_equals_one_call(tmp_path):
+    torch.manual_seed(1)
+    model = SThenMin().eval()
+    path = export_onnx(model, tmp_path / "s.onnx", torch.randn(4, 2, I), streaming=True)
+    session = _session(path)
+    names = ["h_0", "c_0", "n_0", "m_0", "h_1"]
+    assert [i.name for i in session.get_inputs()] == ["input"] + [f"initial_{s}" for s in names]
+    assert [o.name for o in session.get_outputs()] == ["output"] + [f"Y_{s}" for s in names]
+    x = torch.randn(8, 3, I) * 2
+    with torch.no_grad():
+        expected = model(x)
+        middle = model.s(x[:2])[1]
+        s_from = model.s(x[2:], middle)
+        h0 = torch.randn(2, 3, H)                            # minLSTM: any h_0, negative too
+        min_from = model.m(s_from[0], h0)
+    fresh = [np.zeros((2, 3, H), np.float32) for _ in names]
+    _close(_stream(session, x, names, fresh, [0, 1, 5, 8]), expected)     # T = 1, 4, 3
+    # from states that are not fresh (sLSTM's n > 0): the layers' own continuation
+    got = session.run(None, {"input": x[2:].numpy(), "initial_h_1": h0.numpy(),
+                             **{f"initial_{s}_0": v.numpy() for s, v in zip("hcnm", middle)}})
+    _close(got, [min_from[0], *s_from[1], min_from[1]])
+
+
+def test_xlstm_stack_streams_its_seven_states(tmp_path):
+    """mLSTM (4 heads, two layers, sigmoid forget gate) and sLSTM streamed through the stack."""
+    torch.manual_seed(5)
+    layer = xLSTM(I, H, num_layers=3, num_heads=4).eval()        # mLSTM, sLSTM, mLSTM
+    path = export_onnx(layer, tmp_path / "x.onnx", torch.randn(4, 2, I), streaming=True)
+    session = _session(path)
+    names = ["C", "n", "m", "h", "c", "n_s", "m_s"]
+    assert [i.name for i in session.get_inputs()] == ["input"] + [f"initial_{s}" for s in names]
+    assert [o.name for o in session.get_outputs()] == ["output"] + [f"Y_{s}" for s in names]
+    x = torch.randn(9, 3, I) * 2
+    with torch.no_grad():
+        out, final = layer(x)
+    fresh = [s.fresh(3).numpy() for s in state_inputs(layer)]
+    _close(_stream(session, x, names, fresh, [0, 1, 6, 9]), [out, *final])   # T = 1, 5, 3
+    # from zeros (the mLSTM's m = 0 too): the stack from the same state
+    zeros = tuple(torch.zeros(f.shape) for f in fresh)
+    with torch.no_grad():
+        out, final = layer(x, zeros)
+    _close(_stream(session, x, names, [z.numpy() for z in zeros], [0, 9]), [out, *final])
