@@ -1,8 +1,10 @@
 """``export_onnx``: any lstmkit layer, or a model holding them, as one ONNX file.
 
-The lstmkit layers become ONNX's native recurrent operators (``lstmkit.layers.onnx``);
-everything else in the model goes through torch.onnx's exporter (torch.export underneath).
-Every input dimension the model does not fix (sequence length, batch size) stays dynamic.
+The lstmkit layers become their ONNX forms (``lstmkit.layers.onnx``): ONNX's native recurrent
+operators for LSTM, GRU and RNN, a Scan over the step for the other cells (sLSTM, the LayerNorm
+cells, registered cells, minGRU, minLSTM), mLSTM's parallel form in plain operators; everything
+else in the model goes through torch.onnx's exporter (torch.export underneath). Every input
+dimension the model does not fix (sequence length, batch size) stays dynamic.
 """
 
 from __future__ import annotations
@@ -132,10 +134,15 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
     the model does not fix stays dynamic (give sizes of at least 2 for the dimensions to keep
     dynamic: torch.export fixes a size-1 example dimension). With ``streaming=True`` each
     layer's state is an input (``initial_h``, ``initial_c``, zeros for a fresh stream) and an
-    output (``Y_h``, ``Y_c``: (num_layers * D, B, H)), so a long sequence can be fed in chunks.
+    output (``Y_h``, ``Y_c``: (num_layers * D, B, H)), so a long sequence can be fed in chunks;
+    one pair per state the layer has, named as it names them (sLSTM: h, c, n, m; mLSTM: C, n, m
+    of shapes (L * D, B, NH, d, d), (L * D, B, NH, d), (L * D, B, NH), a fresh stream's m is
+    -inf (zeros give the same outputs); an xLSTM stack: its seven), with a suffix ``_k`` per
+    layer where the model holds several (``lstmkit.export.runs.state_inputs`` lists them).
 
     Inputs are named ``input_names`` (default ``input`` or ``input_0, input_1, ...``), outputs
-    ``output_names`` (default ``output``, ``h_n``, ``c_n`` for a layer, else ``output_k``).
+    ``output_names`` (default ``output`` then ``h_n``, ``c_n``, ... (each state, ``_n``) for a
+    layer, else ``output_k``).
     The file is written whole or not at all. Raises ExportError for what has no ONNX form.
     """
     _require_onnx()
@@ -143,8 +150,9 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
     for p in list(module.parameters()) + list(module.buffers()):
         if p.is_floating_point() and p.dtype != torch.float32:
             raise ExportError(f"parameters of dtype {p.dtype} cannot be exported: "
-                              "onnxruntime runs the LSTM, GRU and RNN operators in float32 "
-                              "only; export a float32 copy (model.float())")
+                              "onnxruntime runs the LSTM, GRU and RNN operators (and the "
+                              "forms here) in float32 only; export a float32 copy "
+                              "(model.float())")
     model, layers = _swap_layers(module)
     if not layers:
         raise ExportError(f"{type(module).__name__} holds no lstmkit layer (LSTM, GRU, "

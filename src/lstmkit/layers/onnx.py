@@ -21,7 +21,10 @@ gru-ln, ``layer_norm=True``), sLSTM, a registered cell of one's own. Its layers 
 handling of lengths; a cell without a reference step raises ExportError.
 
 mLSTM (``lstmkit.mLSTM``, no recurrent weight) runs in its parallel form (``OnnxMLSTM``): plain
-matrix products over the T steps of a call, from the initial state (C, n, m).
+matrix products over the T steps of a call, from the initial state (C, n, m). minGRU and minLSTM
+(``OnnxMinRNN``): their gates for all steps at once, then a Scan of h_t = a_t h_{t-1} + b_t. An
+xLSTM stack (``OnnxXLSTM``): the stack with each of its layers in its form. ``onnx_form`` maps a
+layer to its form.
 
 Shapes: T steps, B batch, D directions, H hidden size, H_out = proj_size or H.
 """
@@ -347,8 +350,10 @@ class OnnxMLSTM(nn.Module):
 
     ``form``: "parallel" (default: every step of a call at once, the masked decay matrix of
     the paper's parallel form, O(T^2) memory per head; feed a long sequence in chunks with the
-    streaming export) or "scan" (an ONNX Scan over the recurrent step, O(T) memory, slower at
-    every length measured). ``stream_in`` / ``stream_out`` as ``OnnxLayer``'s.
+    streaming export) or "scan" (an ONNX Scan over the recurrent step, O(T) memory). Measured in
+    onnxruntime, one thread, B = 1, H = 64, 4 heads: parallel 0.037 / 0.048 / 0.24 / 5.1 ms at
+    T = 1 / 16 / 128 / 512, scan 0.026 / 0.19 / 1.4 / 11.5 ms. ``stream_in`` / ``stream_out``
+    as ``OnnxLayer``'s.
     """
 
     state_names = ("C", "n", "m")
