@@ -149,19 +149,32 @@ def test_a_cell_without_reference_step_is_refused(toy, tmp_path):
 # ---------------------------------------------------------------------------------------- mLSTM
 
 
-def test_mlstm_exp_gate_two_layers_bidirectional(tmp_path):
+def test_mlstm_exp_gate_two_layers_bidirectional_lengths(tmp_path):
     torch.manual_seed(4)
     layer = mLSTM(I, H, num_heads=2, num_layers=2, bidirectional=True, forget_gate="exp",
                   batch_first=True).eval()
-    path = export_onnx(layer, tmp_path / "m.onnx", torch.randn(2, 4, I))
+    path = export_onnx(WithLengths(layer), tmp_path / "m.onnx",
+                       (torch.randn(2, 4, I), torch.tensor([4, 3])))
     session = _session(path)
-    assert [o.name for o in session.get_outputs()] == ["output", "C_n", "n_n", "m_n"]
-    # T = 1: the layer's recurrent step; 5, 40: its parallel form
+
+    def run(x, lengths):
+        return session.run(None, {"input_0": x.numpy(), "input_1": np.array(lengths)})
+
+    # whole sequences; T = 1: the layer's recurrent step; 5, 40: its parallel form
     for B, T in ((2, 1), (3, 5), (1, 40)):
         x = torch.randn(B, T, I) * 2
         with torch.no_grad():
             out, state = layer(x)
-        _close(session.run(None, {"input": x.numpy()}), [out, *state])
+        _close(run(x, [T] * B), [out, *state])
+    # a padded batch, any order: each sequence as if alone, zeros past its length
+    x, lengths = torch.randn(3, 7, I), [3, 7, 1]
+    out, C, n, m = run(x, lengths)
+    for b, L in enumerate(lengths):
+        with torch.no_grad():
+            alone, state = layer(x[b:b + 1, :L])
+        _close([out[b:b + 1, :L], C[:, b:b + 1], n[:, b:b + 1], m[:, b:b + 1]],
+               [alone, *state])
+        assert not out[b, L:].any()
     # T = 200 (the layer: its chunkwise form): h and C are not bounded (here up to ~10^3; h
     # divides by n^T q, ill-conditioned near 0), and float32's forms differ by more than RTOL.
     # Against float64: no further off than the layer itself, up to 1e-4 of the scale
@@ -169,15 +182,14 @@ def test_mlstm_exp_gate_two_layers_bidirectional(tmp_path):
     with torch.no_grad():
         exact = [t.numpy() for t in _flat(copy.deepcopy(layer).double()(x.double()))]
         own = [t.numpy() for t in _flat(layer(x))]
-    got = session.run(None, {"input": x.numpy()})
-    for g, o, e in zip(got, own, exact):
+    for g, o, e in zip(run(x, [200]), own, exact):
         assert np.abs(g - e).max() <= np.abs(o - e).max() + 1e-4 * np.abs(e).max()
 
 
-def test_mlstm_lengths_and_streaming_a_bidirectional_one_are_refused(tmp_path):
+def test_mlstm_what_has_no_onnx_form_is_refused(tmp_path):
     layer = mLSTM(I, H, bidirectional=True)
-    with pytest.raises(ExportError, match="mLSTM: lengths has no ONNX form"):
-        OnnxMLSTM(layer)(torch.randn(4, 2, I), lengths=torch.tensor([4, 2]))
+    with pytest.raises(ExportError, match="mLSTM: lengths needs a batched 3-D input"):
+        OnnxMLSTM(layer)(torch.randn(4, I), lengths=torch.tensor([4]))
     with pytest.raises(ExportError, match="streaming needs unidirectional"):
         export_onnx(layer, tmp_path / "m.onnx", torch.randn(4, 2, I), streaming=True)
 

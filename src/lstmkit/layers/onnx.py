@@ -291,12 +291,12 @@ class OnnxLayer(nn.Module):
 # ---------------------------------------------------------------------------------------- mLSTM
 
 
-def _mlstm_parallel(q, k, v, i_pre, f_pre, state, forget_gate: str):
+def _mlstm_parallel(q, k, v, i_pre, log_f, state):
     """mLSTM's parallel form in plain ops (``lstmkit.cells.mlstm._Parallel``'s forward, with the
-    same stabiliser), for any T >= 1: q, k, v (B, NH, T, d), i~, f~ (B, NH, T), state (C~_0,
-    n~_0, m_0) or None; returns h~ (B, NH, T, d) and the final (C~, n~, m)."""
+    same stabiliser), for any T >= 1: q, k, v (B, NH, T, d), i~ and log f (B, NH, T), state
+    (C~_0, n~_0, m_0) or None; returns h~ (B, NH, T, d) and the final (C~, n~, m)."""
     T = q.shape[-2]
-    F_ = mlstm_cell.log_forget(f_pre, forget_gate).cumsum(-1)                     # (B, NH, T)
+    F_ = log_f.cumsum(-1)                                                          # (B, NH, T)
     steps = torch.arange(T, device=q.device)
     causal = steps[:, None] >= steps[None, :]                                        # (T, T)
     log_D = F_[..., :, None] - F_[..., None, :] + i_pre[..., None, :]            # (B, NH, T, T)
@@ -323,7 +323,7 @@ def _mlstm_parallel(q, k, v, i_pre, f_pre, state, forget_gate: str):
     return num / den[..., None], (C, n, m[..., -1])
 
 
-def _mlstm_scan(q, k, v, i_pre, f_pre, state, forget_gate: str):
+def _mlstm_scan(q, k, v, i_pre, log_f, state):
     """The same as an ONNX Scan over ``lstmkit.cells.mlstm.step``; a missing state is
     (0, 0, -inf), which the step turns into C~_1 = v_1 k_1^T, n~_1 = k_1, m_1 = i~_1."""
     from torch._higher_order_ops.scan import scan
@@ -333,11 +333,11 @@ def _mlstm_scan(q, k, v, i_pre, f_pre, state, forget_gate: str):
         state = (q.new_zeros(B, NH, d, d), q.new_zeros(B, NH, d),
                  q.new_full((B, NH), -math.inf))
     # time first; detached as in OnnxLayer._scan
-    xs = tuple(t.movedim(2, 0).detach() for t in (q, k, v, i_pre, f_pre))
+    xs = tuple(t.movedim(2, 0).detach() for t in (q, k, v, i_pre, log_f))
     state = tuple(s.detach() for s in state)
 
-    def step(prev, inp):
-        h, new = mlstm_cell.step(*inp, prev, forget_gate=forget_gate)
+    def step(prev, inp):                            # the exp gate's f~ is log f
+        h, new = mlstm_cell.step(*inp, prev, forget_gate="exp")
         return new, h
 
     final, h = scan(step, state, xs)
@@ -346,7 +346,8 @@ def _mlstm_scan(q, k, v, i_pre, f_pre, state, forget_gate: str):
 
 class OnnxMLSTM(nn.Module):
     """Stands in for an ``lstmkit.mLSTM`` while torch.onnx.export traces a model: same call
-    ``(input, state=None)`` and results (output, (C, n, m)), in plain ONNX operators.
+    ``(input, state=None, lengths=None)`` and results (output, (C, n, m)), in plain ONNX
+    operators; ``lengths`` for a right-padded batch as each sequence alone (``forward``).
 
     ``form``: "parallel" (default: every step of a call at once, the masked decay matrix of
     the paper's parallel form, O(T^2) memory per head; feed a long sequence in chunks with the
@@ -397,9 +398,11 @@ class OnnxMLSTM(nn.Module):
         return (0.0, 0.0, -math.inf)
 
     def forward(self, input, state=None, lengths=None):
-        if lengths is not None:
-            raise ExportError("mLSTM: lengths has no ONNX form here; export calls on whole "
-                              "sequences (or feed each sequence alone)")
+        """``lengths`` (N,), any order, for a right-padded batch: a padded step is an identity
+        step (i~ = -inf, log f = 0), its output zero; the reverse direction reads each sequence
+        backwards from its own last step."""
+        if lengths is not None and input.dim() != 3:
+            raise ExportError(f"mLSTM: lengths needs a batched 3-D input, got {input.dim()}-D")
         if state is None and self.stream_in is not None:
             state = self.stream_in
         unbatched = input.dim() == 2
@@ -407,25 +410,39 @@ class OnnxMLSTM(nn.Module):
             else input                                                           # (L, N, H_in)
         if state is not None:
             state = tuple(s.unsqueeze(1) for s in state) if unbatched else tuple(state)
+        valid = None
+        if lengths is not None:
+            steps = torch.arange(x.shape[0], device=x.device)[:, None]
+            lengths = torch.as_tensor(lengths).to(torch.int64)
+            valid = steps < lengths                                                   # (L, N)
+            order = torch.where(valid, lengths - 1 - steps, steps)[..., None]      # (L, N, 1)
+
+        def reverse(t):
+            return t.gather(0, order.expand(-1, -1, t.shape[-1])) if valid is not None \
+                else t.flip(0)
+
         finals = []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.D):
                 index = layer * self.D + direction
-                seq = x.flip(0) if direction else x
+                seq = reverse(x) if direction else x
                 h, final = self._layer(seq, index, None if state is None else
-                                       tuple(s[index] for s in state))
-                outputs.append(h.flip(0) if direction else h)
+                                       tuple(s[index] for s in state), valid)
+                outputs.append(reverse(h) if direction else h)
                 finals.append(final)
             x = torch.cat(outputs, -1) if self.D == 2 else outputs[0]             # (L, N, D*H)
+            if valid is not None:
+                x = x * valid[..., None].to(x.dtype)                  # zero past each length
         C, n, m = (torch.stack(parts) for parts in zip(*finals))
         self.stream_out = (C, n, m)
         if unbatched:
             return x.squeeze(1), (C.squeeze(1), n.squeeze(1), m.squeeze(1))
         return (x.transpose(0, 1) if self.batch_first else x), (C, n, m)
 
-    def _layer(self, x: Tensor, index: int, state) -> tuple[Tensor, tuple]:
-        """``lstmkit.mLSTM._layer`` in the chosen form: (h (L, N, H), final (C, n, m))."""
+    def _layer(self, x: Tensor, index: int, state, valid) -> tuple[Tensor, tuple]:
+        """``lstmkit.mLSTM._layer`` in the chosen form: (h (L, N, H), final (C, n, m)); valid
+        (L, N) or None: False at padded steps, made identity steps."""
         L, N = x.shape[0], x.shape[1]
         H, NH, d = self.hidden_size, self.num_heads, self.head_size
         projected = F.linear(x, *self._weights(index))                   # (L, N, 4 H + 2 NH)
@@ -433,8 +450,13 @@ class OnnxMLSTM(nn.Module):
         q, k, v = (z.reshape(L, N, NH, d).permute(1, 2, 0, 3) for z in (q, k, v))  # (N,NH,L,d)
         k = k * (1.0 / math.sqrt(d))
         i_pre, f_pre = i_pre.permute(1, 2, 0), f_pre.permute(1, 2, 0)            # (N, NH, L)
+        log_f = mlstm_cell.log_forget(f_pre, self.forget_gate)
+        if valid is not None:                         # identity steps: i_t = 0, f_t = 1
+            inside = valid.t()[:, None, :]                                         # (N, 1, L)
+            i_pre = torch.where(inside, i_pre, torch.full_like(i_pre, -math.inf))
+            log_f = torch.where(inside, log_f, torch.zeros_like(log_f))
         run = _mlstm_parallel if self.form == "parallel" else _mlstm_scan
-        h, final = run(q, k, v, i_pre, f_pre, state, self.forget_gate)
+        h, final = run(q, k, v, i_pre, log_f, state)
         h = h.permute(2, 0, 1, 3).reshape(L, N, H)                                # (L, N, H)
         return torch.sigmoid(o) * h, final
 
