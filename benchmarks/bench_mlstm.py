@@ -16,9 +16,11 @@ Tables, float32, medians (bench_layers.median_ms: the contenders take turns):
 2. Chunkwise against parallel (training step, B = 4, H = 256) at T = 256, 1024, 4096 (parallel
    left out at 4096: O(T^2) memory): goal chunkwise <= 1.2x parallel at T = 256, and ms per
    step flat as T grows.
-3. Inference step, batch 1, no_grad: the cell step alone (lstmkit.cells.mlstm.step against
-   xLSTM's recurrent_step_stabilized_simple), and the layer step (projections + cell step + o_t:
-   lstmkit.mLSTM on one step against the same layer over xLSTM's step). Goal: >= 10x faster.
+3. Inference step, batch 1, no_grad: the cell step alone (lstmkit.cells.mlstm.step in python
+   and lstmkit.engine.compiled.mlstm_step, csrc/mlstm.cpp, against xLSTM's
+   recurrent_step_stabilized_simple), and the layer step (projections + cell step + o_t:
+   lstmkit.mLSTM on one step, the compiled layer step where built, against the same layer over
+   xLSTM's step). Goal: the compiled cell step >= 10x faster.
 
 Correctness is the tests' job (tests/test_mlstm.py holds lstmkit's forms equal to each other and
 to xLSTM's); this script only times.
@@ -34,6 +36,7 @@ from torch import nn
 
 import lstmkit
 from lstmkit.cells import mlstm as cell
+from lstmkit.engine import compiled
 
 SIZES = [(35, 20, 256), (100, 32, 256), (256, 8, 512)]
 
@@ -144,11 +147,16 @@ def bench_inference_step(H: int, heads: int, repeats: int) -> list[dict]:
         state = (torch.randn(1, NH, d, d), torch.randn(1, NH, d), torch.zeros(1, NH))
         pk = [x[:, :, None] for x in (q, k, v)]
         pstate = (state[0].mT.contiguous(), state[1][..., None], state[2][..., None, None])
-        ours = lambda: cell.step(q, k, v, i, f, state)                       # noqa: E731
+        python = lambda: cell.step(q, k, v, i, f, state)                     # noqa: E731
         theirs = lambda: P.recurrent_step_stabilized_simple(                 # noqa: E731
             *pstate, *[x.clone() for x in pk], i[..., None, None], f[..., None, None])
-        t_ours, t_theirs = median_ms(ours, theirs, repeats=20 * repeats)
-        rows.append({"what": "cell step", "ours": t_ours, "theirs": t_theirs})
+        contenders = [python, theirs]
+        if compiled.available():
+            contenders.append(lambda: compiled.mlstm_step(q, k, v, i, f, state))
+        times = median_ms(*contenders, repeats=20 * repeats)
+        rows.append({"what": "cell step (python)", "ours": times[0], "theirs": times[1]})
+        if compiled.available():
+            rows.append({"what": "cell step (compiled)", "ours": times[2], "theirs": times[1]})
 
         layer = lstmkit.mLSTM(H, H, num_heads=heads)
         package = PackageLayer(layer, "step")

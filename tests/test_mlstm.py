@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 import lstmkit
 from lstmkit.cells import mlstm as M
+from lstmkit.layers import mlstm as mlstm_layer
 
 F64 = torch.float64
 B, NH, D_HEAD = 2, 2, 4
@@ -380,3 +381,255 @@ def test_bad_state():
     q, k, v, i_pre, f_pre, st = _inputs(4, True)
     with pytest.raises(ValueError, match="state: expected n"):
         M.recurrent(q, k, v, i_pre, f_pre, (st[0], st[1][..., :1], st[2]))
+
+
+# ---------------------------------------------------------------------------------------------
+# lengths: a right-padded batch against each sequence alone
+
+
+def _final_loss(y, s):
+    """A loss on the output and on the final state at its true scale exp(m) C~, exp(m) n~."""
+    C, n, m = s
+    return ((y * y.cos()).sum() + (C * m.exp()[..., None, None]).sin().sum()
+            + (n * m.exp()[..., None]).sum())
+
+
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("mode", ["parallel", "chunkwise", "recurrent"])
+def test_lengths_equal_each_sequence_alone(mode, forget_gate):
+    m = _layer(num_layers=2, bidirectional=True, mode=mode, chunk_size=2,
+               forget_gate=forget_gate)
+    lengths = torch.tensor([3, 7, 1, 5])                # unsorted; chunks of padding only
+    N, L = len(lengths), 7
+    x = torch.randn(L, N, 3, dtype=F64, requires_grad=True)
+    state = tuple(torch.randn(4, N, NH, *tail, dtype=F64, requires_grad=True)
+                  for tail in ((2, 2), (2,), ()))
+    y, s = m(x, state, lengths=lengths)
+    for b, length in enumerate(lengths.tolist()):       # outputs zero past each length
+        assert (y[length:, b] == 0).all() and (y[:length, b] != 0).all()
+    grads = torch.autograd.grad(_final_loss(y, s), [x, *state, *m.parameters()])
+    assert all(torch.isfinite(g).all() for g in grads)
+    expected = [torch.zeros_like(g) for g in grads]
+    for b, length in enumerate(lengths.tolist()):
+        xb = x[:length, b:b + 1]
+        sb = tuple(z[:, b:b + 1] for z in state)
+        yb, fb = m(xb, sb)
+        _close(y[:length, b:b + 1], yb, 1e-12)
+        for got, want in zip(s, fb):
+            _close(got[:, b:b + 1], want, 1e-12)
+        gb = torch.autograd.grad(_final_loss(yb, fb), [x, *state, *m.parameters()],
+                                 allow_unused=True)
+        expected = [e + (0 if g is None else g) for e, g in zip(expected, gb)]
+    for got, want in zip(grads, expected):
+        _close(got, want, 1e-10)
+
+
+def test_lengths_without_state_and_auto_mode():
+    """No initial state (m_0 = -inf) and the identity steps at once: still the sequence alone;
+    lengths all L is the plain call."""
+    m = _layer(bidirectional=True, chunk_size=2)
+    x = torch.randn(6, 3, 3, dtype=F64)
+    for mode in ("auto", "parallel", "chunkwise", "recurrent"):
+        m.mode = mode
+        y, s = m(x, lengths=torch.tensor([6, 2, 4]))
+        yb, sb = m(x[:2, 1:2])
+        _close(y[:2, 1:2], yb, 1e-12)
+        for a, b in zip(s, sb):
+            _close(a[:, 1:2], b, 1e-12)
+        full = m(x, lengths=[6, 6, 6])
+        _close(full[0], m(x)[0], 0)
+    m = _layer(batch_first=True)
+    y, _ = m(x.transpose(0, 1), lengths=torch.tensor([6, 2, 4]))
+    _close(y[1], m(x[:2, 1])[0].new_zeros(6, 4).index_copy(0, torch.arange(2),
+                                                              m(x[:2, 1])[0]), 1e-12)
+
+
+def test_parallel_gradcheck_with_identity_steps():
+    """The hand-written backward where padded steps hold i~ = -inf, f~ = +inf: no nan, and
+    gradcheck (the padding is built inside, so only valid entries are perturbed)."""
+    q, k, v, i_pre, f_pre, st = _inputs(5, state=True)
+    pad = torch.arange(5) >= torch.tensor([[5], [2]])[..., None]          # (B, 1, T)
+    pad = pad.expand(B, NH, 5)
+    leaves = [x.requires_grad_(True) for x in (q, k, v, i_pre, f_pre, *st)]
+
+    def fn(q, k, v, i_pre, f_pre, C, n, m):
+        i_pre = i_pre.masked_fill(pad, -math.inf)
+        f_pre = f_pre.masked_fill(pad, math.inf)
+        out = []
+        for form in ("parallel", "chunkwise"):
+            h, s = _forms(2)[form](q, k, v, i_pre, f_pre, (C, n, m))
+            out += [h, *s]
+        return tuple(out)
+
+    out = fn(*leaves)
+    torch.autograd.backward([o.sum() for o in out])
+    assert all(torch.isfinite(x.grad).all() for x in leaves)
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
+def test_bad_lengths():
+    m = _layer()
+    x = torch.randn(5, 2, 3, dtype=F64)
+    with pytest.raises(ValueError, match=r"lengths of shape \(2,\)"):
+        m(x, lengths=torch.tensor([5]))
+    with pytest.raises(ValueError, match="between 1 and"):
+        m(x, lengths=torch.tensor([6, 2]))
+    with pytest.raises(ValueError, match="between 1 and"):
+        m(x, lengths=torch.tensor([0, 2]))
+    with pytest.raises(TypeError, match="integer lengths"):
+        m(x, lengths=torch.tensor([5.0, 2.0]))
+    with pytest.raises(ValueError, match="batched"):
+        m(x[:, 0], lengths=torch.tensor([5]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled inference step (csrc/mlstm.cpp)
+
+compiled = pytest.importorskip("lstmkit.engine.compiled")
+needs_compiled = pytest.mark.skipif(not compiled.available(),
+                                    reason="the compiled engine is not built here")
+
+
+@needs_compiled
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_compiled_step_equals_python_step(forget_gate, eps):
+    kw = {"forget_gate": forget_gate, "eps": eps}
+    for dtype, tol in ((F64, 1e-12), (torch.float32, 2e-6)):
+        q, k, v, i_pre, f_pre, st = _inputs(3, state=True, dtype=dtype, d=5, batch=(3, 2))
+        i_pre[0, 0, 1], f_pre[0, 0, 1] = -math.inf, math.inf if forget_gate == "sigmoid" else 0
+        i_pre[1, 1, 2] = 30.0                                      # a large i~: m from it
+        for state in (None, st):
+            for t in range(3):
+                args = (q[..., t, :], k[..., t, :], v[..., t, :], i_pre[..., t], f_pre[..., t])
+                h, s = compiled.mlstm_step(*args, state, **kw)
+                h_ref, s_ref = M.step(*args, state, **kw)
+                assert h.dtype == dtype and h.shape == h_ref.shape
+                _close(h, h_ref, tol)
+                for a, b in zip(s, s_ref):
+                    assert a.shape == b.shape
+                    _close(a, b, tol)
+                state = s
+        args = (q[..., 1, :], k[..., 1, :], v[..., 1, :], i_pre[..., 1], f_pre[..., 1])
+        _, s = compiled.mlstm_step(*args, st, **kw)                 # the identity step: exactly
+        for a, b in zip(s, st):
+            assert torch.equal(a[0, 0], b[0, 0]) and not torch.equal(a[1, 0], b[1, 0])
+
+
+@needs_compiled
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_layer_inference_step_runs_compiled(bidirectional, monkeypatch):
+    """Under no_grad the recurrent mode (and auto on one step) runs the compiled layer step:
+    equal to the python forms, lengths included, and the python step where it is not built."""
+    m = _layer(num_layers=2, bidirectional=bidirectional, mode="recurrent")
+    x = torch.randn(6, 3, 3, dtype=F64)
+    lengths = torch.tensor([6, 2, 4])
+    m.mode = "parallel"
+    want = m(x, lengths=lengths)
+    want_step = m(x[:1], want[1])
+    with torch.no_grad():
+        m.mode = "recurrent"
+        assert m._step_kernel(x, 6) is not None
+        got = m(x, lengths=lengths)
+        m.mode = "auto"
+        got_step = m(x[:1], want[1])
+        with monkeypatch.context() as patch:
+            patch.setattr(compiled, "mlstm_step_kernel", lambda: None)
+            assert m._step_kernel(x[:1], 1) is None
+            python_step = m(x[:1], want[1])
+    assert m._step_kernel(x[:1], 1) is None                     # grad enabled: the python step
+    for a, b in ((got, want), (got_step, want_step), (python_step, want_step)):
+        _close(a[0], b[0], 1e-12)
+        for u, w in zip(a[1], b[1]):
+            _close(u, w, 1e-12)
+
+
+@pytest.mark.skipif(mlstm_layer._ONEDNN is None, reason="no oneDNN inner product here")
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_projection_equals_linear(bias):
+    """The float32 projection on oneDNN (large calls): F.linear's output and gradients to
+    float32 rounding; small calls and float64 stay on F.linear."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 30, 64, generator=g, requires_grad=True)
+    w = torch.randn(70, 64, generator=g, requires_grad=True)
+    b = torch.randn(70, generator=g, requires_grad=True) if bias else None
+    assert 40 * 30 * 64 * 70 >= mlstm_layer.ONEDNN_MIN_MACS
+    dy = torch.randn(40, 30, 70, generator=g)
+    leaves = [t for t in (x, w, b) if t is not None]
+    def on_onednn(y):                       # the view of the Function's (M, N_out) output
+        fns = [y.grad_fn, *(f for f, _ in y.grad_fn.next_functions if f is not None)]
+        return any("OneDNN" in f.name() for f in fns)
+
+    got = mlstm_layer._project(x, w, b)
+    assert on_onednn(got)
+    want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    g_got = torch.autograd.grad(got, leaves, dy)
+    g_want = torch.autograd.grad(want, leaves, dy.double())
+    _close(got.double(), want, 1e-5)
+    for a, c in zip(g_got, g_want):
+        assert a.dtype == torch.float32
+        _close(a.double(), c, 1e-5)
+    assert not on_onednn(mlstm_layer._project(x[:2, :2], w, b))
+    assert not on_onednn(mlstm_layer._project(x.double(), w.double(), None))
+
+
+@needs_compiled
+@pytest.mark.parametrize("layers", [1, 2])
+def test_compiled_layer_step_every_layout(layers):
+    """The short way of one step (no lengths, no grad): batched, batch_first and unbatched, with
+    and without a state, against the python step under autograd."""
+    m = _layer(num_layers=layers, bidirectional=layers == 2)
+    DL = 2 * layers if layers == 2 else 1
+    x = torch.randn(1, 3, 3, dtype=F64)
+    state = tuple(torch.randn(DL, 3, NH, *tail, dtype=F64) for tail in ((2, 2), (2,), ()))
+    for args in ((x, state), (x, None), (x[:, 1], tuple(t[:, 1] for t in state))):
+        want = m(*args)
+        with torch.no_grad():
+            got = m(*args)
+        assert got[0].shape == want[0].shape
+        _close(got[0], want[0], 1e-12)
+        for a, b in zip(got[1], want[1]):
+            assert a.shape == b.shape
+            _close(a, b, 1e-12)
+    with torch.no_grad():                           # an empty batch
+        y, (C, _, _) = m(x[:, :0])
+    assert y.shape == (1, 0, m.num_directions * 4) and C.shape == (DL, 0, NH, 2, 2)
+    m.batch_first = True
+    with torch.no_grad():
+        got = m(x.transpose(0, 1), state)
+    m.batch_first = False
+    _close(got[0].transpose(0, 1), m(x, state)[0], 1e-12)
+
+
+@needs_compiled
+def test_compiled_layer_step_sees_weight_changes():
+    m = _layer()
+    x = torch.randn(1, 3, 3, dtype=F64)
+    with torch.no_grad():
+        before = m(x)[0]                            # no state: h linear in v
+        m.weight_v_l0.mul_(2.0)
+        m.bias_v_l0.mul_(2.0)
+        after = m(x)[0]
+    _close(after, 2 * before, 1e-12)
+    assert before.abs().max() > 1e-3
+
+
+def test_export_sees_plain_torch_operators():
+    """torch.export of one inference step and of a float32 training-size call: the compiled
+    step and the oneDNN projection stay out of the graph."""
+    m = lstmkit.mLSTM(64, 64, num_heads=2).eval()
+    step = torch.randn(1, 2, 64)
+    state = m(torch.randn(3, 2, 64))[1]
+    with torch.no_grad():
+        program = torch.export.export(m, (step, state))
+        _close(program.module()(step, state)[0], m(step, state)[0], 1e-6)
+    x = torch.randn(40, 30, 64)
+    assert 40 * 30 * 64 * m.weight_q_l0.shape[0] * 4 >= mlstm_layer.ONEDNN_MIN_MACS
+    program = torch.export.export(m, (x,))
+    _close(program.module()(x)[0], m(x)[0], 1e-5)
+
+
+def test_projection_under_bf16_autocast_is_autocasts():
+    x, w = torch.randn(40, 30, 64), torch.randn(70, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mlstm_layer._project(x, w, None).dtype == torch.bfloat16

@@ -11,7 +11,10 @@ Stabilised: the states are kept as C~_t = exp(-m_t) C_t, n~_t = exp(-m_t) n_t wi
 
     m_t = max(log f_t + m_{t-1}, i~_t),    h~_t = C~_t q_t / (max(|n~_t^T q_t|, exp(-m_t)) + eps)
 
-so every exp() argument is <= 0. With eps = 0 (the default) h~ does not depend on m: m is a
+so every exp() argument is <= 0. An identity step, i~_t = -inf and log f_t = 0 (f~_t = +inf
+for the sigmoid gate, 0 for exp), leaves the state as it was in every form, gradients included:
+the layer's lengths= pads with such steps (at the end of each sequence, after one valid step).
+With eps = 0 (the default) h~ does not depend on m: m is a
 free choice of scale. The forms below all choose the same one, m_t = the maximum over the row t
 of the log decay matrix log D_tj = F_t - F_j + i~_j (j <= t, F_t = sum_{s<=t} log f_s), and over
 m_0 + F_t when there is an initial state; with no initial state that is the recurrence started
@@ -62,7 +65,9 @@ def step(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
          state: State | None = None, *, forget_gate: str = "sigmoid",
          eps: float = 0.0) -> tuple[Tensor, State]:
     """One step: q, k, v (*, d), i~ and f~ (*); returns (h~_t (*, d), the new state). Builds
-    new tensors only (no in-place update), so a loop over it can be backpropagated."""
+    new tensors only (no in-place update), so a loop over it can be backpropagated. Its
+    compiled twin for inference is ``lstmkit.engine.compiled.mlstm_step`` (csrc/mlstm.cpp),
+    which lstmkit.mLSTM runs under no_grad."""
     if state is None:                           # m_0 = -inf: C_t = v k^T, n_t = k, m_t = i~_t
         m = i_pre
         C = v.unsqueeze(-1) * k.unsqueeze(-2)                                     # (*, d, d)
@@ -152,10 +157,7 @@ class _Parallel(torch.autograd.Function):
         q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T, *saved = ctx.saved_tensors
         C0, n0, g = saved if ctx.has_state else (None, None, None)
         T = q.shape[-2]
-        dS = torch.zeros_like(S)
-        dv = torch.zeros_like(v)
-        dq = torch.zeros_like(q)
-        dk = torch.zeros_like(k)
+        dq = dk = dv = None                      # None: zero so far (no zero tensors to add to)
         dm = torch.zeros_like(s)                 # through the argmax of m_t
         dg = torch.zeros_like(s) if ctx.has_state else None
         dC0 = torch.zeros_like(C0) if ctx.has_state else None
@@ -166,24 +168,27 @@ class _Parallel(torch.autograd.Function):
             ds = dden * torch.sign(s) * (s.abs() >= lower)              # den = max(|s|, lower)
             dS = (dnum @ v.mT).add_(ds[..., None])                      # num = S v, s = sum S
             dv = S.mT @ dnum
-            dm = dm + ctx.eps * dden                                    # eps * exp(m) term
+            if ctx.eps:
+                dm = dm + ctx.eps * dden                                # eps * exp(m) term
             if ctx.has_state:                                           # g C~_0 q, g n~_0^T q
-                dq = dq + g[..., None] * (dnum @ C0) + (g * ds)[..., None] * n0[..., None, :]
+                dq = g[..., None] * (dnum @ C0) + (g * ds)[..., None] * n0[..., None, :]
                 dC0 = dC0 + (g[..., None] * dnum).mT @ q
                 dn0 = dn0 + ((g * ds)[..., None] * q).sum(-2)
                 dg = dg + (dnum * (q @ C0.mT)).sum(-1) + ds * (q @ n0[..., None]).squeeze(-1)
+        else:
+            dS = torch.zeros_like(S)
         dw = torch.zeros_like(s)                 # into the last row's weights w_j = D~_Tj
         w = D[..., -1, :]
         if dC_T is not None:                                            # C_T = (v w)^T k
-            dv = dv + w[..., None] * (k @ dC_T.mT)
-            dk = dk + w[..., None] * (v @ dC_T)
+            dv = _plus(dv, w[..., None] * (k @ dC_T.mT))
+            dk = w[..., None] * (v @ dC_T)
             dw = dw + ((v @ dC_T) * k).sum(-1)
             dm[..., -1] -= (dC_T * C_T).sum((-2, -1))                   # C~_T ~ exp(-m_T)
             if ctx.has_state:
                 dC0 = dC0 + g[..., -1, None, None] * dC_T
                 dg[..., -1] += (dC_T * C0).sum((-2, -1))
         if dn_T is not None:                                            # n_T = sum_j w_j k_j
-            dk = dk + w[..., None] * dn_T[..., None, :]
+            dk = _plus(dk, w[..., None] * dn_T[..., None, :])
             dw = dw + (k * dn_T[..., None, :]).sum(-1)
             dm[..., -1] -= (dn_T * n_T).sum(-1)
             if ctx.has_state:
@@ -192,8 +197,10 @@ class _Parallel(torch.autograd.Function):
         if dm_T is not None:
             dm[..., -1] += dm_T
         dqk = dS * D                                                    # S = (q k^T) * D
-        dq = dq + dqk @ k
-        dk = dk + dqk.mT @ q
+        dq = _plus(dq, dqk @ k)
+        dk = _plus(dk, dqk.mT @ q)
+        if dv is None:
+            dv = torch.zeros_like(v)
         dlog_D = dS.mul_(S)                                             # D = exp(log D - m)
         dlog_D[..., -1, :] += dw * w
         routed_b = None
@@ -213,6 +220,11 @@ class _Parallel(torch.autograd.Function):
         dlog_f = dF.flip(-1).cumsum(-1).flip(-1)                        # F = cumsum log f
         df = dlog_f * torch.sigmoid(-f_pre) if ctx.forget_gate == "sigmoid" else dlog_f
         return dq, dk, dv, di, df, dC0, dn0, dm0, None, None
+
+
+def _plus(a: Tensor | None, b: Tensor) -> Tensor:
+    """a + b, where a None is zero."""
+    return b if a is None else a + b
 
 
 def parallel(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
@@ -246,6 +258,8 @@ def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     batch, T, d = q.shape[:-2], q.shape[-2], q.shape[-1]
     L = chunk_size
+    if T <= L:                      # one chunk: the parallel form itself
+        return parallel(q, k, v, i_pre, f_pre, state, forget_gate=forget_gate, eps=eps)
     NS = T // L
     outputs = []
     if NS:
@@ -255,7 +269,9 @@ def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
         F_ = log_forget(fc, forget_gate).cumsum(-1)
         a = F_[..., -1]                                                              # (*, NS)
         w_log = a[..., None] - F_ + ic
-        mu = w_log.amax(-1)
+        # a chunk of padded steps only (i~ = -inf, see the layer's lengths) adds nothing: mu
+        # kept finite so exp(w - mu) is 0, not nan, and exp(mu - m) is 0
+        mu = w_log.amax(-1).clamp(min=torch.finfo(w_log.dtype).min)
         w = torch.exp(w_log - mu[..., None])
         K = (vc * w[..., None]).mT @ kc                                          # (*, NS, d, d)
         kappa = (kc * w[..., None]).sum(-2)                                         # (*, NS, d)

@@ -374,3 +374,25 @@ def fallback_reason(cell: Cell, x: Tensor) -> str | None:
     if reason is not None:
         _warn_once(reason.split(";")[0], reason)
     return reason
+
+
+# ------------------------------------------------------------------ mLSTM inference step
+def mlstm_step_kernel():
+    """The extension's fused mLSTM step (csrc/mlstm.cpp) as (``mlstm_step``,
+    ``mlstm_layer_step``), or None when it is not built (``lstmkit.cells.mlstm.step`` then)."""
+    ext = _load()
+    return None if ext is None else (ext.mlstm_step, ext.mlstm_layer_step)
+
+
+def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor, state=None, *,
+               forget_gate: str = "sigmoid", eps: float = 0.0):
+    """``lstmkit.cells.mlstm.step`` in one compiled call for every head and row, no autograd:
+    q, k, v (*, d), i~ and f~ (*), state (C~ (*, d, d), n~ (*, d), m (*)) or None; float32 or
+    float64 CPU tensors. Returns (h~ (*, d), (C~, n~, m)), new tensors. Raises RuntimeError
+    where the extension is not built (``build_error()`` says why)."""
+    kernels = mlstm_step_kernel()
+    if kernels is None:
+        raise RuntimeError(f"lstmkit: the compiled engine is unavailable ({build_error()})")
+    C0, n0, m0 = (None, None, None) if state is None else state
+    h, C, n, m = kernels[0](q, k, v, i_pre, f_pre, C0, n0, m0, forget_gate == "exp", eps)
+    return h, (C, n, m)

@@ -32,6 +32,14 @@ logsigmoid for the exp one), xLSTM's choice: long memory at the start.
 mode: "parallel" (O(L^2) per head, fastest for short training sequences), "chunkwise" (O(L)),
 "recurrent" (the step loop), "auto": the recurrent step for L == 1, parallel for
 L <= AUTO_PARALLEL_MAX_T, chunkwise beyond (benchmarks/bench_mlstm.py).
+
+Without autograd (torch.no_grad, inference_mode), float32/float64 on the CPU, the recurrent
+mode (and auto on one step) runs the compiled step (lstmkit.engine.compiled, csrc/mlstm.cpp):
+per step and layer one product and one call for every head and row; the python step where the
+extension is not built. Large float32 projections run on oneDNN (``_project``).
+
+lengths= (a right-padded batch): padded steps become identity steps (i~ = -inf, log f = 0), in
+every mode; outputs there are zero, each final state the sequence's own.
 """
 
 from __future__ import annotations
@@ -41,9 +49,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .. import checks
 from ..cells import mlstm as cell
+from ..engine import compiled
 
 MODES = ("auto", "parallel", "chunkwise", "recurrent")
 # training steps, one thread, H = 256, 4 heads: parallel ahead up to T = 128, chunkwise from 192
@@ -103,6 +113,10 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                                                 nn.Parameter(torch.empty(shape, **factory)))
                         names[key] = key + sfx
                 self._param_names.append(names)
+        # each layer-direction's parameter names in the stacking order of ``_stacked``
+        self._stack_order = [[names[f"{kind}_{p}"] for kind in ("weight", "bias")
+                              for p in _PROJECTIONS if f"{kind}_{p}" in names]
+                             for names in self._param_names]
         self.reset_parameters()
 
     @property
@@ -143,12 +157,22 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
 
     # ------------------------------------------------------------------------------------------
 
-    def forward(self, input: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None
-                ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """(output, (C, n, m)); feed the state back for the next chunk of a long sequence."""
+    def forward(self, input: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """(output, (C, n, m)); feed the state back for the next chunk of a long sequence.
+
+        ``lengths`` (N,) for a right-padded batch (any order): the output is zero past each
+        length and the final state is each sequence's after its own last step; the reverse
+        direction reads each sequence from its own last step. Padded steps run as identity
+        steps (i~ = -inf, log f = 0), so every mode takes them in the same one call."""
         name = type(self).__name__
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: input should be a Tensor, got {type(input).__name__}")
+        if lengths is None and input.dim() in (2, 3) and input.shape[-1] == self.input_size \
+                and input.shape[1 if self.batch_first and input.dim() == 3 else 0] == 1:
+            kernel = self._step_kernel(input, 1)
+            if kernel is not None:          # streaming inference: the short way
+                return self._compiled_step(input, state, kernel)
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: expected input of 2 (unbatched) or 3 dimensions, got "
                              f"shape {tuple(input.shape)}")
@@ -161,32 +185,120 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         if x.shape[0] == 0:
             raise ValueError(f"{name}: expected a sequence of at least one step, got length 0")
         states = self._split_state(state, x.shape[1], unbatched)
+        valid = reverse = None
+        if lengths is not None:
+            if unbatched:
+                raise ValueError(f"{name}: lengths needs a batched 3-D input, got shape "
+                                 f"{tuple(input.shape)}")
+            valid, reverse = _padding(name, lengths, *x.shape[:2], x.device)
         D = self.num_directions
+        kernel = self._step_kernel(x, x.shape[0])
         finals = []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(D):
                 index = layer * D + direction
-                seq = x.flip(0) if direction else x
-                h, final = self._layer(seq, index, states[index] if states else None)
-                outputs.append(h.flip(0) if direction else h)
+                if not direction or x.shape[0] == 1:
+                    seq = x
+                elif reverse is None:
+                    seq = x.flip(0)
+                else:               # each sequence from its own last step: padding stays last
+                    seq = x.gather(0, reverse.expand(-1, -1, x.shape[-1]))
+                h, final = self._layer(seq, index, states[index] if states else None, valid,
+                                       kernel)
+                if direction and x.shape[0] > 1:
+                    h = h.flip(0) if reverse is None else \
+                        h.gather(0, reverse.expand(-1, -1, h.shape[-1]))    # its own inverse
+                outputs.append(h)
                 finals.append(final)
             x = torch.cat(outputs, -1) if D == 2 else outputs[0]                  # (L, N, D*H)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
-        C, n, m = (torch.stack(parts) for parts in zip(*finals))
+        C, n, m = (torch.stack(parts) for parts in zip(*finals)) if len(finals) > 1 else \
+            (t.unsqueeze(0) for t in finals[0])
         if unbatched:
             return x.squeeze(1), (C.squeeze(1), n.squeeze(1), m.squeeze(1))
         return (x.transpose(0, 1) if self.batch_first else x), (C, n, m)
 
-    def _layer(self, x: Tensor, index: int, state) -> tuple[Tensor, tuple]:
-        """One layer and direction over x (L, N, H_k): (h (L, N, H), final state (N, NH, ...))."""
+    def _step_kernel(self, x: Tensor, L: int):
+        """The compiled step (csrc/mlstm.cpp) where this call of L steps runs the recurrent form
+        without autograd (under torch.no_grad or inference_mode) on float32/float64 CPU tensors
+        and the extension is built; else None (the python step)."""
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in compiled.DTYPES:
+            return None
+        if (self.mode != "recurrent" and not (self.mode == "auto" and L == 1)) or _tracing():
+            return None
+        kernels = compiled.mlstm_step_kernel()
+        return None if kernels is None else kernels[1]
+
+    def _compiled_step(self, input: Tensor, state, kernel) -> tuple[Tensor, tuple]:
+        """``forward`` for one step without lengths, every layer and direction one product and
+        one compiled call: no time axis to move, no state split or stacked for one layer."""
+        unbatched = input.dim() == 2
+        N = 1 if unbatched else input.shape[0 if self.batch_first else 1]
+        x = input.reshape(N, self.input_size)            # (N, H_in), whatever the layout
+        D, NH, H = self.num_directions, self.num_heads, self.hidden_size
+        DL = D * self.num_layers
+        if state is None:
+            states = [(None, None, None)] * DL
+        elif DL == 1:                   # the kernel reads (1, N, NH, ...) as (N, NH, ...)
+            self._check_state(state, N, unbatched)
+            states = [state]
+        else:
+            states = self._split_state(state, N, unbatched)
+        exp_gate = self.forget_gate == "exp"
+        finals = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):              # one step: the reverse reads the same
+                index = layer * D + direction
+                weight_t, bias = self._step_weights(index)
+                projected = x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
+                h, C, n, m = kernel(projected, *states[index], NH, exp_gate, 0.0)
+                # h = sigma(o) * h~ (N, NH, d); the state (1, N, NH, ...)
+                outputs.append(h.view(N, H))
+                finals.append((C, n, m))
+            x = torch.cat(outputs, -1) if D == 2 else outputs[0]                # (N, D * H)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        final = finals[0] if DL == 1 else tuple(torch.cat(parts) for parts in zip(*finals))
+        if unbatched:
+            final = tuple(t.squeeze(1) for t in final)
+        return x.view(*input.shape[:-1], D * H), final
+
+    def _layer(self, x: Tensor, index: int, state, valid: Tensor | None = None, kernel=None
+               ) -> tuple[Tensor, tuple]:
+        """One layer and direction over x (L, N, H_k): (h (L, N, H), final state (N, NH, ...)).
+        valid (L, N, 1) bool, False at padded steps (all at the end). kernel: the compiled
+        layer step (``_step_kernel``), one call per step on the projection, or None."""
         L, N = x.shape[:2]
         H, NH, d = self.hidden_size, self.num_heads, self.head_size
-        projected = F.linear(x, *self._stacked(index))                    # (L, N, 4 H + 2 NH)
-        q, k, v, i_pre, f_pre, o = projected.split([H, H, H, NH, NH, H], -1)
-        q, k, v = (z.reshape(L, N, NH, d).permute(1, 2, 0, 3) for z in (q, k, v))  # (N,NH,L,d)
+        if kernel is not None and L == 1:                 # streaming: one product, one call
+            C, n, m = state if state is not None else (None, None, None)
+            h, C, n, m = kernel(F.linear(x[0], *self._stacked(index)), C, n, m, NH,
+                                self.forget_gate == "exp", 0.0)   # h = sigma(o) * h~ (N, NH, d)
+            h = h.view(1, N, H)
+            return (h if valid is None else h.masked_fill(~valid, 0.0)), (C[0], n[0], m[0])
+        projected = _project(x, *self._stacked(index))                    # (L, N, 4 H + 2 NH)
+        if kernel is not None:
+            if valid is not None:           # identity steps, as below (no autograd here)
+                projected[..., 3 * H:3 * H + NH].masked_fill_(~valid, -math.inf)
+                projected[..., 3 * H + NH:3 * H + 2 * NH].masked_fill_(
+                    ~valid, math.inf if self.forget_gate == "sigmoid" else 0.0)
+            C, n, m = state if state is not None else (None, None, None)
+            hs = []
+            for t in range(L):
+                h, C, n, m = kernel(projected[t], C, n, m, NH, self.forget_gate == "exp", 0.0)
+                hs.append(h)
+            h = torch.stack(hs).view(L, N, H)
+            return (h if valid is None else h.masked_fill(~valid, 0.0)), (C[0], n[0], m[0])
+        qkv, i_pre, f_pre, o = projected.split([3 * H, NH, NH, H], -1)
+        # one copy into (N, NH, L, d) for all three, which every product then reads as it is
+        q, k, v = qkv.reshape(L, N, 3, NH, d).permute(2, 1, 3, 0, 4).contiguous().unbind(0)
         k = k * (1.0 / math.sqrt(d))
+        if valid is not None:           # identity steps: nothing written, nothing decays
+            i_pre = i_pre.masked_fill(~valid, -math.inf)
+            f_pre = f_pre.masked_fill(~valid, math.inf if self.forget_gate == "sigmoid" else 0.0)
         i_pre, f_pre = i_pre.permute(1, 2, 0), f_pre.permute(1, 2, 0)            # (N, NH, L)
         kw = {"forget_gate": self.forget_gate}
         mode = self.mode
@@ -205,15 +317,15 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             h, final = cell.chunkwise(q, k, v, i_pre, f_pre, state, chunk_size=self.chunk_size,
                                       **kw)
         h = h.permute(2, 0, 1, 3).reshape(L, N, H)                                # (L, N, H)
-        return torch.sigmoid(o) * h, final
+        h = torch.sigmoid(o) * h
+        return (h if valid is None else h.masked_fill(~valid, 0.0)), final
 
     def _stacked(self, index: int) -> tuple[Tensor, Tensor | None]:
         """(W_q|W_k|W_v|w_i|w_f|W_o) and the biases alike, for one product per layer. Outside
         autograd the stack is kept while no parameter changed (by identity and version), so a
         step of streaming inference does not copy every weight."""
-        names, own = self._param_names[index], self._parameters   # not nn.Module.__getattr__
-        params = [own[names[f"{kind}_{p}"]] for kind in ("weight", "bias")
-                  for p in _PROJECTIONS if f"{kind}_{p}" in names]
+        own = self._parameters                                     # not nn.Module.__getattr__
+        params = [own[key] for key in self._stack_order[index]]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return self._stack(params)
         versions = [p._version for p in params]
@@ -225,6 +337,16 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 cache[index] = held = (self._stack(params), params, versions)
         return held[0]
 
+    def _step_weights(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """(the stack transposed, contiguous (H_k, 4 H + 2 NH), the biases) for a step's
+        addmm (one row times it: 12 us against F.linear's 15 at 256 x 1032), kept beside the
+        stack outside autograd."""
+        weight, bias = self._stacked(index)
+        held = self._stack_cache[index]
+        if len(held) == 3:
+            self._stack_cache[index] = held = (*held, weight.t().contiguous())
+        return held[3], bias
+
     def _stack(self, params: list[Tensor]) -> tuple[Tensor, Tensor | None]:
         n = len(_PROJECTIONS)
         return torch.cat(params[:n]), torch.cat(params[n:]) if self.bias else None
@@ -233,6 +355,12 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         """The state as one (C, n, m) per layer and direction, each (N, NH, ...), checked."""
         if state is None:
             return None
+        self._check_state(state, N, unbatched)
+        if unbatched:
+            state = tuple(t.unsqueeze(1) for t in state)
+        return list(zip(*(t.unbind(0) for t in state)))
+
+    def _check_state(self, state, N: int, unbatched: bool) -> None:
         name = type(self).__name__
         if not isinstance(state, (tuple, list)) or len(state) != 3:
             got = f"{len(state)} tensors" if isinstance(state, (tuple, list)) else \
@@ -249,7 +377,88 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"{name}: expected state's {key} of shape {shape}, got "
                                  f"{tuple(tensor.shape)}")
-        if unbatched:
-            state = tuple(t.unsqueeze(1) for t in state)
-        return [tuple(t[index] for t in state) for index in range(DL)]
 
+
+def _tracing() -> bool:
+    """torch.compile, torch.export, ONNX or TorchScript tracing: plain torch operators only
+    (the compiled step and the oneDNN projection are opaque to them)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or \
+        torch.onnx.is_in_onnx_export()
+
+
+# ------------------------------------------------------------------ the input projection
+
+def _onednn_ops():
+    """oneDNN's prepacked inner product (torch.ops.mkldnn, what torch.compile uses for linear
+    layers on the CPU), or None where this torch has none."""
+    try:
+        ops = torch.ops.mkldnn
+        pack, linear = ops._reorder_linear_weight, ops._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+    return (pack, linear) if torch.backends.mkldnn.is_available() else None
+
+
+_ONEDNN = _onednn_ops()
+# float32 products from this many multiply-adds on oneDNN: one thread, it ran the layer's
+# projection at 113-122 GMAC/s (weights packed per call) against 54-55 for F.linear (MKL) at
+# (700 | 2048 | 3200) x (256 | 512) x (1032 | 2056); below, packing costs more than it saves
+ONEDNN_MIN_MACS = 1 << 22
+
+
+def _project(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear(x, weight, bias) for x (L, N, H_k), on oneDNN for large float32 CPU calls
+    (outside autocast and tracing)."""
+    L, N, K = x.shape
+    if (_ONEDNN is None or x.dtype != torch.float32 or x.device.type != "cpu"
+            or L * N * K * weight.shape[0] < ONEDNN_MIN_MACS or _tracing()
+            or torch.is_autocast_enabled("cpu")):                  # autocast's own products
+        return F.linear(x, weight, bias)
+    return _OneDNNLinear.apply(x.reshape(L * N, K), weight, bias).view(L, N, -1)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b, x (M, K), W (N_out, K); the backward's products on oneDNN too:
+    dx = dy W, dW = dy^T x (x^T packed as the weight), db = sum_rows dy."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        pack, linear = _ONEDNN
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return linear(x, pack(weight, x.shape[0]), bias, "none", [], "")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        pack, linear = _ONEDNN
+        x, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = dW = db = None
+        if ctx.needs_input_grad[0]:
+            dx = linear(dy, pack(weight.t().contiguous(), dy.shape[0]), None, "none", [], "")
+        if ctx.needs_input_grad[1]:
+            dW = linear(dy.t(), pack(x.t().contiguous(), dy.shape[1]), None, "none", [], "")
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum(0)
+        return dx, dW, db
+
+
+def _padding(name: str, lengths, L: int, N: int, device) -> tuple[Tensor, Tensor]:
+    """From lengths (N,): valid (L, N, 1), True at each sequence's own steps, and the time index
+    (L, N, 1) that reverses each sequence within its length and leaves its padding in place."""
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+        raise TypeError(f"{name}: expected integer lengths, got {lengths.dtype}")
+    if tuple(lengths.shape) != (N,):
+        raise ValueError(f"{name}: expected lengths of shape ({N},) (one per sequence), got "
+                         f"{tuple(lengths.shape)}")
+    lengths = lengths.to(device, torch.int64)
+    if N and (lengths.min() < 1 or lengths.max() > L):
+        raise ValueError(f"{name}: expected every length between 1 and the sequence length "
+                         f"L={L}, got {lengths.tolist()}")
+    t = torch.arange(L, device=device)[:, None]                                      # (L, 1)
+    valid = t < lengths                                                              # (L, N)
+    reverse = torch.where(valid, lengths - 1 - t, t)
+    return valid[..., None], reverse[..., None]

@@ -470,6 +470,7 @@ bool vectorized() {
 }  // namespace lstmkit
 
 void lstmkit_register_dropout(pybind11::module& m);  // dropout.cpp
+void lstmkit_register_mlstm(pybind11::module& m);    // mlstm.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lstmkit's compiled CPU engine: the BPTT time loop of every cell in C++";
@@ -481,4 +482,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("thresholds", &lstmkit::thresholds, "the bounds compiled.py chooses engines by");
   m.def("release_buffers", &lstmkit::release_buffers, "free this thread's kept buffer");
   lstmkit_register_dropout(m);
+  lstmkit_register_mlstm(m);
 }
