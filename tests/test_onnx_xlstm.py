@@ -166,9 +166,13 @@ def test_mlstm_exp_gate_two_layers_bidirectional_lengths(tmp_path):
         with torch.no_grad():
             out, state = layer(x)
         _close(run(x, [T] * B), [out, *state])
-    # a padded batch, any order: each sequence as if alone, zeros past its length
+    # a padded batch, any order: the layer's lengths=, each sequence as if alone, zeros past
+    # its length
     x, lengths = torch.randn(3, 7, I), [3, 7, 1]
-    out, C, n, m = run(x, lengths)
+    out, C, n, m = got = run(x, lengths)
+    with torch.no_grad():
+        expected, state = layer(x, lengths=torch.tensor(lengths))
+    _close(got, [expected, *state])
     for b, L in enumerate(lengths):
         with torch.no_grad():
             alone, state = layer(x[b:b + 1, :L])
