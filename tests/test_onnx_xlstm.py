@@ -6,6 +6,7 @@ example's, and streamed in chunks with the state in and out."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch import nn
 
 from lstmkit import LSTM, mLSTM, sLSTM
 from lstmkit.cells import Cell, registry
+from lstmkit.cli import main
 from lstmkit.export import ExportError, export_onnx
 from lstmkit.export.runs import state_inputs
 from lstmkit.layers import Recurrent, minGRU, minLSTM, xLSTM
@@ -277,3 +279,20 @@ def test_xlstm_stack_streams_its_seven_states(tmp_path):
     with torch.no_grad():
         out, final = layer(x, zeros)
     _close(_stream(session, x, names, [z.numpy() for z in zeros], [0, 9]), [out, *final])
+
+
+def test_lstmkit_export_of_an_slstm_run(tmp_path, capsys):
+    """``lstmkit export`` of a trained sLSTM language model: its four states in and out, named
+    and shaped in model.json, and onnxruntime equal to the run's model (export checks that)."""
+    (tmp_path / "text.txt").write_text("ROMEO: To be, or not to be, that is the question.\n" * 20)
+    run = tmp_path / "run"
+    main(["train", "chars", "--out", str(run), "--epochs", "1", "--hidden", "8", "--embed", "4",
+          "--bptt", "10", "--batch-size", "4", "--cell", "slstm", "--layers", "2",
+          "--path", str(tmp_path / "text.txt")])
+    main(["export", str(run)])
+    assert "onnxruntime matches the run's model to" in capsys.readouterr().out
+    meta = json.loads((run / "model.json").read_text())
+    assert [i["name"] for i in meta["inputs"]] == ["tokens"] + [f"initial_{s}" for s in "hcnm"]
+    assert [o["name"] for o in meta["outputs"]] == ["logits"] + [f"Y_{s}" for s in "hcnm"]
+    assert all(i["meaning"].startswith("(2, N, 8) float32") for i in meta["inputs"][1:])
+    assert meta["max_abs_diff_vs_torch"] <= 1e-5
