@@ -11,11 +11,15 @@ step's output) and an inference call (no_grad) of each, and of torch.nn.GRU(H, H
 process. Rows:
 
     minGRU parallel     lstmkit.minGRU(mode="parallel"): chunkwise log-space scan
-    minGRU sequential   lstmkit.minGRU(mode="sequential"): step loop in linear space
+    minGRU sequential   lstmkit.minGRU(mode="sequential"): step loop in linear space, one fused
+                        C++ op forward and one backward per layer direction (csrc/minrnn.cpp)
+                        when the compiled extension is built (the header says which), else
+                        python; "auto" runs this on the CPU
     minLSTM ...         the same for lstmkit.minLSTM
 
-Both forms share the hand-written backward. Times are medians of --repeats runs in each of 3
-rounds, in milliseconds; ratio = ours / torch.nn.GRU (below 1 means faster).
+Both forms share the hand-written backward (the adjoint recurrence). Times are medians of
+--repeats runs in each of 3 rounds, in milliseconds; ratio = ours / torch.nn.GRU (below 1 means
+faster).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from bench_layers import median_ms
 from torch import nn
 
 import lstmkit
+from lstmkit.cells import minrnn
 
 SIZES = [(256, 8, 512), (512, 16, 256), (1024, 8, 256), (35, 20, 256)]
 LAYERS = {"minGRU": lstmkit.minGRU, "minLSTM": lstmkit.minLSTM}
@@ -99,7 +104,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32\n")
+    loop = "compiled (C++)" if minrnn._extension() is not None else "python"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; "
+          f"sequential step loop: {loop}\n")
     print(table([row for size in sizes for row in bench_size(size, args.repeats)]), flush=True)
 
 

@@ -1,5 +1,6 @@
 """minGRU and minLSTM: the log-space scan against the step loop and a plain autograd loop, the
-hand-written backward by gradcheck, and the layers against the paper's equations written out."""
+step loop in C++ (csrc/minrnn.cpp) against the python one, the hand-written backward by gradcheck,
+and the layers against the paper's equations written out."""
 
 from __future__ import annotations
 
@@ -147,20 +148,32 @@ def test_float32_keeps_precision_over_long_sequences():
     assert error(minrnn.parallel_scan(log_a, log_b, chunk=3000)) > 1e-4
 
 
+# the forms of ``recurrence``: the log-space scan, the python step loop, the step loop in C++
+FORMS = {"parallel": {"parallel": True}, "python": {"compiled": False},
+         "compiled": {"compiled": True}}
+
+
+def skip_unbuilt(form):
+    if form == "compiled" and minrnn._extension() is None:
+        pytest.skip("lstmkit's compiled extension is not built")
+
+
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("with_h0", [False, True])
-def test_gradcheck_recurrence(kind, parallel, with_h0):
+def test_gradcheck_recurrence(kind, form, with_h0):
     """The gates' and the scan's backward by hand, from h back to the pre-activations."""
+    skip_unbuilt(form)
     pre = pre_activations(kind, 6).requires_grad_()
     inputs = (pre,) + ((initial("signed").requires_grad_(),) if with_h0 else ())
     assert torch.autograd.gradcheck(
-        lambda p, *h0: minrnn.recurrence(kind, p, *h0, parallel=parallel, chunk=4), inputs)
+        lambda p, *h0: minrnn.recurrence(kind, p, *h0, chunk=4, **FORMS[form]), inputs)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("parallel", [False, True])
-def test_recurrence_equals_autograd_through_the_equations(kind, parallel):
+@pytest.mark.parametrize("form", list(FORMS))
+def test_recurrence_equals_autograd_through_the_equations(kind, form):
+    skip_unbuilt(form)
     T = 50
     grad_out = torch.randn(T, B, H, generator=torch.Generator().manual_seed(7), **F64)
     results = []
@@ -168,7 +181,7 @@ def test_recurrence_equals_autograd_through_the_equations(kind, parallel):
         pre = pre_activations(kind, T, scale=4.0).requires_grad_()
         h0 = initial("signed").requires_grad_()
         if by_hand:
-            h = minrnn.recurrence(kind, pre, h0, parallel, chunk=16)
+            h = minrnn.recurrence(kind, pre, h0, chunk=16, **FORMS[form])
         else:
             h = minrnn.reference_scan(*minrnn.coefficients(kind, pre), h0)
         h.backward(grad_out)
@@ -180,15 +193,18 @@ def test_recurrence_equals_autograd_through_the_equations(kind, parallel):
 @pytest.mark.parametrize("kind", KINDS)
 def test_saturated_gates_stay_finite_in_float32(kind):
     """Pre-activations far out (f_t and i_t both round to 0 in float32): no 0/0, finite
-    gradients, and both forms agree."""
+    gradients, and every form agrees."""
     pre = torch.full((5, 1, minrnn.num_gates(kind) * H), -150.0, requires_grad=True)
     outs = []
-    for parallel in (False, True):
-        h = minrnn.recurrence(kind, pre, parallel=parallel)
+    for form in FORMS:
+        if form == "compiled" and minrnn._extension() is None:
+            continue
+        h = minrnn.recurrence(kind, pre, **FORMS[form])
         (grad,) = torch.autograd.grad(h.sum(), pre)
         assert torch.isfinite(h).all() and torch.isfinite(grad).all()
         outs.append(h)
-    torch.testing.assert_close(outs[0], outs[1])
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0])
 
 
 # ---------------------------------------------------------------- the layers
@@ -493,3 +509,182 @@ def test_exports_and_repr():
     assert lstmkit.minGRU is lstmkit.layers.minGRU and "minLSTM" in lstmkit.__all__
     assert repr(lstmkit.minLSTM(3, 4, num_layers=2, mode="parallel")) == \
         "minLSTM(3, 4, num_layers=2, mode='parallel')"
+
+
+# ---------------------------------------------------------------- the step loop in C++
+def _compiled_available():
+    return minrnn._extension() is not None
+
+
+needs_compiled = pytest.mark.skipif(not _compiled_available(),
+                                    reason="lstmkit's compiled extension is not built")
+
+
+def run_both(kind, pre, h0, grad_out):
+    """(h, dpre, dh0) from the C++ op and from the python step loop (the reference)."""
+    results = []
+    for compiled in (True, False):
+        p = pre.detach().clone().requires_grad_()
+        h_init = None if h0 is None else h0.detach().clone().requires_grad_()
+        h = minrnn.recurrence(kind, p, h_init, compiled=compiled)
+        h.backward(grad_out)
+        results.append((h.detach(), p.grad, None if h_init is None else h_init.grad))
+    return results
+
+
+@needs_compiled
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("T, batch, hidden", [(1, 2, 4), (37, 3, 21), (130, 2, 300)])
+@pytest.mark.parametrize("h0", [None, "zero", "signed"])
+def test_compiled_equals_the_python_loop_float64(kind, T, batch, hidden, h0):
+    """Vector tails (21 units), more than one block of units (300 > 256), one step; outputs,
+    dL/dpre and dL/dh_0 to 1e-12."""
+    gen = torch.Generator().manual_seed(T + hidden)
+    G = minrnn.num_gates(kind)
+    pre = torch.randn(T, batch, G * hidden, generator=gen, **F64) * 4
+    pre[T // 2, :, :hidden], pre[T // 2, :, hidden:2 * hidden] = 800.0, -800.0   # saturated
+    h_init = None if h0 is None else torch.randn(batch, hidden, generator=gen, **F64)
+    h_init = h_init * 0 if h0 == "zero" else h_init
+    grad_out = torch.randn(T, batch, hidden, generator=gen, **F64)
+    got, want = run_both(kind, pre, h_init, grad_out)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None
+        else:
+            torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+
+
+@needs_compiled
+@pytest.mark.parametrize("kind", KINDS)
+def test_compiled_float32_within_rounding_and_saturated_gates_finite(kind):
+    """float32: the C++ op and the python loop are each within float32 rounding of the float64
+    result, and agree with each other to it; pre-activations at +-150 (f and i round to 0)
+    stay finite."""
+    T, hidden = 200, 40
+    gen = torch.Generator().manual_seed(3)
+    pre = torch.randn(T, B, minrnn.num_gates(kind) * hidden, generator=gen, **F64) * 4
+    pre[5:9] = 150.0
+    pre[20:24] = -150.0
+    pre[30:33, :, :hidden], pre[30:33, :, hidden:2 * hidden] = 150.0, -150.0   # one gate each
+    pre[40:43, :, :hidden], pre[40:43, :, hidden:2 * hidden] = -150.0, 150.0
+    h0 = torch.randn(B, hidden, generator=gen, **F64)
+    grad_out = torch.randn(T, B, hidden, generator=gen, **F64)
+    exact = run_both(kind, pre, h0, grad_out)[1]
+    got, want = run_both(kind, pre.float(), h0.float(), grad_out.float())
+    for g, w, e in zip(got, want, exact):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(g.double(), e, atol=2e-5, rtol=2e-5)
+
+
+@needs_compiled
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_gradcheck_compiled(kind, with_h0):
+    pre = pre_activations(kind, 6).requires_grad_()
+    inputs = (pre,) + ((initial("signed").requires_grad_(),) if with_h0 else ())
+    assert torch.autograd.gradcheck(
+        lambda p, *h0: minrnn.recurrence(kind, p, *h0, compiled=True), inputs)
+
+
+@needs_compiled
+def test_compiled_splits_over_threads_with_the_same_result():
+    """B x H >= 1024 on 2 threads runs the (row, block) pairs on both; element-wise, so the
+    result is the one thread's exactly."""
+    gen = torch.Generator().manual_seed(4)
+    pre = torch.randn(20, 8, 3 * 300, generator=gen, **F64).requires_grad_()
+    h0 = torch.randn(8, 300, generator=gen, **F64).requires_grad_()
+    grad_out = torch.randn(20, 8, 300, generator=gen, **F64)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            h = minrnn.recurrence("minlstm", pre, h0, compiled=True)
+            results.append((h, *torch.autograd.grad(h, (pre, h0), grad_out)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@needs_compiled
+def test_compiled_restores_the_denormal_mode():
+    """The op flushes denormals inside its loops only; torch's ops after it still keep them."""
+    minrnn.recurrence("mingru", torch.randn(4, B, 2 * H), compiled=True)
+    tiny = torch.tensor([1e-40])                       # a float32 denormal
+    assert (tiny * 1.0).item() != 0.0
+
+
+class _CountingExtension:
+    """The extension with its minrnn ops counted."""
+
+    def __init__(self, ext):
+        self.ext, self.calls = ext, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.ext, name)
+        return lambda *a: self.calls.append(name) or fn(*a)
+
+
+@needs_compiled
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_runs_the_compiled_op_and_equals_the_python_loop(kind, monkeypatch):
+    """Sequential and auto on the CPU: one C++ forward and one backward per layer direction
+    (2 layers x 2 directions), with variable lengths; equal to the python loop (the extension
+    hidden) in outputs, h_n and every gradient. The parallel form does not call it."""
+    counting = _CountingExtension(minrnn._extension())
+    lengths = [4, 9, 1, 6]
+    x0 = torch.randn(9, len(lengths), I, **F64)
+    h00 = torch.randn(4, len(lengths), H, **F64)
+    results = {}
+    for which in ("compiled", "python"):
+        monkeypatch.setattr(minrnn, "_extension",
+                            (lambda: counting) if which == "compiled" else (lambda: None))
+        layer = make(kind, mode="auto", num_layers=2, bidirectional=True)
+        x, h0 = x0.clone().requires_grad_(), h00.clone().requires_grad_()
+        out, h_n = layer(x, h0, lengths=lengths)
+        (out.sin().sum() + h_n.cos().sum()).backward()
+        results[which] = [out, h_n, x.grad, h0.grad] + [p.grad for p in layer.parameters()]
+    assert counting.calls == ["minrnn_forward"] * 4 + ["minrnn_backward"] * 4
+    for got, want in zip(results["compiled"], results["python"]):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    counting.calls.clear()
+    monkeypatch.setattr(minrnn, "_extension", lambda: counting)
+    make(kind, mode="sequential")(x0)                   # inference: the forward op alone
+    make(kind, mode="parallel")(x0)
+    assert counting.calls == ["minrnn_forward"]
+
+
+def test_compiled_bad_arguments_raise_clear_errors(monkeypatch):
+    pre = torch.randn(3, B, 2 * H)
+    with pytest.raises(TypeError, match="compiled must be None, True or False, got 'yes'"):
+        minrnn.recurrence("mingru", pre, compiled="yes")
+    with pytest.raises(ValueError, match="compiled=True runs the step loop; parallel=True"):
+        minrnn.recurrence("mingru", pre, parallel=True, compiled=True)
+    if _compiled_available():
+        with pytest.raises(ValueError, match=r"needs h0 of pre's dtype .*got torch.float64"):
+            minrnn.recurrence("mingru", pre, torch.zeros(B, H, **F64), compiled=True)
+    monkeypatch.setattr(minrnn, "_extension", lambda: None)
+    with pytest.raises(ValueError, match="compiled extension is unavailable"):
+        minrnn.recurrence("mingru", pre, compiled=True)
+    # compiled=None without the extension: the python loop, the same result
+    torch.testing.assert_close(minrnn.recurrence("mingru", pre),
+                               minrnn.recurrence("mingru", pre, compiled=False))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_traced_layer_follows_the_python_loop(kind, monkeypatch):
+    """torch.jit.trace records the python loop's torch ops (the C++ op is opaque to it): the
+    trace runs and equals the eager layer, which ran the C++ op."""
+    counting = _CountingExtension(minrnn._extension()) if _compiled_available() else None
+    monkeypatch.setattr(minrnn, "_extension", lambda: counting)
+    layer = make(kind, mode="sequential", bidirectional=True)
+    x = torch.randn(6, B, I, **F64)
+    want, _ = layer(x)
+    with pytest.warns():                            # torch.jit.trace is deprecated
+        traced = torch.jit.trace(layer, (x,), check_trace=False)
+    torch.testing.assert_close(traced(x)[0], want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(traced(x * 2)[0], layer(x * 2)[0], atol=1e-12, rtol=0)
+    if counting is not None:                        # only the eager calls ran it
+        assert counting.calls == ["minrnn_forward"] * 4      # want, layer(x * 2): 2 each

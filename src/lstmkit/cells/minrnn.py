@@ -28,6 +28,13 @@ one CPU thread the loop took 1.3 ms where the signed log-space scan of the same 
 91 ms, at (T, B, H) = (256, 8, 512). ``recurrence`` then takes dL/da, dL/db back to the
 pre-activations by hand (``gates_backward``), so autograd sees one node per layer direction.
 
+Compiled: on the CPU in float32 and float64, with lstmkit's extension built, the step loop runs as
+one C++ op pair per layer direction (``lstmkit/engine/csrc/minrnn.cpp``): the forward computes the
+gates, a_t, b_t and h_t in one pass over the pre-activations; the backward walks the adjoint and
+the gates' backward in one reverse pass, recomputing the gates from the pre-activations, and
+returns dL/dpre and dL/dh_0. The python step loop above stays the reference it is tested against
+(``recurrence(..., compiled=False)``). Its backward is once differentiable (no create_graph).
+
 The initial state enters linearly, h_t = (prod_{s<=t} a_s) * h_0 + (the scan from h_0 = 0), and
 both forms compute it so: h_0 may be any real number, zero or negative included (the paper's
 log-space code folds log h_0 into the scan and so needs h_0 > 0).
@@ -40,6 +47,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .registry import register
 
@@ -226,6 +234,60 @@ class _LogScan(torch.autograd.Function):
         return da.mul_(a), db.mul_(b), dh0, None
 
 
+# ---------------------------------------------------------------- the step loop in C++
+KIND_IDS = {"mingru": 0, "minlstm": 1}                   # csrc/minrnn.cpp's kinds
+
+
+def _extension():
+    """The compiled extension (csrc/minrnn.cpp's ops), built now if it was not; None without one.
+    Imported here rather than at the top: the engine's loader is the one thing the cells take
+    from the engine, and only when a call can use it."""
+    from ..engine import compiled
+
+    return compiled.extension()
+
+
+def compiled_unsupported(pre: Tensor, h0: Tensor | None) -> str | None:
+    """Why the C++ step loop cannot run on pre (T, B, G*H) and h0 (None if it can)."""
+    if (torch.jit.is_tracing() or torch.compiler.is_compiling() or type(pre) is not Tensor
+            or torch._C._functorch.is_functorch_wrapped_tensor(pre)):
+        # tracing, torch.compile, torch.export (fake tensors), torch.func: they follow the
+        # python loop's torch ops, not an opaque extension call
+        return "the compiled minGRU/minLSTM loop runs on plain tensors, not traced or transformed"
+    if pre.device.type != "cpu":
+        return f"the compiled minGRU/minLSTM loop runs on the CPU, got pre on {pre.device}"
+    if pre.dtype not in (torch.float32, torch.float64):
+        return f"the compiled minGRU/minLSTM loop runs float32 and float64, got {pre.dtype}"
+    if h0 is not None and (h0.dtype != pre.dtype or h0.device != pre.device):
+        return (f"the compiled minGRU/minLSTM loop needs h0 of pre's dtype and device "
+                f"({pre.dtype}, {pre.device}), got {h0.dtype} on {h0.device}")
+    if _extension() is None:
+        from ..engine import compiled
+
+        error = (compiled.build_error() or "not built").strip().splitlines() or ["not built"]
+        return f"lstmkit's compiled extension is unavailable ({error[0][:300]})"
+    return None
+
+
+class _CompiledRecurrence(torch.autograd.Function):
+    """h from the pre-activations by csrc/minrnn.cpp: one fused forward op and one backward op
+    (the adjoint and the gates' backward), the gates recomputed there from pre."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, h0: Tensor | None, kind: str) -> Tensor:
+        h = _extension().minrnn_forward(KIND_IDS[kind], pre, h0)
+        ctx.kind = kind
+        ctx.save_for_backward(pre, h0, h)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h: Tensor):
+        pre, h0, h = ctx.saved_tensors
+        dpre, dh0 = _extension().minrnn_backward(KIND_IDS[ctx.kind], pre, h0, h, grad_h)
+        return dpre, (dh0 if h0 is not None else None), None
+
+
 class _Recurrence(torch.autograd.Function):
     """h from the pre-activations: ``gates_forward``, a scan, and both backward by hand."""
 
@@ -246,15 +308,33 @@ class _Recurrence(torch.autograd.Function):
 
 
 def recurrence(kind: str, pre: Tensor, h0: Tensor | None = None, parallel: bool = False,
-               chunk: int = CHUNK) -> Tensor:
+               chunk: int = CHUNK, compiled: bool | None = None) -> Tensor:
     """h (T, B, H) of a minGRU (kind "mingru") or minLSTM ("minlstm") layer direction from its
     pre-activations pre = W_ih x + b_ih (T, B, G*H) and h_0 (B, H) (any sign; None for zeros):
     the log-space scan where ``parallel``, else the step loop. bfloat16 and float16 run in
-    float32 (T steps of rounding to 8 bits would pile up), the result in pre's dtype."""
+    float32 (T steps of rounding to 8 bits would pile up), the result in pre's dtype.
+
+    ``compiled`` (the step loop only): None runs it in C++ where it can (CPU, float32/float64,
+    the extension built; ``compiled_unsupported``), else in python; True requires C++ (a
+    ValueError says why it cannot run); False runs the python loop, the reference."""
     num_gates(kind)
+    if compiled is not None and not isinstance(compiled, bool):
+        raise TypeError(f"compiled must be None, True or False, got {compiled!r}")
+    if parallel and compiled:
+        raise ValueError("compiled=True runs the step loop; parallel=True asks for the log-space "
+                         "scan (pass one of them)")
     if pre.dtype in (torch.bfloat16, torch.float16):
         h0 = None if h0 is None else h0.float()
-        return recurrence(kind, pre.float(), h0, parallel, chunk).to(pre.dtype)
+        return recurrence(kind, pre.float(), h0, parallel, chunk, compiled).to(pre.dtype)
+    if not parallel and compiled is not False:
+        reason = compiled_unsupported(pre, h0)
+        if reason is None:
+            if torch.is_grad_enabled() and (pre.requires_grad or
+                                            (h0 is not None and h0.requires_grad)):
+                return _CompiledRecurrence.apply(pre, h0, kind)
+            return _extension().minrnn_forward(KIND_IDS[kind], pre, h0)
+        if compiled:
+            raise ValueError(f"recurrence(compiled=True): {reason}")
     if torch.is_grad_enabled() and (pre.requires_grad or (h0 is not None and h0.requires_grad)):
         return _Recurrence.apply(pre, h0, kind, bool(parallel), int(chunk))
     a, b, log_a, log_b, _ = gates_forward(kind, pre, parallel, backward=False)  # inference

@@ -13,6 +13,8 @@ threshold, the input projection and dx) on oneDNN's brgemm micro-kernel; batches
 more of the LSTM without projection, the LayerNorm LSTM and GRU and the RNN run each thread's
 share of the rows through the whole time loop, with no synchronisation between steps. The
 sources are ``csrc/``: ``engine.cpp`` (time loop, bindings), one file per cell family,
+``minrnn.cpp`` (minGRU's and minLSTM's whole recurrence as two ops of their own, for
+``lstmkit.cells.minrnn``; ``extension()`` hands them out),
 ``onednn.cpp``, ``dropout.cpp``, and small headers by concern: ``sequence.h`` (what the loop and
 the cells share), ``masks.h`` (recurrent dropout and zoneout), ``products.h``, ``brgemm.h``,
 ``vec_math.h``, ``layernorm.h``, ``denormals.h``, ``onednn.h`` and ``thresholds.h``, the bounds
@@ -211,6 +213,13 @@ def available() -> bool:
 def usable(cell: Cell, x: Tensor) -> bool:
     """True when this call can run compiled (building the extension now if it was not)."""
     return _unsupported(cell, x) is None and available()
+
+
+def extension():
+    """The extension module, built now if it was not; None when it could not be (``build_error()``
+    says why). For the ops that are not the sequence engine: ``minrnn_forward``, ``minrnn_backward``
+    (csrc/minrnn.cpp)."""
+    return _load()
 
 
 def build_error() -> str | None:

@@ -21,11 +21,14 @@ h_0 > 0 and starts from g(0) = 0.5; pass ``torch.full((D * num_layers, N, H), 0.
 
 ``mode``: "parallel" runs the chunkwise log-space scan (the paper's training form),
 "sequential" the step loop in linear space; both have the same hand-written backward and agree
-to rounding. "auto": on CPU the step loop, which benchmarks/bench_minrnn.py measured faster than
-the scan on one thread (training about 1.5-2.5x, inference 2-5x, at T from 35 to 1024): one
-core runs the loop's T small vector ops at memory speed, while the scan's logcumsumexp costs
-~60 ns per element. Elsewhere (an accelerator, where the scan's work is parallel over T, as in
-the paper; not measured here) the scan when L > 1.
+to rounding. On the CPU in float32 and float64 the step loop of each layer direction runs as one
+fused C++ op forward and one backward (``lstmkit/engine/csrc/minrnn.cpp``, through
+``lstmkit.cells.minrnn.recurrence``) when lstmkit's compiled extension is built, else in python.
+"auto": on CPU the step loop, which benchmarks/bench_minrnn.py measured faster than the scan on
+one thread (in python already: training about 1.5-2.5x, inference 2-5x, at T from 35 to 1024):
+one core runs the loop at memory speed, while the scan's logcumsumexp costs ~60 ns per element.
+Elsewhere (an accelerator, where the scan's work is parallel over T, as in the paper; not
+measured here) the scan when L > 1.
 ``step(x_t, h)`` advances a unidirectional layer by one time step for streaming.
 """
 

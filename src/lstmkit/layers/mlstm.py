@@ -272,7 +272,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         valid (L, N, 1) bool, False at padded steps (all at the end). kernel: the compiled
         layer step (``_step_kernel``), one call per step on the projection, or None."""
         L, N = x.shape[:2]
-        H, NH, d = self.hidden_size, self.num_heads, self.head_size
+        H, NH = self.hidden_size, self.num_heads
         if kernel is not None and L == 1:                 # streaming: one product, one call
             C, n, m = state if state is not None else (None, None, None)
             h, C, n, m = kernel(F.linear(x[0], *self._stacked(index)), C, n, m, NH,
@@ -280,7 +280,9 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             h = h.view(1, N, H)
             return (h if valid is None else h.masked_fill(~valid, 0.0)), (C[0], n[0], m[0])
         projected = _project(x, *self._stacked(index))                    # (L, N, 4 H + 2 NH)
-        if kernel is not None:
+        if kernel is None:
+            q, k, v, i_pre, f_pre, o = self._split(projected, valid)
+        else:
             if valid is not None:           # identity steps, as below (no autograd here)
                 projected[..., 3 * H:3 * H + NH].masked_fill_(~valid, -math.inf)
                 projected[..., 3 * H + NH:3 * H + 2 * NH].masked_fill_(
@@ -292,14 +294,6 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 hs.append(h)
             h = torch.stack(hs).view(L, N, H)
             return (h if valid is None else h.masked_fill(~valid, 0.0)), (C[0], n[0], m[0])
-        qkv, i_pre, f_pre, o = projected.split([3 * H, NH, NH, H], -1)
-        # one copy into (N, NH, L, d) for all three, which every product then reads as it is
-        q, k, v = qkv.reshape(L, N, 3, NH, d).permute(2, 1, 3, 0, 4).contiguous().unbind(0)
-        k = k * (1.0 / math.sqrt(d))
-        if valid is not None:           # identity steps: nothing written, nothing decays
-            i_pre = i_pre.masked_fill(~valid, -math.inf)
-            f_pre = f_pre.masked_fill(~valid, math.inf if self.forget_gate == "sigmoid" else 0.0)
-        i_pre, f_pre = i_pre.permute(1, 2, 0), f_pre.permute(1, 2, 0)            # (N, NH, L)
         kw = {"forget_gate": self.forget_gate}
         mode = self.mode
         if mode == "auto":
@@ -319,6 +313,57 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         h = h.permute(2, 0, 1, 3).reshape(L, N, H)                                # (L, N, H)
         h = torch.sigmoid(o) * h
         return (h if valid is None else h.masked_fill(~valid, 0.0)), final
+
+    def _split(self, projected: Tensor, valid: Tensor | None = None) -> tuple[Tensor, ...]:
+        """The projection (L, N, 4 H + 2 NH) as q, k (scaled by 1/sqrt(d)), v (N, NH, L, d),
+        i~, f~ (N, NH, L) and o~ (L, N, H); padded steps (valid False) made identity steps."""
+        L, N = projected.shape[:2]
+        H, NH, d = self.hidden_size, self.num_heads, self.head_size
+        qkv, i_pre, f_pre, o = projected.split([3 * H, NH, NH, H], -1)
+        # one copy into (N, NH, L, d) for all three, which every product then reads as it is
+        q, k, v = qkv.reshape(L, N, 3, NH, d).permute(2, 1, 3, 0, 4).contiguous().unbind(0)
+        k = k * (1.0 / math.sqrt(d))
+        if valid is not None:           # identity steps: nothing written, nothing decays
+            i_pre = i_pre.masked_fill(~valid, -math.inf)
+            f_pre = f_pre.masked_fill(~valid, math.inf if self.forget_gate == "sigmoid" else 0.0)
+        return q, k, v, i_pre.permute(1, 2, 0), f_pre.permute(1, 2, 0), o        # (N, NH, L)
+
+    def trace(self, input: Tensor, state=None) -> MLSTMTrace:
+        """``forward`` in the recurrent form, one python step at a time, keeping every step:
+        an ``MLSTMTrace`` whose ``steps[layer][direction]`` holds the gates i'_t, f'_t
+        (stabilised, (T, N, NH)) and o_t (T, N, H), the states C~_t (T, N, NH, d, d), n~_t
+        (T, N, NH, d), m_t (T, N, NH), h_t (T, N, H), and after a backward pass of anything
+        computed from ``output`` the gradients dL/dh_t (from the output only: no h feeds the
+        next step) and dL/dC~_t, dL/dn~_t (what BPTT carries through the memory). Batched
+        time-major or batch_first input, no lengths; the same output and state as ``forward``
+        (float rounding apart)."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor) or input.dim() != 3:
+            raise ValueError(f"{name}: trace takes a batched 3-D input, got "
+                             f"{tuple(input.shape) if isinstance(input, Tensor) else input}")
+        x = input.transpose(0, 1) if self.batch_first else input               # (L, N, H_in)
+        if x.shape[-1] != self.input_size or x.shape[0] == 0:
+            raise ValueError(f"{name}: expected input (L >= 1, N, {self.input_size}), got "
+                             f"{tuple(input.shape)}")
+        states = self._split_state(state, x.shape[1], False)
+        D, steps, finals = self.num_directions, [], []
+        for layer in range(self.num_layers):
+            outputs, row = [], []
+            for direction in range(D):
+                index = layer * D + direction
+                seq = x.flip(0) if direction else x
+                q, k, v, i_pre, f_pre, o = self._split(_project(seq, *self._stacked(index)))
+                st = _MLSTMStepTrace(self, direction == 1)
+                h, final = st.run(q, k, v, i_pre, f_pre, o, states[index] if states else None)
+                outputs.append(h.flip(0) if direction else h)
+                finals.append(final)
+                row.append(st)
+            steps.append(row)
+            x = torch.cat(outputs, -1) if D == 2 else outputs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        C, n, m = (torch.stack(parts) for parts in zip(*finals))
+        return MLSTMTrace(x.transpose(0, 1) if self.batch_first else x, (C, n, m), steps)
 
     def _stacked(self, index: int) -> tuple[Tensor, Tensor | None]:
         """(W_q|W_k|W_v|w_i|w_f|W_o) and the biases alike, for one product per layer. Outside
@@ -377,6 +422,77 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"{name}: expected state's {key} of shape {shape}, got "
                                  f"{tuple(tensor.shape)}")
+
+
+class MLSTMTrace:
+    """What ``mLSTM.trace`` returns: ``output`` and ``state`` as ``forward`` gives them, and
+    ``steps[layer][direction]`` (see ``mLSTM.trace``)."""
+
+    def __init__(self, output: Tensor, state: tuple, steps: list):
+        self.output, self.state, self.steps = output, state, steps
+
+
+class _MLSTMStepTrace:
+    """One layer and direction of a trace: every step's tensors kept (gradients retained),
+    served time-major in time order (the reverse direction flipped back)."""
+
+    def __init__(self, layer: mLSTM, reverse: bool):
+        self._forget_gate, self._reverse = layer.forget_gate, reverse
+        self._H = layer.hidden_size
+        self._h, self._C, self._n, self._m, self._i, self._f, self._o = ([] for _ in range(7))
+
+    def run(self, q, k, v, i_pre, f_pre, o, state):
+        """The steps: h (L, N, H) = sigma(o~) * h~ and the final state."""
+        L, N = o.shape[:2]
+        m_prev = None if state is None else state[2]
+        for t in range(L):
+            h, state = cell.step(q[..., t, :], k[..., t, :], v[..., t, :], i_pre[..., t],
+                                 f_pre[..., t], state, forget_gate=self._forget_gate)
+            C, n, m = state
+            gate_o = torch.sigmoid(o[t])
+            h = gate_o * h.reshape(N, self._H)
+            for z in (h, C, n):
+                if z.requires_grad:
+                    z.retain_grad()
+            self._i.append(torch.exp(i_pre[..., t] - m).detach())
+            self._f.append(torch.zeros_like(m).detach() if m_prev is None else torch.exp(
+                cell.log_forget(f_pre[..., t], self._forget_gate) + m_prev - m).detach())
+            self._h.append(h)
+            self._C.append(C)
+            self._n.append(n)
+            self._m.append(m.detach())
+            self._o.append(gate_o.detach())
+            m_prev = m
+        return torch.stack(self._h), state
+
+    def _time(self, items: list) -> Tensor:
+        x = torch.stack([t.detach() for t in items])
+        return x.flip(0) if self._reverse else x
+
+    def _grads(self, items: list) -> Tensor | None:
+        if any(t.grad is None for t in items):
+            return None
+        return self._time([t.grad for t in items])
+
+    @property
+    def gates(self) -> dict[str, Tensor]:
+        return {"i": self._time(self._i), "f": self._time(self._f), "o": self._time(self._o)}
+
+    @property
+    def states(self) -> dict[str, Tensor]:
+        return {"C": self._time(self._C), "n": self._time(self._n), "m": self._time(self._m)}
+
+    @property
+    def h(self) -> Tensor:
+        return self._time(self._h)
+
+    @property
+    def grad_h(self) -> Tensor | None:
+        return self._grads(self._h)
+
+    @property
+    def grad_states(self) -> dict[str, Tensor | None]:
+        return {"C": self._grads(self._C), "n": self._grads(self._n)}
 
 
 def _tracing() -> bool:

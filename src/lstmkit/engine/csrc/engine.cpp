@@ -471,6 +471,7 @@ bool vectorized() {
 
 void lstmkit_register_dropout(pybind11::module& m);  // dropout.cpp
 void lstmkit_register_mlstm(pybind11::module& m);    // mlstm.cpp
+void lstmkit_register_minrnn(pybind11::module& m);   // minrnn.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lstmkit's compiled CPU engine: the BPTT time loop of every cell in C++";
@@ -483,4 +484,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("release_buffers", &lstmkit::release_buffers, "free this thread's kept buffer");
   lstmkit_register_dropout(m);
   lstmkit_register_mlstm(m);
+  lstmkit_register_minrnn(m);
 }
