@@ -192,6 +192,21 @@ def test_mlstm_exp_gate_two_layers_bidirectional_lengths(tmp_path):
         assert np.abs(g - e).max() <= np.abs(o - e).max() + 1e-4 * np.abs(e).max()
 
 
+@pytest.mark.parametrize("form", OnnxMLSTM.FORMS)
+def test_mlstm_onnx_forms_in_torch_equal_the_layer(form):
+    """The graph's torch code itself (no export): both forms, a given state, lengths."""
+    torch.manual_seed(8)
+    layer = mLSTM(I, H, num_heads=2, num_layers=2, bidirectional=True).eval()
+    x, lengths = torch.randn(6, 3, I), torch.tensor([2, 6, 1])
+    state = tuple(torch.randn(s) * 0.1 for s in layer.state_shapes(3))
+    with torch.no_grad():
+        for kwargs in ({}, {"lengths": lengths}):
+            _close([t.numpy() for t in _flat(OnnxMLSTM(layer, form=form)(x, state, **kwargs))],
+                   _flat(layer(x, state, **kwargs)))
+    with pytest.raises(ValueError, match="form should be one of"):
+        OnnxMLSTM(layer, form="chunkwise")
+
+
 def test_mlstm_what_has_no_onnx_form_is_refused(tmp_path):
     layer = mLSTM(I, H, bidirectional=True)
     with pytest.raises(ExportError, match="mLSTM: lengths needs a batched 3-D input"):
