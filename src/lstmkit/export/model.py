@@ -1,8 +1,10 @@
 """``export_onnx``: any lstmkit layer, or a model holding them, as one ONNX file.
 
-The lstmkit layers become ONNX's native recurrent operators (``lstmkit.layers.onnx``);
-everything else in the model goes through torch.onnx's exporter (torch.export underneath).
-Every input dimension the model does not fix (sequence length, batch size) stays dynamic.
+The lstmkit layers become their ONNX forms (``lstmkit.layers.onnx``): ONNX's native recurrent
+operators for LSTM, GRU and RNN, a Scan over the step for the other cells (sLSTM, the LayerNorm
+cells, registered cells, minGRU, minLSTM), mLSTM's parallel form in plain operators; everything
+else in the model goes through torch.onnx's exporter (torch.export underneath). Every input
+dimension the model does not fix (sequence length, batch size) stays dynamic.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..layers import _Recurrent, _StepCell
-from ..layers.onnx import ExportError, OnnxLayer
+from ..layers import _StepCell
+from ..layers.onnx import LAYER_TYPES, ExportError, OnnxLayer, onnx_form
 
 
 def _require_onnx():
@@ -33,26 +35,31 @@ def _require_onnx():
                           "pip install 'lstmkit[onnx]'") from None
 
 
-def _swap_layers(model: nn.Module) -> tuple[nn.Module, list[OnnxLayer]]:
-    """A copy of model (eval mode) with each lstmkit layer replaced by its ONNX form."""
+def _swap_layers(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """A copy of model (eval mode) with each lstmkit layer replaced by its ONNX form (an
+    xLSTM stack as one, its layers inside it)."""
     if isinstance(model, _StepCell):
         raise ExportError(f"{type(model).__name__} (one step) has no ONNX form here; export "
                           "the layer form (LSTM, GRU, RNN), which runs any number of steps")
-    if isinstance(model, _Recurrent):
-        onnx_layer = OnnxLayer(model)
+    onnx_layer = onnx_form(model)
+    if onnx_layer is not None:
         return onnx_layer, [onnx_layer]
     model = copy.deepcopy(model).eval()
     swapped = []
-    for name, child in list(model.named_modules()):
-        if isinstance(child, _StepCell):
-            raise ExportError(f"{name}: {type(child).__name__} (one step) has no ONNX form "
-                              "here; use the layer form (LSTM, GRU, RNN)")
-        if isinstance(child, _Recurrent):
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            onnx_layer = OnnxLayer(child)
-            setattr(parent, attr, onnx_layer)
-            swapped.append(onnx_layer)
+
+    def swap(parent: nn.Module, prefix: str) -> None:
+        for attr, child in list(parent.named_children()):
+            if isinstance(child, _StepCell):
+                raise ExportError(f"{prefix}{attr}: {type(child).__name__} (one step) has no "
+                                  "ONNX form here; use the layer form (LSTM, GRU, RNN)")
+            onnx_layer = onnx_form(child)
+            if onnx_layer is None:
+                swap(child, f"{prefix}{attr}.")
+            else:
+                setattr(parent, attr, onnx_layer)
+                swapped.append(onnx_layer)
+
+    swap(model, "")
     return model, swapped
 
 
@@ -92,7 +99,7 @@ class _Exported(nn.Module):
     def __init__(self, model: nn.Module, layers: list[OnnxLayer], streaming: bool):
         super().__init__()
         self.model, self.layers, self.streaming = model, layers, streaming
-        self.n_states = [2 if layer.family == "lstm" else 1 for layer in layers]
+        self.n_states = [len(layer.state_names) for layer in layers]
 
     def forward(self, *args):
         n_state = sum(self.n_states) if self.streaming else 0
@@ -112,9 +119,8 @@ def _state_names(layers: list[OnnxLayer]) -> tuple[list[str], list[str]]:
     ins, outs = [], []
     for k, layer in enumerate(layers):
         sfx = "" if len(layers) == 1 else f"_{k}"
-        kinds = ("h", "c") if layer.family == "lstm" else ("h",)
-        ins += [f"initial_{s}{sfx}" for s in kinds]
-        outs += [f"Y_{s}{sfx}" for s in kinds]
+        ins += [f"initial_{s}{sfx}" for s in layer.state_names]
+        outs += [f"Y_{s}{sfx}" for s in layer.state_names]
     return ins, outs
 
 
@@ -128,10 +134,15 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
     the model does not fix stays dynamic (give sizes of at least 2 for the dimensions to keep
     dynamic: torch.export fixes a size-1 example dimension). With ``streaming=True`` each
     layer's state is an input (``initial_h``, ``initial_c``, zeros for a fresh stream) and an
-    output (``Y_h``, ``Y_c``: (num_layers * D, B, H)), so a long sequence can be fed in chunks.
+    output (``Y_h``, ``Y_c``: (num_layers * D, B, H)), so a long sequence can be fed in chunks;
+    one pair per state the layer has, named as it names them (sLSTM: h, c, n, m; mLSTM: C, n, m
+    of shapes (L * D, B, NH, d, d), (L * D, B, NH, d), (L * D, B, NH), a fresh stream's m is
+    -inf (zeros give the same outputs); an xLSTM stack: its seven), with a suffix ``_k`` per
+    layer where the model holds several (``lstmkit.export.runs.state_inputs`` lists them).
 
     Inputs are named ``input_names`` (default ``input`` or ``input_0, input_1, ...``), outputs
-    ``output_names`` (default ``output``, ``h_n``, ``c_n`` for a layer, else ``output_k``).
+    ``output_names`` (default ``output`` then ``h_n``, ``c_n``, ... (each state, ``_n``) for a
+    layer, else ``output_k``).
     The file is written whole or not at all. Raises ExportError for what has no ONNX form.
     """
     _require_onnx()
@@ -139,17 +150,19 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
     for p in list(module.parameters()) + list(module.buffers()):
         if p.is_floating_point() and p.dtype != torch.float32:
             raise ExportError(f"parameters of dtype {p.dtype} cannot be exported: "
-                              "onnxruntime runs the LSTM, GRU and RNN operators in float32 "
-                              "only; export a float32 copy (model.float())")
+                              "onnxruntime runs the LSTM, GRU and RNN operators (and the "
+                              "forms here) in float32 only; export a float32 copy "
+                              "(model.float())")
     model, layers = _swap_layers(module)
     if not layers:
-        raise ExportError(f"{type(module).__name__} holds no lstmkit layer (LSTM, GRU, RNN)")
+        raise ExportError(f"{type(module).__name__} holds no lstmkit layer (LSTM, GRU, "
+                          "RNN, Recurrent, sLSTM, mLSTM, minGRU, minLSTM, xLSTM)")
     if streaming:
         for layer in layers:
             if layer.D == 2:
                 raise ExportError("streaming needs unidirectional layers: a bidirectional "
                                   "layer reads each sequence from its end")
-    is_layer = isinstance(module, _Recurrent)
+    is_layer = isinstance(module, LAYER_TYPES)
     wrapper = _Exported(model, layers, streaming)
     with torch.no_grad():                    # the state shapes, from one run of the ONNX form
         for layer in layers:
@@ -165,7 +178,7 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
     if output_names is None:
         if is_layer:
             output_names = ["output"] + ([] if streaming else
-                                         ["h_n", "c_n"][: len(layers[0].stream_out)])
+                                         [f"{s}_n" for s in layers[0].state_names])
         else:
             n = n_out - len(state_out)
             output_names = ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
@@ -174,8 +187,11 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example_input, *,
     output_names = list(output_names) + state_out
     if len(output_names) != n_out:
         raise ExportError(f"{len(output_names)} output names for {n_out} outputs")
-    dynamic = tuple({i: torch.export.Dim.AUTO for i in range(a.dim())}
-                    if isinstance(a, Tensor) else None for a in all_args)
+    auto = torch.export.Dim.AUTO
+    # a state's batch (dim 1) is its only free size: a free layers dim would reach a Scan's
+    # initial state through a slice, which torch.export cannot trace
+    dynamic = tuple({i: auto for i in range(a.dim())} if isinstance(a, Tensor) else None
+                    for a in args) + tuple({1: auto} for _ in state_args)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

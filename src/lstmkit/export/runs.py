@@ -13,7 +13,10 @@ The exported graph is the task's model itself (lstmkit.tasks.models), on these i
     parity    tokens (L, N) int64, lengths (N,) int64        -> logits (N, 2)
 
 initial_h / initial_c and Y_h / Y_c: (layers, N, H), zeros to start; a language model always
-carries its state (text is continued one token at a time), the others with ``streaming``.
+carries its state (text is continued one token at a time), the others with ``streaming``. A
+cell with more states has one pair per state (sLSTM: h, c, n, m); the shapes come from the
+layer's ONNX form (``state_shapes``), so a layer whose states are not (layers, N, H) (mLSTM's
+C, n, m) is described as it is.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 from .._version import __version__
 from ..layers.onnx import ExportError
 from ..runio import atomic_write_json
-from .model import _quiet, export_onnx
+from .model import _quiet, _state_names, _swap_layers, export_onnx
 
 FORMAT, FORMAT_VERSION = "lstmkit-onnx", 1
 
@@ -127,16 +130,35 @@ def task_meta(cfg, task) -> dict:
     return {"keys": 88}
 
 
-def _state_sizes(cfg) -> list[int]:
-    from ..cells import registry
-    return [cfg.hidden] * len(registry.get(cfg.cell).state_names)
+@dataclass
+class StateInput:
+    """One state of a streaming export: its input and output names, its shape with "N" for the
+    batch, and its value at the start of a stream."""
+    name: str                            # initial_h
+    output: str                          # Y_h
+    shape: tuple                         # (layers, "N", H)
+    start: float = 0.0                   # zeros; mLSTM's m: -inf (a fresh stabiliser)
+
+    def fresh(self, N: int) -> Tensor:
+        return torch.full([N if d == "N" else d for d in self.shape], self.start)
+
+
+def state_inputs(model: nn.Module) -> list[StateInput]:
+    """The states a streaming export of model carries, read from its layers' ONNX forms."""
+    _, layers = _swap_layers(model)
+    ins, outs = _state_names(layers)
+    shapes, starts = [], []
+    for layer in layers:
+        shapes += layer.state_shapes("N")
+        starts += [float(v) for v in layer.start_values()]
+    return [StateInput(i, o, tuple(sh), st) for i, o, sh, st in zip(ins, outs, shapes, starts)]
 
 
 class OnnxTaskModel(nn.Module):
     """An exported file run by onnxruntime behind the task model's own call, so that the
     task's evaluate() scores it exactly as it scores the torch model."""
 
-    def __init__(self, path: Path, cfg, streaming: bool):
+    def __init__(self, path: Path, cfg, streaming: bool, states: list[StateInput]):
         super().__init__()
         import onnxruntime as ort
         opts = ort.SessionOptions()
@@ -144,7 +166,7 @@ class OnnxTaskModel(nn.Module):
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.cfg, self.iface = cfg, interface(cfg)
         self.streaming = streaming or self.iface.stateful
-        self.state_names = [i.name for i in self.session.get_inputs()][len(self.iface.inputs):]
+        self.states = states
 
     def forward(self, *args, state=None, targets=None):
         if self.iface.stateful and len(args) > 1:     # LanguageModel(tokens, state, targets)
@@ -154,8 +176,8 @@ class OnnxTaskModel(nn.Module):
         if self.streaming:
             N = args[0].shape[1]
             states = (state if isinstance(state, tuple) else (state,)) if state is not None \
-                else tuple(torch.zeros(self.cfg.layers, N, s) for s in _state_sizes(self.cfg))
-            feed.update({n: s.numpy() for n, s in zip(self.state_names, states)})
+                else tuple(s.fresh(N) for s in self.states)
+            feed.update({s.name: t.numpy() for s, t in zip(self.states, states)})
         outs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
         n = len(self.iface.outputs)
         result, new_state = outs[0] if n == 1 else tuple(outs[:n]), outs[n:]
@@ -209,18 +231,20 @@ def export_task_model(cfg, task, model: nn.Module, out: str | os.PathLike, *,
             "inputs": [{"name": n, "meaning": m} for n, m in iface.inputs],
             "outputs": [{"name": n, "meaning": m} for n, m in iface.outputs],
             **task_meta(cfg, task)}
-    if stream:
-        for k in ["h", "c"][: len(_state_sizes(cfg))]:
-            shape = f"({cfg.layers}, N, {cfg.hidden}) float32"
-            meta["inputs"].append({"name": f"initial_{k}", "meaning": f"{shape}: the state "
-                                   f"{k} before this call; zeros to start"})
-            meta["outputs"].append({"name": f"Y_{k}", "meaning": f"{shape}: the state {k} "
-                                    "after this call; feed it to the next call"})
+    states = state_inputs(model) if stream else []
+    for st in states:
+        shape = f"({', '.join(str(d) for d in st.shape)}) float32"
+        k = st.name.removeprefix("initial_")
+        start = "zeros" if st.start == 0 else f"{st.start:g} everywhere"
+        meta["inputs"].append({"name": st.name, "meaning": f"{shape}: the state {k} before "
+                               f"this call; {start} to start"})
+        meta["outputs"].append({"name": st.output, "meaning": f"{shape}: the state {k} after "
+                                "this call; feed it to the next call"})
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         f32 = Path(tmp) / "float32.onnx"
         export_onnx(model, f32, args, streaming=stream, opset=opset, input_names=names,
                     output_names=outputs)
-        meta["max_abs_diff_vs_torch"] = _parity(model, f32, cfg, args, stream)
+        meta["max_abs_diff_vs_torch"] = _parity(model, f32, cfg, args, stream, states)
         final = f32
         if int8:
             final = Path(tmp) / "int8.onnx"
@@ -235,15 +259,15 @@ def export_task_model(cfg, task, model: nn.Module, out: str | os.PathLike, *,
                                      "products outside them are int8")
             meta["evaluation"] = {
                 "split": "test",
-                "float32": task.evaluate(OnnxTaskModel(f32, cfg, stream), "test"),
-                "int8": task.evaluate(OnnxTaskModel(final, cfg, stream), "test")}
+                "float32": task.evaluate(OnnxTaskModel(f32, cfg, stream, states), "test"),
+                "int8": task.evaluate(OnnxTaskModel(final, cfg, stream, states), "test")}
         os.replace(final, out)
     atomic_write_json(out.with_suffix(".json"), meta)
     return meta
 
 
 @torch.no_grad()
-def _parity(model, path, cfg, args, stream) -> float:
+def _parity(model, path, cfg, args, stream, states) -> float:
     """Largest |onnxruntime - torch| over the outputs, at a length and batch other than the
     export example's (a wrong dynamic axis or gate order shows here)."""
     L, N = 9, 4
@@ -260,7 +284,7 @@ def _parity(model, path, cfg, args, stream) -> float:
     if cfg.task == "jsb":                                   # the layer wants longest first
         bigger[1] = torch.tensor([9, 9, 7, 2])
     expected = model(*bigger)
-    got = OnnxTaskModel(path, cfg, stream)(*bigger)
+    got = OnnxTaskModel(path, cfg, stream, states)(*bigger)
     flat = lambda r: [r] if isinstance(r, Tensor) else [t for x in r for t in flat(x)]  # noqa
     diffs = [float((a - b).abs().max()) for a, b in zip(flat(got), flat(expected))]
     diff = max(diffs)
