@@ -378,6 +378,17 @@ class OnnxMLSTM(nn.Module):
             self.register_buffer(f"w{index}", weight.detach().clone())
             if bias is not None:
                 self.register_buffer(f"b{index}", bias.detach().clone())
+            if layer.head_norm:
+                self.register_buffer(f"g{index}", getattr(
+                    layer, layer._param_names[index]["weight_norm"]).detach().clone())
+        self.head_norm = layer.head_norm
+
+    def _norm_weight(self, index: int) -> Tensor:
+        """The head norm's weight (H,) of one layer-direction."""
+        if self._live is not None:
+            layer = self._live[0]
+            return getattr(layer, layer._param_names[index]["weight_norm"])
+        return getattr(self, f"g{index}")
 
     def _weights(self, index: int) -> tuple[Tensor, Tensor | None]:
         """(W_q|W_k|W_v|w_i|w_f|W_o) (3H + 2NH + H, H_k) and the biases alike."""
@@ -457,8 +468,10 @@ class OnnxMLSTM(nn.Module):
             log_f = torch.where(inside, log_f, torch.zeros_like(log_f))
         run = _mlstm_parallel if self.form == "parallel" else _mlstm_scan
         h, final = run(q, k, v, i_pre, log_f, state)
-        h = h.permute(2, 0, 1, 3).reshape(L, N, H)                                # (L, N, H)
-        return torch.sigmoid(o) * h, final
+        h = h.permute(2, 0, 1, 3)                                               # (L, N, NH, d)
+        if self.head_norm:                             # GN(h~), as mLSTM._group_norm
+            h = F.layer_norm(h, (d,), eps=1e-5) * self._norm_weight(index).view(NH, d)
+        return torch.sigmoid(o) * h.reshape(L, N, H), final
 
 
 def _mlstm_names(layer, index: int) -> list[str]:
