@@ -192,11 +192,17 @@ def test_mlstm_exp_gate_two_layers_bidirectional_lengths(tmp_path):
         assert np.abs(g - e).max() <= np.abs(o - e).max() + 1e-4 * np.abs(e).max()
 
 
+@pytest.mark.parametrize("head_norm", [True, False])
 @pytest.mark.parametrize("form", OnnxMLSTM.FORMS)
-def test_mlstm_onnx_forms_in_torch_equal_the_layer(form):
-    """The graph's torch code itself (no export): both forms, a given state, lengths."""
+def test_mlstm_onnx_forms_in_torch_equal_the_layer(form, head_norm):
+    """The graph's torch code itself (no export): both forms, a given state, lengths, with
+    and without the head norm (its weight moved off its initial ones)."""
     torch.manual_seed(8)
-    layer = mLSTM(I, H, num_heads=2, num_layers=2, bidirectional=True).eval()
+    layer = mLSTM(I, H, num_heads=2, num_layers=2, bidirectional=True,
+                  head_norm=head_norm).eval()
+    for name, p in layer.named_parameters():
+        if name.startswith("weight_norm"):
+            p.data.uniform_(0.5, 1.5)
     x, lengths = torch.randn(6, 3, I), torch.tensor([2, 6, 1])
     state = tuple(torch.randn(s) * 0.1 for s in layer.state_shapes(3))
     with torch.no_grad():
