@@ -238,13 +238,16 @@ class _LogScan(torch.autograd.Function):
 KIND_IDS = {"mingru": 0, "minlstm": 1}                   # csrc/minrnn.cpp's kinds
 
 
-def _extension():
-    """The compiled extension (csrc/minrnn.cpp's ops), built now if it was not; None without one.
-    Imported here rather than at the top: the engine's loader is the one thing the cells take
-    from the engine, and only when a call can use it."""
-    from ..engine import compiled
+# The compiled extension's loader and its build error, registered by lstmkit.engine.compiled
+# when it is imported (the cells sit below the engine); unset, the python loop runs.
+extension_loader = None
+extension_error = None
 
-    return compiled.extension()
+
+def _extension():
+    """The compiled extension (csrc/minrnn.cpp's ops), built now if it was not; None without
+    one."""
+    return None if extension_loader is None else extension_loader()
 
 
 def compiled_unsupported(pre: Tensor, h0: Tensor | None) -> str | None:
@@ -262,9 +265,8 @@ def compiled_unsupported(pre: Tensor, h0: Tensor | None) -> str | None:
         return (f"the compiled minGRU/minLSTM loop needs h0 of pre's dtype and device "
                 f"({pre.dtype}, {pre.device}), got {h0.dtype} on {h0.device}")
     if _extension() is None:
-        from ..engine import compiled
-
-        error = (compiled.build_error() or "not built").strip().splitlines() or ["not built"]
+        error = ((extension_error and extension_error()) or "not built").strip().splitlines() \
+            or ["not built"]
         return f"lstmkit's compiled extension is unavailable ({error[0][:300]})"
     return None
 

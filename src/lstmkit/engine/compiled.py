@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..cells import minrnn as _minrnn_cell
 from ..cells.base import Cell
 from .sequence import Masks, StepRecord
 from .workspace import on_release, scratch
@@ -405,3 +406,7 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor, st
     C0, n0, m0 = (None, None, None) if state is None else state
     h, C, n, m = kernels[0](q, k, v, i_pre, f_pre, C0, n0, m0, forget_gate == "exp", eps)
     return h, (C, n, m)
+
+
+# minGRU/minLSTM's step loop (cells/minrnn.py, below the engine) reaches the extension here
+_minrnn_cell.extension_loader, _minrnn_cell.extension_error = extension, build_error

@@ -38,6 +38,7 @@ a standard LSTM whose per-step product has at least AUTO_BF16_MACS multiply-adds
 from __future__ import annotations
 
 from ..quantization import QUANTIZABLE
+from . import onnx as _onnx  # noqa: F401 (registers the layers' stand-in for torch.onnx.export)
 from .engines import AUTO_BF16_MACS, AUTO_SHORT_T, ENGINES
 from .minrnn import minGRU, minLSTM
 from .mlstm import mLSTM

@@ -48,6 +48,7 @@ from ..cells.rnn import RNNCellMath
 from .minrnn import _MinRNN
 from .mlstm import _PROJECTIONS, mLSTM
 from .recurrent import _Recurrent
+from .stack import Stacking
 from .xlstm import xLSTM
 
 # gate blocks: ONNX's order, given as lstmkit's block index (None: a zero block)
@@ -620,3 +621,4 @@ def onnx_form(module: nn.Module, live: bool = False) -> nn.Module | None:
 _FORMS = ((_Recurrent, OnnxLayer), (mLSTM, OnnxMLSTM), (_MinRNN, OnnxMinRNN),
           (xLSTM, OnnxXLSTM))
 LAYER_TYPES = tuple(kind for kind, _ in _FORMS)
+Stacking.onnx_form = OnnxLayer          # what torch.onnx.export traces in a layer's place

@@ -188,9 +188,11 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
                     "cannot write lstmkit::sequence; export with dynamo=True (the default) or "
                     "lstmkit.export_onnx, which write ONNX's own LSTM/GRU/RNN operators")
             # torch.onnx.export: ONNX's own LSTM/GRU/RNN operators, weights converted in the
-            # graph (onnx.py owns the layouts)
-            from .onnx import OnnxLayer
-            return OnnxLayer(self, live=True)(input, hx, lengths)
+            # graph (onnx.py owns the layouts and registers its stand-in in Stacking.onnx_form)
+            if self.onnx_form is None:
+                raise RuntimeError(f"{name}: torch.onnx.export needs lstmkit.layers.onnx "
+                                   "imported (import lstmkit does it)")
+            return self.onnx_form(self, live=True)(input, hx, lengths)
         if lengths is not None:
             if isinstance(input, PackedSequence):
                 raise ValueError(f"{name}: lengths is for a padded batch; a PackedSequence "

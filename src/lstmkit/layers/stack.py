@@ -17,6 +17,10 @@ from ..trace import Trace
 class Stacking:
     """Mixed into ``_Recurrent``: run all layers and directions of one call."""
 
+    # what torch.onnx.export traces in place of the layer (ONNX's own operators): layers/onnx.py,
+    # which sits above the layers, registers its OnnxLayer here when it is imported
+    onnx_form = None
+
     def _run_torch(self, x: Tensor, batch_sizes, states0):
         fn = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn": _VF.rnn_tanh}[self.family]
         if self.family == "rnn" and self.cell.nonlinearity == "relu":
