@@ -105,7 +105,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
     loop = "compiled (C++)" if minrnn._extension() is not None else "python"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; "
+    torch.set_flush_denormal(True)          # as a training run (lstmkit train) sets it
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
+          "flush-to-zero; "
           f"sequential step loop: {loop}\n")
     print(table([row for size in sizes for row in bench_size(size, args.repeats)]), flush=True)
 

@@ -182,8 +182,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else SIZES
+    torch.set_flush_denormal(True)          # as a training run (lstmkit train) sets it
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
-          f"{args.heads} heads\n")
+          f"flush-to-zero, {args.heads} heads\n")
 
     print("| (T, B, H) | chunk | contender | ms | / torch.nn.LSTM |\n|---|---:|---|---:|---:|")
     for size in sizes:
