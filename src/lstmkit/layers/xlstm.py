@@ -22,7 +22,8 @@ from .recurrent import sLSTM
 
 
 def default_slstm_at(num_layers: int) -> tuple[int, ...]:
-    """Every second layer from the second on: xLSTM[1:1] for an even depth."""
+    """Every second layer from the second on: xLSTM[1:1] for an even depth (one layer: an
+    mLSTM alone, nothing to mix)."""
     return tuple(range(1, num_layers, 2))
 
 
