@@ -1,49 +1,44 @@
-"""keep_freed_memory: a freed block of tens of megabytes stays in the heap for reuse.
+"""keep_freed_memory: memory a training step frees stays in the heap, so the next step's
+allocations of the same sizes fault no pages in.
 
-What is checked is glibc's own account (mallinfo2), not a page-fault count: how many faults a
-refill takes depends on the kernel (transparent huge pages, what else the process maps), while
-where malloc put a block and what it kept after free does not."""
+Each pattern runs in a fresh interpreter: the heap a long test session leaves behind (its
+fragments, glibc's adapted thresholds) would otherwise decide the outcome."""
 
-import ctypes
-import ctypes.util
+import subprocess
 import sys
 
 import pytest
-import torch
 
 from lstmkit.runtime import keep_freed_memory
 
+STEP = """
+import resource, sys, torch
+from lstmkit.runtime import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+faults = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.empty(1 << 20).fill_(1.0) for _ in range(16)]    # one step: 16 x 4 MB
+    del blocks
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[10:]))
+"""
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
 
-
-def mallinfo2():
-    """glibc's malloc statistics: hblkhd bytes in blocks of their own (mmap), fordblks free
-    bytes kept in the heap."""
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        pytest.skip("needs glibc 2.33 or later (mallinfo2)")
-    fn.restype = MallInfo2
-    return fn()
+def steady_faults(mode: str) -> int:
+    """Page faults of the last 10 of 20 steps that each allocate, fill and free 64 MB."""
+    out = subprocess.run([sys.executable, "-c", STEP, mode], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-def test_freed_memory_stays_in_the_heap_for_reuse():
+def test_freed_memory_is_reused_without_page_faults():
     assert keep_freed_memory() and keep_freed_memory()          # idempotent
-    nbytes = 16 << 20                                            # 16 MB, 4,096 pages
-    slack = 64 << 10                                             # alignment, bookkeeping
-    mapped = mallinfo2().hblkhd
-    block = torch.empty(nbytes // 4)
-    block.fill_(1.0)
-    held = mallinfo2()
-    assert held.hblkhd - mapped < nbytes                        # from the heap, not an mmap
-    del block
-    kept = mallinfo2().fordblks
-    assert kept - held.fordblks >= nbytes - slack             # kept, not trimmed: no faults
-    again = torch.empty(nbytes // 4)                            # the next block reuses it
-    assert kept - mallinfo2().fordblks >= nbytes - slack
-    del again
+    kept = steady_faults("keep")
+    # By default glibc trims the freed 64 MB, in most runs at once, and faults it in again every
+    # step (163,530 faults in 10 steps here); how often depends on where the heap lands, so the
+    # default is not asserted. Kept, the steps reuse it.
+    assert kept < 10 * (64 << 20) // 4096 // 20, kept

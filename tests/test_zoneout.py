@@ -368,8 +368,8 @@ def test_onnx_export_refuses_zoneout_and_runs_recurrent_dropout_in_eval(tmp_path
 
     x = torch.randn(T, B, I)
     for layer in (LSTM(I, H, zoneout=(0.1, 0.0)), GRU(I, H, zoneout=0.2),
-                  LSTM(I, H, layer_norm=True)):
-        with pytest.raises(ExportError, match="zoneout|no ONNX form"):
+                  LSTM(I, H, layer_norm=True, zoneout=0.1)):
+        with pytest.raises(ExportError, match="no ONNX form .*zoneout"):
             export_onnx(layer.eval(), tmp_path / "m.onnx", x)
     assert list(tmp_path.iterdir()) == []
     layer = GRU(I, H, recurrent_dropout=0.5).eval()      # off in evaluation: the plain GRU
