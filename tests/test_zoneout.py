@@ -361,23 +361,62 @@ def test_the_cli_takes_them_and_saves_them(tmp_path):
     assert model.rnn.recurrent_dropout == 0.25 and model.rnn._zone == (0.05, 0.1)
 
 
-def test_onnx_export_refuses_zoneout_and_runs_recurrent_dropout_in_eval(tmp_path):
+def test_onnx_export_runs_zoneout_and_recurrent_dropout_in_eval(tmp_path):
+    """Zoneout in evaluation (each state the expectation z s_{t-1} + (1 - z) s~_t) exports as a
+    Scan over the cell's step; recurrent dropout is off in evaluation (the plain ONNX GRU).
+    onnxruntime equals the layer, outputs and final states, at another length and batch than
+    the export example's, and with lengths."""
     ort = pytest.importorskip("onnxruntime")
     from lstmkit import export_onnx
-    from lstmkit.layers.onnx import ExportError
 
+    torch.manual_seed(0)
+    example = torch.randn(T, B, I)
+    x = torch.randn(T + 3, B + 2, I)
+    for n, layer in enumerate((LSTM(I, H, zoneout=(0.1, 0.0)),
+                               GRU(I, H, zoneout=0.2, num_layers=2, bidirectional=True),
+                               RNN(I, H, zoneout=0.3, batch_first=True),
+                               LSTM(I, H, layer_norm=True, zoneout=(0.3, 0.2)),
+                               LSTM(I, H, zoneout=(0.3, 0.2), proj_size=2, peephole=True),
+                               GRU(I, H, recurrent_dropout=0.5))):
+        layer.eval()
+        xs = x.transpose(0, 1) if layer.batch_first else x
+        path = export_onnx(layer, tmp_path / f"m{n}.onnx",
+                           example.transpose(0, 1) if layer.batch_first else example)
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"input": xs.numpy()})
+        with torch.no_grad():
+            out, state = layer(xs)
+        expected = [out, *(state if isinstance(state, tuple) else (state,))]
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-5, rtol=0)
+
+
+def test_onnx_export_of_zoneout_with_lengths(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from torch import nn
+
+    from lstmkit import export_onnx
+
+    class WithLengths(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x, lengths):
+            return self.layer(x, lengths=lengths)
+
+    torch.manual_seed(0)
+    model = WithLengths(LSTM(I, H, zoneout=(0.2, 0.1), bidirectional=True)).eval()
     x = torch.randn(T, B, I)
-    for layer in (LSTM(I, H, zoneout=(0.1, 0.0)), GRU(I, H, zoneout=0.2),
-                  LSTM(I, H, layer_norm=True, zoneout=0.1)):
-        with pytest.raises(ExportError, match="no ONNX form .*zoneout"):
-            export_onnx(layer.eval(), tmp_path / "m.onnx", x)
-    assert list(tmp_path.iterdir()) == []
-    layer = GRU(I, H, recurrent_dropout=0.5).eval()      # off in evaluation: the plain GRU
-    path = export_onnx(layer, tmp_path / "m.onnx", x)
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()})[0]
+    path = export_onnx(model, tmp_path / "m.onnx", (x, LENGTHS))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, dict(zip(names, (x.numpy(), LENGTHS.numpy()))))
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(got), layer(x)[0], atol=1e-5, rtol=0)
+        out, (h, c) = model(x, LENGTHS)
+    for g, e in zip(got, (out, h, c)):
+        torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-5, rtol=0)
 
 
 def test_auto_runs_them_compiled():

@@ -116,6 +116,11 @@ def _scan_weights(layer, k: int, live: bool = False) -> dict[str, Tensor]:
             for key, t in vars(layer.weights(k, d)).items() if t is not None}
 
 
+def _zoned(new: tuple, prev: tuple, zone: tuple) -> tuple:
+    """Zoneout in evaluation: each state s_t = s~_t + z (s_{t-1} - s~_t), its expectation."""
+    return tuple(v + z * (p - v) if z else v for v, p, z in zip(new, prev, zone))
+
+
 class OnnxLayer(nn.Module):
     """Stands in for an lstmkit LSTM, GRU, RNN, sLSTM or ``Recurrent`` while torch.onnx.export
     traces a model: same call ``(input, hx=None, lengths=None)`` and results, written as ONNX
@@ -130,15 +135,14 @@ class OnnxLayer(nn.Module):
         super().__init__()
         # ONNX's operators have the LSTM, GRU and RNN equations only; the other cells run
         # their reference step in a Scan
-        self.native = type(layer.cell) in _NATIVE and not layer.proj_size
+        # zoneout in evaluation, s_t = z s_{t-1} + (1 - z) s~_t per state: a Scan step too
+        self.zone = tuple(layer._zone)
+        self.native = (type(layer.cell) in _NATIVE and not layer.proj_size
+                       and not any(self.zone))
         if not self.native and not has_reference_step(layer.cell):
             raise ExportError(f"{type(layer).__name__} with {type(layer.cell).__name__} has no "
                               "ONNX form: the cell has no reference_step (plain torch ops) for "
                               "an ONNX Scan to run")
-        if any(layer._zone):
-            # evaluation mixes every step's states with the previous ones
-            raise ExportError(f"{type(layer).__name__} with zoneout={layer.zoneout} has no ONNX "
-                              "form (ONNX's recurrent operators have no zoneout)")
         self.family, self.kind = layer.family, _kind(layer)
         self.num_layers, self.D = layer.num_layers, layer.num_directions
         self.hidden_size, self.proj_size = layer.hidden_size, layer.proj_size
@@ -263,14 +267,14 @@ class OnnxLayer(nn.Module):
 
             # the steps see the cell, not the module (torch.compile, which traces them, lifts
             # tensors it finds on a module into the graph)
-            def step(prev, inp, w=w, cell=self.cell):
+            def step(prev, inp, w=w, cell=self.cell, zone=self.zone):
                 xw_t, m_t = inp
-                new = cell.reference_step(w, xw_t, prev)
+                new = _zoned(cell.reference_step(w, xw_t, prev), prev, zone)
                 kept = tuple(m_t * n + (1 - m_t) * p for n, p in zip(new, prev))
                 return kept, m_t * new[0]
 
-            def full_step(prev, xw_t, w=w, cell=self.cell):     # every sequence is T long
-                new = cell.reference_step(w, xw_t, prev)
+            def full_step(prev, xw_t, w=w, cell=self.cell, zone=self.zone):  # all T long
+                new = _zoned(cell.reference_step(w, xw_t, prev), prev, zone)
                 return new, new[0].clone()            # an output may not alias the carry
 
             # detached (an identity in ONNX): torch.onnx fails on a Scan whose inputs require
