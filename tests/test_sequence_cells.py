@@ -198,3 +198,32 @@ def test_state_returned_under_bfloat16_autocast_is_taken_back(name):
         loss, state = model(tokens, None, tokens)
         loss2, _ = model(tokens, state, tokens)
     assert torch.isfinite(loss) and torch.isfinite(loss2)
+
+
+TRANSFORMED = {
+    "mingru": lambda: minGRU(3, 4, num_layers=2, dtype=torch.float64),
+    "minlstm": lambda: minLSTM(3, 4, bidirectional=True, dtype=torch.float64),
+    "mlstm": lambda: mLSTM(3, 4, num_heads=2, dtype=torch.float64),
+    "mlstm-chunkwise": lambda: mLSTM(3, 4, num_heads=2, mode="chunkwise", chunk_size=2,
+                                     dtype=torch.float64),
+    "xlstm": lambda: xLSTM(3, 4, num_layers=2, num_heads=2, dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("name", TRANSFORMED)
+def test_torch_func_transforms_give_the_layers_numbers(name):
+    """vmap and grad run the whole-sequence layers (their hand-written backward cannot run
+    under torch.func; the plain loops of torch ops do): equal to a loop over the batches and
+    to backward."""
+    from torch.func import grad, vmap
+
+    torch.manual_seed(0)
+    layer = TRANSFORMED[name]()
+    xs = torch.randn(3, 5, 2, 3, dtype=torch.float64)           # 3 independent (T, B, I)
+    expected = torch.stack([layer(x)[0] for x in xs])
+    torch.testing.assert_close(vmap(lambda x: layer(x)[0])(xs), expected)
+    with torch.no_grad():                                       # the compiled steps' path
+        torch.testing.assert_close(vmap(lambda x: layer(x)[0])(xs), expected)
+    x = xs[0].clone().requires_grad_()
+    layer(x)[0].square().sum().backward()
+    torch.testing.assert_close(grad(lambda x: layer(x)[0].square().sum())(xs[0]), x.grad)

@@ -328,6 +328,12 @@ def recurrence(kind: str, pre: Tensor, h0: Tensor | None = None, parallel: bool 
     if pre.dtype in (torch.bfloat16, torch.float16):
         h0 = None if h0 is None else h0.float()
         return recurrence(kind, pre.float(), h0, parallel, chunk, compiled).to(pre.dtype)
+    if torch._C._functorch.get_interpreter_stack():
+        # torch.func transforms (vmap, grad, jacrev, ...) cannot run the hand-written backward
+        # (an autograd.Function) nor the loops' out= products: the plain loop, by autograd
+        if compiled:
+            raise ValueError("recurrence(compiled=True) does not run under torch.func transforms")
+        return reference_scan(*coefficients(kind, pre), h0)
     if not parallel and compiled is not False:
         reason = compiled_unsupported(pre, h0)
         if reason is None:

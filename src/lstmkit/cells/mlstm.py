@@ -227,11 +227,20 @@ def _plus(a: Tensor | None, b: Tensor) -> Tensor:
     return b if a is None else a + b
 
 
+def transformed() -> bool:
+    """Inside a torch.func transform (vmap, grad, jacrev, jvp, ...): the hand-written backward
+    (a torch.autograd.Function) cannot run there, the step loop of plain torch ops can."""
+    return bool(torch._C._functorch.get_interpreter_stack())
+
+
 def parallel(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
              state: State | None = None, *, forget_gate: str = "sigmoid",
              eps: float = 0.0) -> tuple[Tensor, State]:
-    """All T steps at once: (h~ (*, T, d), final state); memory O(T^2) per head."""
+    """All T steps at once: (h~ (*, T, d), final state); memory O(T^2) per head. Under a
+    torch.func transform, the same numbers by the step loop (``recurrent``)."""
     _check(q, k, v, i_pre, f_pre, state, forget_gate)
+    if transformed():
+        return recurrent(q, k, v, i_pre, f_pre, state, forget_gate=forget_gate, eps=eps)
     C0, n0, m0 = state if state is not None else (None, None, None)
     h, C, n, m = _Parallel.apply(q, k, v, i_pre, f_pre, C0, n0, m0, forget_gate, eps)
     return h, (C, n, m)
@@ -258,6 +267,8 @@ def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     batch, T, d = q.shape[:-2], q.shape[-2], q.shape[-1]
     L = chunk_size
+    if transformed():               # torch.func: the step loop, as in parallel
+        return recurrent(q, k, v, i_pre, f_pre, state, forget_gate=forget_gate, eps=eps)
     if T <= L:                      # one chunk: the parallel form itself
         return parallel(q, k, v, i_pre, f_pre, state, forget_gate=forget_gate, eps=eps)
     NS = T // L

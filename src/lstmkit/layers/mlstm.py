@@ -538,10 +538,10 @@ class _MLSTMStepTrace:
 
 
 def _tracing() -> bool:
-    """torch.compile, torch.export, ONNX or TorchScript tracing: plain torch operators only
-    (the compiled step and the oneDNN projection are opaque to them)."""
+    """torch.compile, torch.export, ONNX or TorchScript tracing, torch.func transforms: plain
+    torch operators only (the compiled step and the oneDNN projection are opaque to them)."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or \
-        torch.onnx.is_in_onnx_export()
+        torch.onnx.is_in_onnx_export() or cell.transformed()
 
 
 # ------------------------------------------------------------------ the input projection
