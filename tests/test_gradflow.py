@@ -215,3 +215,55 @@ def test_trained_cells_measure_the_task_loss_gradient():
     assert untrained["mse"]["lstm"] != trained["mse"]["lstm"]
     assert not np.allclose(untrained["cells"]["lstm"]["jacobian"],
                            trained["cells"]["lstm"]["jacobian"])
+
+
+# ----------------------------------------------------------------------------- after 2024
+@pytest.mark.parametrize("cls", [lstmkit.minGRU, lstmkit.minLSTM])
+def test_min_rnn_jacobian_is_the_product_of_its_decays(cls):
+    """h_t = a_t h_(t-1) + b_t, a_t from x_t alone: dh_T/dh_t = diag(prod_{s=t+1..T} a_s), so
+    its spectral norm is the largest product over the units."""
+    torch.manual_seed(0)
+    layer = cls(I, H, dtype=DT)
+    x = _x()
+    gates = layer.trace(x).steps[0][0].gates
+    a = 1 - gates["z"] if cls is lstmkit.minGRU else gates["f"]             # (T, B, H)
+    tail = torch.cat([torch.ones(1, B, H, dtype=DT), a.flip(0).cumprod(0)])   # k = 0..T
+    expected = tail.amax(-1).mean(-1).numpy()
+    np.testing.assert_allclose(gradflow.jacobian_norms(layer, x), expected, rtol=1e-10)
+
+
+def test_mlstm_memory_gradient_is_the_product_of_forget_gates():
+    """No h_(t-1) in step t: with the loss at step T only, dL/dC_t = f'_(t+1) dL/dC_(t+1) (one
+    head, the stabilised forget gate), the mLSTM's dc_T/dc_t = prod f; and dL/dh_t = 0 before T.
+    Its jacobian of h is refused by name."""
+    torch.manual_seed(0)
+    layer = lstmkit.mLSTM(I, 4, dtype=DT)
+    x = _x()
+    g = gradflow.gradient_norms(layer, x)
+    assert g["grad_h0"] is None and g["grad_c"] is None
+    assert (g["grad_h"][0, 0, :-1] == 0).all() and g["grad_h"][0, 0, -1] > 0
+    trace = layer.trace(x)
+    trace.output[-1].sum().backward()
+    st = trace.steps[0][0]
+    last = st.grad_states["C"][-1].flatten(1).norm(dim=-1)                   # (B,)
+    f = st.gates["f"][..., 0]                                               # (T, B)
+    decay = torch.cat([f[1:].flip(0).cumprod(0).flip(0), torch.ones(1, B, dtype=DT)])
+    np.testing.assert_allclose(g["grad_C"][0, 0], (decay * last).mean(-1).numpy(), rtol=1e-10)
+    assert g["grad_C0"][0, 0] > 0
+    with pytest.raises(ValueError, match="does not enter step t"):
+        gradflow.jacobian_norms(layer, x)
+    with pytest.raises(ValueError, match="batched 3-D input"):
+        gradflow.gradient_norms(layer, x[:, 0])
+
+
+def test_compare_cells_takes_the_cells_after_2024():
+    result = gradflow.compare_cells(("slstm", "mlstm", "mingru", "minlstm"), length=20,
+                                    hidden=8, batch=4)
+    assert set(result["cells"]["mlstm"]) == {"grad_C", "grad_n"}
+    assert set(result["cells"]["mingru"]) == {"grad_h", "jacobian"}
+    for curves in result["cells"].values():
+        for curve in curves.values():
+            assert curve.shape == (21,) and np.all(np.isfinite(curve)) and np.all(curve > 0)
+    assert "| mlstm | mean norm dL/dC_{T-k} |" in gradflow.format_table(result)
+    with pytest.raises(ValueError, match="unknown cells"):
+        gradflow.compare_cells(("xlstm",))

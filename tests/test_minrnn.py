@@ -688,3 +688,71 @@ def test_traced_layer_follows_the_python_loop(kind, monkeypatch):
     torch.testing.assert_close(traced(x * 2)[0], layer(x * 2)[0], atol=1e-12, rtol=0)
     if counting is not None:                        # only the eager calls ran it
         assert counting.calls == ["minrnn_forward"] * 4      # want, layer(x * 2): 2 each
+
+
+# ---------------------------------------------------------------- trace
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trace_follows_the_equations_and_bptt_through_h(kind):
+    """Every kept gate and state is the paper's, and dL/dh_t is what BPTT carries through
+    h_t = a_t h_{t-1} + b_t: dL/dh_t = w_t + a_{t+1} dL/dh_{t+1} for L = sum(w * output)."""
+    layer = make(kind)
+    x = torch.randn(7, B, I, **F64)
+    h0 = torch.randn(1, B, H, **F64)
+    out, h_n = layer(x, h0)
+    trace = layer.trace(x, h0)
+    torch.testing.assert_close(trace.output, out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(trace.h_n, h_n, atol=1e-12, rtol=0)
+    w = torch.randn_like(out)
+    (trace.output * w).sum().backward()
+    st = trace.steps[0][0]
+    pre = F.linear(x, layer.weight_ih_l0, layer.bias_ih_l0).detach()
+    G = minrnn.num_gates(kind)
+    g = minrnn.g(pre.chunk(G, -1)[-1])
+    if kind == "mingru":
+        z = torch.sigmoid(pre[..., :H])
+        torch.testing.assert_close(st.gates["z"], z)
+        a, b = 1 - z, z * g
+    else:
+        f, i = torch.sigmoid(pre[..., :H]), torch.sigmoid(pre[..., H:2 * H])
+        torch.testing.assert_close(st.gates["f"], f / (f + i))
+        torch.testing.assert_close(st.gates["i"], i / (f + i))
+        a, b = f / (f + i), i / (f + i) * g
+    torch.testing.assert_close(st.gates["g"], g)
+    prev = torch.cat([h0, st.h[:-1]])
+    torch.testing.assert_close(st.h, a * prev + b)
+    dh = st.grad_h
+    torch.testing.assert_close(dh[-1], w[-1])
+    torch.testing.assert_close(dh[:-1], w[:-1] + a[1:] * dh[1:])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trace_with_lengths_keeps_each_sequence_as_if_alone(kind):
+    layer = make(kind, num_layers=2, bidirectional=True, batch_first=True)
+    lengths = [4, 9, 1]
+    x = torch.randn(len(lengths), 9, I, **F64)
+    trace = layer.trace(x, lengths=lengths)
+    out, h_n = layer(x, lengths=lengths)
+    torch.testing.assert_close(trace.output, out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(trace.h_n, h_n, atol=1e-12, rtol=0)
+    trace.output.pow(2).sum().backward()
+    for k, n in enumerate(lengths):
+        alone = layer.trace(x[k:k + 1, :n])
+        alone.output.pow(2).sum().backward()
+        for row, row_alone in zip(trace.steps, alone.steps):
+            for st, sa in zip(row, row_alone):
+                for key in ("z", "g") if kind == "mingru" else ("f", "i", "g"):
+                    torch.testing.assert_close(st.gates[key][:n, k], sa.gates[key][:, 0])
+                    assert (st.gates[key][n:, k] == 0).all()
+                torch.testing.assert_close(st.h[:n, k], sa.h[:, 0])
+                torch.testing.assert_close(st.grad_h[:n, k], sa.grad_h[:, 0])
+                assert (st.h[n:, k] == 0).all() and (st.grad_h[n:, k] == 0).all()
+
+
+def test_trace_bad_input_is_named():
+    layer = make("mingru")
+    with pytest.raises(ValueError, match="trace takes a batched 3-D input"):
+        layer.trace(torch.randn(4, I, **F64))
+    with pytest.raises(ValueError, match="every length between 1 and the sequence length"):
+        layer.trace(torch.randn(4, B, I, **F64), lengths=[5, 1])   # longer than L = 4
+    assert layer.trace(torch.randn(4, B, I, **F64)).steps[0][0].grad_h is None

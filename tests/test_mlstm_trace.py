@@ -85,3 +85,54 @@ def test_trace_before_backward_has_no_gradients_and_bad_input_is_named():
         layer.trace(torch.randn(4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"expected input \(L >= 1, N, 3\)"):
         layer.trace(torch.randn(4, 1, 5, dtype=torch.float64))
+
+
+def test_trace_with_lengths_keeps_each_sequence_as_if_alone():
+    """Right-padded, any order: the output, the final state and every kept value of each
+    sequence (the reverse direction read from its own end) equal a trace of it alone; zero
+    past each length."""
+    layer = _layer(num_layers=2, bidirectional=True)
+    lengths = torch.tensor([3, 6, 1])
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    out, final = layer(x, lengths=lengths)
+    trace = layer.trace(x, lengths=lengths)
+    torch.testing.assert_close(trace.output, out)
+    for a, b in zip(trace.state, final):
+        torch.testing.assert_close(a, b)
+    trace.output.pow(2).sum().backward()
+    for k, n in enumerate(lengths.tolist()):
+        alone = layer.trace(x[:n, k:k + 1])
+        alone.output.pow(2).sum().backward()
+        for row, row_alone in zip(trace.steps, alone.steps):
+            for st, sa in zip(row, row_alone):
+                pairs = [(st.h, sa.h), (st.grad_h, sa.grad_h)]
+                pairs += [(st.gates[g], sa.gates[g]) for g in "ifo"]
+                pairs += [(st.states[s], sa.states[s]) for s in "Cnm"]
+                pairs += [(st.grad_states[s], sa.grad_states[s]) for s in "Cn"]
+                for got, want in pairs:
+                    torch.testing.assert_close(got[:n, k], want[:, 0])
+                    assert (got[n:, k] == 0).all()
+
+
+def test_xlstm_trace_is_each_layers_trace():
+    torch.manual_seed(2)
+    stack = lstmkit.xLSTM(3, 4, num_layers=3, num_heads=2, bidirectional=True,
+                          dtype=torch.float64)
+    lengths = torch.tensor([6, 5, 2])                     # the sLSTM wants longest first
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    out, state = stack(x, lengths=lengths)
+    trace = stack.trace(x, lengths=lengths)
+    torch.testing.assert_close(trace.output, out)
+    for a, b in zip(trace.state, state):
+        torch.testing.assert_close(a, b)
+    trace.output.sum().backward()
+    h = x
+    for layer, row in zip(stack.layers, trace.steps):
+        alone = layer.trace(h.detach(), lengths=lengths)
+        assert len(row) == 2 and type(row[0]) is type(alone.steps[0][0])
+        torch.testing.assert_close(row[1].h, alone.steps[0][1].h)
+        torch.testing.assert_close(row[0].gates["i"], alone.steps[0][0].gates["i"])
+        assert row[0].grad_h is not None
+        h = alone.output
+    with pytest.raises(ValueError, match="trace takes a batched 3-D input"):
+        stack.trace(x[:, 0])

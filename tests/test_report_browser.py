@@ -178,3 +178,30 @@ def test_other_tasks_render(browser, tmp_path, task):
     assert colours(page) != before
     for f in shots_dir(tmp_path):
         page.screenshot(path=str(f / f"report-{task}-full.png"), full_page=True)
+
+
+def test_xlstm_page_renders_its_layers_own_quantities(browser, tmp_path):
+    """An xLSTM stack (mLSTM, then sLSTM): the mLSTM layer's per-head gates and the gradient
+    through its matrix memory, then the sLSTM layer's c_t."""
+    from report_runs import write_text
+
+    run = tmp_path / "run"
+    result = run_cli("train", "chars", "--out", run, "--path", write_text(tmp_path), "--embed",
+                     8, "--hidden", 8, "--layers", 2, "--heads", 2, "--bptt", 20,
+                     "--batch-size", 4, "--epochs", 1, "--cell", "xlstm")
+    assert result.code == 0, result.err[-3000:]
+    path = run / "report.html"
+    page, problems, requests = open_page(browser, path)
+    check_page(page, problems, requests, path)
+    assert page.input_value("#q-select") == "h"               # no c_t in an mLSTM
+    assert "|dL/dC_t|" in page.inner_text("#gradient")
+    page.select_option("#q-select", "i")
+    shown = values(page)
+    assert ((shown >= 0) & (shown <= 1)).all()
+    page.select_option("#view-select", "1")                   # the sLSTM layer
+    assert "|dL/dc_t|" in page.inner_text("#gradient")
+    assert "normaliser n_t" in page.inner_text("#q-select")
+    assert page.evaluate(OVERLAPS) == []
+    for f in shots_dir(tmp_path):
+        page.screenshot(path=str(f / "report-xlstm-full.png"), full_page=True)
+    assert problems == []

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from report_runs import page_data
 from safetensors.torch import load_file
 
 from lstmkit import minGRU, minLSTM, mLSTM, sLSTM, xLSTM
@@ -101,18 +102,22 @@ def test_mlstm_chars_run_resumes_mid_epoch_with_its_matrix_state(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    page = (full / "report.html").read_text()
-    assert "records no per-step trace" in page
+    views = page_data(full / "report.html")["inside"]["views"]          # the mLSTM traced
+    assert [v["title"] for v in views] == ["layer 1", "layer 2"]
+    assert set(views[0]["grad"]) == {"h", "C", "n"}
 
 
-def test_gradflow_takes_every_per_step_cell_and_names_the_others(tmp_path, capsys):
-    main(["gradflow", "--cells", "lstm,slstm", "--length", "6", "--hidden", "4",
+def test_gradflow_takes_every_cell_and_names_the_stack(tmp_path, capsys):
+    main(["gradflow", "--cells", "lstm,slstm,mlstm,mingru", "--length", "6", "--hidden", "4",
           "--train-steps", "0", "--out", str(tmp_path)])
     table = (tmp_path / "gradflow.md").read_text()
-    assert "| slstm | mean norm dL/dh_{T-k}" in table
+    for row in ("| slstm | mean norm dL/dh_{T-k}", "| mlstm | mean norm dL/dC_{T-k}",
+                "| mingru | mean spectral norm dh_T/dh_{T-k}"):
+        assert row in table
+    assert (tmp_path / "gradflow.png").stat().st_size > 0
     with pytest.raises(SystemExit):
-        main(["gradflow", "--cells", "lstm,mingru", "--out", str(tmp_path)])
-    assert "--cells: mingru walk the whole sequence" in capsys.readouterr().err
+        main(["gradflow", "--cells", "lstm,xlstm", "--out", str(tmp_path)])
+    assert "--cells: xlstm is a stack of mLSTM and sLSTM layers" in capsys.readouterr().err
 
 
 def test_xlstm_stack_mixes_the_layers_and_carries_its_state():

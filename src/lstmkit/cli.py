@@ -535,14 +535,23 @@ def explain_command(args) -> None:
 
 
 def gradflow_command(args) -> None:
-    from .analysis.gradflow import compare_cells, exploding_demo, format_table, trained_cells
+    from .analysis.gradflow import (
+        compare_cells,
+        exploding_demo,
+        format_table,
+        gradflow_cells,
+        trained_cells,
+    )
     from .runio import atomic_write_bytes
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    untraced = [c for c in cells if c in registry.names() and c not in registry.step_names()]
-    if untraced:
-        fail(f"--cells: {', '.join(untraced)} walk the whole sequence at once and record no "
-             f"per-step dL/dh_t; gradflow compares {', '.join(registry.step_names())}")
+    if "xlstm" in cells:
+        fail("--cells: xlstm is a stack of mLSTM and sLSTM layers; compare its layers, mlstm "
+             "and slstm")
+    unknown = [c for c in cells if c not in gradflow_cells()]
+    if unknown:
+        fail(f"--cells: unknown {', '.join(unknown)}; expected some of "
+             f"{', '.join(gradflow_cells())}")
     if args.length < 2:
         fail(f"--length must be at least 2, got {args.length}")
     if args.train_steps < 0:
@@ -573,14 +582,15 @@ def gradflow_command(args) -> None:
                   for key, curve in curves.items() if key != "jacobian"}
         series["rnn, W_hh = 3 x orthogonal"] = boom["grad_h"]
         plots.curves(series, out / "gradflow.png", "steps back k", "mean gradient norm",
-                     f"dL/dh_(T-k), dL/dc_(T-k); fresh cells, T = {args.length}", log_y=True)
+                     f"dL/dh, dL/dc (mLSTM: dL/dC) at T-k; fresh cells, T = {args.length}",
+                     log_y=True)
         written = [out / "gradflow.png"]
         if trained:
             series = {f"{name} {key}": curve for name, curves in trained["cells"].items()
                       for key, curve in curves.items() if key != "jacobian"}
             plots.curves(series, out / "gradflow-trained.png", "steps back k",
-                         "mean gradient norm", f"dL/dh_(T-k), dL/dc_(T-k); trained on adding, "
-                         f"T = {args.length}", log_y=True)
+                         "mean gradient norm", "dL/dh, dL/dc (mLSTM: dL/dC) at T-k; trained "
+                         f"on adding, T = {args.length}", log_y=True)
             written.append(out / "gradflow-trained.png")
         atomic_write_bytes(out / "gradflow.md", ("\n".join(lines) + "\n").encode())
         written.append(out / "gradflow.md")
@@ -707,7 +717,8 @@ def build_parser() -> Parser:
     p.set_defaults(func=explain_command)
 
     p = sub.add_parser("gradflow", help="vanishing and exploding gradients, measured")
-    p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")
+    p.add_argument("--cells", default="rnn,lstm,gru",
+                   help="comma-separated registered cells, e.g. rnn,lstm,gru,slstm,mlstm,mingru")
     p.add_argument("--length", type=int, default=100, help="sequence length T")
     p.add_argument("--hidden", type=int, default=32, help="hidden units")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")

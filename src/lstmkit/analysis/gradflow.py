@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..cells import registry
 from ..init import orthogonal_recurrent_
-from ..layers import LSTM, RNN, _Recurrent, make_layer
+from ..layers import LSTM, RNN, _Recurrent, make_layer, minGRU, minLSTM, mLSTM
 
 TABLE_STEPS_BACK = (1, 10, 25, 50, 100)
 
@@ -47,7 +47,7 @@ def _to_layer_layout(layer, x: Tensor) -> Tensor:
     return x.transpose(0, 1) if layer.batch_first else x
 
 
-def _check_single(layer, what: str, family=(_Recurrent,)) -> None:
+def _check_single(layer, what: str, family=(_Recurrent, mLSTM, minGRU, minLSTM)) -> None:
     if not isinstance(layer, family):
         names = " or ".join("a layer of a per-step cell (lstmkit.LSTM, GRU, RNN, sLSTM, "
                             "Recurrent)" if cls is _Recurrent else f"lstmkit.{cls.__name__}"
@@ -85,18 +85,31 @@ def _traced_gradients(layer, x: Tensor, loss_fn=None):
     loss_fn = loss_fn or _last_step_sum(layer)
     B = None if x.dim() == 2 else x.shape[0 if layer.batch_first else 1]
     LD = layer.num_layers * layer.num_directions
-    sizes = layer.cell.state_sizes                               # (P,) or (P, H) for LSTM
     params = [p for p in layer.parameters() if p.requires_grad]
     with torch.enable_grad():
-        states0 = [x.new_zeros((LD, size) if B is None else (LD, B, size), requires_grad=True)
-                   for size in sizes]
+        states0 = [x.new_zeros(shape, requires_grad=True) for shape in _state_shapes(layer, B)]
         hx = tuple(states0) if len(states0) > 1 else states0[0]
         trace = layer.trace(x, hx)
         loss = loss_fn(trace.output)
         grads = torch.autograd.grad(loss, [*states0, *params], allow_unused=True)
-    dstates0 = [(torch.zeros_like(s) if g is None else g).reshape(LD, -1, s.shape[-1])
+    dstates0 = [(torch.zeros_like(s) if g is None else g).reshape(LD, B or 1, -1)
                 for s, g in zip(states0, grads)]                 # None: the loss ignores s
     return trace, loss.detach(), dstates0, list(grads[len(states0):])
+
+
+def _state_shapes(layer, B: int | None) -> list[tuple[int, ...]]:
+    """The initial states' shapes, (layers * directions, B, ...) each (no B: unbatched)."""
+    if hasattr(layer, "cell"):
+        LD = layer.num_layers * layer.num_directions
+        return [(LD, size) if B is None else (LD, B, size) for size in layer.cell.state_sizes]
+    if B is None:
+        raise ValueError(f"gradient flow: {type(layer).__name__} needs a batched 3-D input here")
+    return layer.state_shapes(B)
+
+
+def _h_in_state(layer) -> bool:
+    """Whether h_{t-1} enters step t (every cell but the mLSTM's: h_t = o_t * C_t q_t / ...)."""
+    return not isinstance(layer, mLSTM)
 
 
 def _mean_norms(g: Tensor) -> np.ndarray:
@@ -118,6 +131,10 @@ def gradient_norms(layer, x: Tensor, loss_fn: Callable[[Tensor], Tensor] | None 
         grad_h0  (L, D)     mean ||dL/dh_0|| of each layer and direction's initial state
         grad_c0  (L, D)     the same for c_0 (LSTM; None otherwise)
         loss     float
+
+    For an mLSTM (no h_{t-1} in step t: grad_h is the output's gradient alone, grad_h0 None)
+    also grad_C, grad_n (L, D, T) and grad_C0, grad_n0 (L, D): the same for the matrix memory
+    C_t (Frobenius norm over its heads) and the normaliser n_t, what BPTT carries.
     """
     trace, loss, dstates0, _ = _traced_gradients(layer, x, loss_fn)
     return _norms_of(layer, trace, loss, dstates0)
@@ -126,11 +143,19 @@ def gradient_norms(layer, x: Tensor, loss_fn: Callable[[Tensor], Tensor] | None 
 def _norms_of(layer, trace, loss: Tensor, dstates0: list[Tensor]) -> dict:
     """``gradient_norms``' dict from a traced run after its backward pass."""
     L, D = layer.num_layers, layer.num_directions
-    grad_h = np.stack([np.stack([_mean_norms(s.grad_h) for s in steps]) for steps in trace.steps])
+
+    def per_step(grad_of):
+        return np.stack([np.stack([_mean_norms(grad_of(s).flatten(2)) for s in steps])
+                         for steps in trace.steps])
+    grad_h = per_step(lambda s: s.grad_h)
+    if not _h_in_state(layer):                  # the mLSTM: (C, n, m), BPTT through C and n
+        out = {"grad_h": grad_h, "grad_c": None, "grad_h0": None, "grad_c0": None}
+        for k, name in enumerate(("C", "n")):
+            out[f"grad_{name}"] = per_step(lambda s, name=name: s.grad_states[name])
+            out[f"grad_{name}0"] = _mean_norms(dstates0[k]).reshape(L, D)
+        return {**out, "loss": float(loss)}
     is_lstm = len(dstates0) == 2
-    grad_c = (np.stack([np.stack([_mean_norms(s.grad_c) for s in steps]) for steps in trace.steps])
-              if is_lstm else None)
-    return {"grad_h": grad_h, "grad_c": grad_c,
+    return {"grad_h": grad_h, "grad_c": per_step(lambda s: s.grad_c) if is_lstm else None,
             "grad_h0": _mean_norms(dstates0[0]).reshape(L, D),
             "grad_c0": _mean_norms(dstates0[1]).reshape(L, D) if is_lstm else None,
             "loss": float(loss)}
@@ -258,12 +283,15 @@ def jacobian_norms(layer, x: Tensor, norm: str = "spectral") -> np.ndarray:
     ords = {"spectral": 2, "frobenius": "fro"}
     if norm not in ords:
         raise ValueError(f"{what}: norm must be 'spectral' or 'frobenius', got {norm!r}")
+    if not _h_in_state(layer):
+        raise ValueError(f"{what}: in an mLSTM h_(t-1) does not enter step t, so dh_T/dh_t = 0 "
+                         "for t < T; gradient_norms gives what flows back through C_t and n_t")
     x_tm = _to_time_major(layer, x)
     T, B = x_tm.shape[:2]
-    P = layer.cell.state_sizes[0]
+    P = _state_shapes(layer, B)[0][-1]                       # h's size
     x_rep = x_tm.repeat(1, P, 1)                             # (T, P*B, I): copy j = rows jB..jB+B
     with torch.enable_grad():
-        states0 = [x_rep.new_zeros(1, P * B, size) for size in layer.cell.state_sizes]
+        states0 = [x_rep.new_zeros(shape) for shape in _state_shapes(layer, P * B)]
         states0[0].requires_grad_()
         hx = tuple(states0) if len(states0) > 1 else states0[0]
         trace = layer.trace(_to_layer_layout(layer, x_rep), hx)
@@ -325,19 +353,27 @@ def _curves(layer, x: Tensor, loss_fn=None) -> dict:
     """One cell's curves over k = 0..T steps back: grad_h (and grad_c for an LSTM) from
     ``gradient_norms`` with loss_fn, jacobian from ``jacobian_norms``."""
     g = gradient_norms(layer, x, loss_fn)
-    curves = {"grad_h": steps_back_curve(g["grad_h"][0, 0], g["grad_h0"][0, 0])}
-    if g["grad_c"] is not None:
-        curves["grad_c"] = steps_back_curve(g["grad_c"][0, 0], g["grad_c0"][0, 0])
-    curves["jacobian"] = jacobian_norms(layer, x)
+    curves = {}
+    for name in ("h", "c", "C", "n"):
+        if g.get(f"grad_{name}0") is not None:
+            curves[f"grad_{name}"] = steps_back_curve(g[f"grad_{name}"][0, 0],
+                                                      g[f"grad_{name}0"][0, 0])
+    if _h_in_state(layer):
+        curves["jacobian"] = jacobian_norms(layer, x)
     return curves
 
 
+def gradflow_cells() -> tuple[str, ...]:
+    """The registered cells gradflow compares: every one but the xLSTM stack (whose layers,
+    mlstm and slstm, are compared one by one)."""
+    return tuple(n for n in registry.names() if n != "xlstm")
+
+
 def _check_cells(where: str, cells) -> None:
-    """Every cell registered with per-step equations (the trace gradflow reads)."""
-    unknown = [c for c in cells if c not in registry.step_names()]
+    unknown = [c for c in cells if c not in gradflow_cells()]
     if unknown:
         raise ValueError(f"{where}: unknown cells {unknown}; choose from "
-                         f"{list(registry.step_names())}")
+                         f"{list(gradflow_cells())}")
 
 
 def compare_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 100,
@@ -349,7 +385,8 @@ def compare_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 1
 
         grad_h    mean ||dL/dh_{T-k}|| for L = sum of h_T (``gradient_norms``)
         grad_c    the same for dL/dc_{T-k} (LSTM only)
-        jacobian  mean spectral norm ||dh_T/dh_{T-k}|| (``jacobian_norms``)
+        grad_C, grad_n   for the mLSTM instead of grad_h: dL/dC_{T-k}, dL/dn_{T-k}
+        jacobian  mean spectral norm ||dh_T/dh_{T-k}|| (``jacobian_norms``; not the mLSTM's)
 
     Returns {"length", "hidden", "batch", "seed", "steps_back": (T+1,), "cells": {name: {...}}};
     ``format_table`` prints it.
@@ -415,6 +452,7 @@ def trained_cells(cells: Sequence[str] = ("rnn", "lstm", "gru"), length: int = 1
 
 
 _QUANTITIES = {"grad_h": "mean norm dL/dh_{T-k}", "grad_c": "mean norm dL/dc_{T-k}",
+               "grad_C": "mean norm dL/dC_{T-k}", "grad_n": "mean norm dL/dn_{T-k}",
                "jacobian": "mean spectral norm dh_T/dh_{T-k}"}
 
 

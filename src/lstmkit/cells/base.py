@@ -65,6 +65,10 @@ class Cell:
     """
 
     gates: tuple[str, ...] = ()
+    # gates with values outside [0, 1] (the report reads saturation of the others), and names
+    # the report gives gates or states whose letter means another thing in another cell
+    tanh_gates: tuple[str, ...] = ("g", "n")    # LSTM candidate g_t, GRU new state n_t
+    trace_names: dict[str, str] = {}
     hidden_size: int
     state_sizes: tuple[int, ...]
     state_names: tuple[str, ...] = ("h",)       # ("h", "c") for a cell with a cell state

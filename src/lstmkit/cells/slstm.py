@@ -56,6 +56,9 @@ class SLSTMCellMath(Cell):
     """sLSTM with num_heads heads and a sigmoid or exponential forget gate (module docstring)."""
 
     gates = GATES
+    tanh_gates = ("z",)
+    trace_names = {"i": "input gate i'_t = exp(i~_t - m_t)", "f": "forget gate f'_t (stabilised)",
+                   "z": "cell input z_t", "n": "normaliser n_t", "m": "stabiliser m_t"}
     state_names = ("h", "c", "n", "m")
     family_id, compiled_kernel = 5, True                # csrc/slstm.cpp
     h_products = "only"

@@ -43,6 +43,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import checks
 from ..cells import minrnn
+from ..trace import KeptSteps, SequenceTrace
 
 MODES = ("auto", "parallel", "sequential")
 
@@ -91,6 +92,10 @@ class _MinRNN(nn.Module):
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        """The state's shape for a batch of ``batch`` sequences: [(D * num_layers, N, H)]."""
+        return [(self.num_directions * self.num_layers, batch, self.hidden_size)]
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -154,9 +159,32 @@ class _MinRNN(nn.Module):
                              f"L={T}, got {lengths.tolist()}")
         return lengths.to(input.device, torch.int64)
 
+    def trace(self, input: Tensor, state: Tensor | None = None, lengths=None) -> SequenceTrace:
+        """``forward`` one python step at a time, keeping every step: a
+        ``lstmkit.trace.SequenceTrace`` (output, h_n, steps) whose ``steps[layer][direction]``
+        holds h_t (T, N, H), the gates (minGRU: z_t and the candidate h~_t = g(.), "g";
+        minLSTM: the normalised f'_t, i'_t and "g") and after a backward pass of anything
+        computed from ``output`` or ``h_n`` the gradient dL/dh_t BPTT carries (through
+        h_t = a_t h_{t-1} + b_t). Batched time-major or batch_first input, ``lengths`` as
+        ``forward`` takes them (every recorded value zero past each length)."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor) or input.dim() != 3:
+            got = f"shape {checks.shape_str(input.shape)}" if isinstance(input, Tensor) else \
+                type(input).__name__
+            raise ValueError(f"{name}: trace takes a batched 3-D input, got {got}")
+        checks.check_input(name, input, self.input_size, self.batch_first, packed=False)
+        if lengths is not None:
+            lengths = self._check_lengths(input, lengths)
+        x = input.transpose(0, 1) if self.batch_first else input
+        steps: list = []
+        output, h_n = self._forward(x, state, lengths, False, steps)
+        return SequenceTrace(output.transpose(0, 1) if self.batch_first else output, h_n,
+                             steps, h_n=h_n)
+
     def _forward(self, x: Tensor, state: Tensor | None, lengths: Tensor | None,
-                 unbatched: bool) -> tuple[Tensor, Tensor]:
-        """The layers over time-major x (L, N, H_in): output (L, N, D*H), h_n (D*layers, N, H)."""
+                 unbatched: bool, steps: list | None = None) -> tuple[Tensor, Tensor]:
+        """The layers over time-major x (L, N, H_in): output (L, N, D*H), h_n (D*layers, N, H).
+        ``steps``, a list, gets each layer's row of ``_MinStepTrace`` (``trace``)."""
         name = type(self).__name__
         w = self.weight_ih_l0
         if torch.is_autocast_enabled(x.device.type):
@@ -175,28 +203,35 @@ class _MinRNN(nn.Module):
             state = state.unsqueeze(1) if unbatched else state
         parallel = self.mode == "parallel" or (self.mode == "auto" and T > 1
                                                 and x.device.type != "cpu")
-        steps = torch.arange(T, device=x.device)[:, None]        # (L, 1)
+        t_index = torch.arange(T, device=x.device)[:, None]      # (L, 1)
         if lengths is None:
             reverse = lambda t: t.flip(0)                        # noqa: E731
             last = lambda h: h[-1]                               # noqa: E731
         else:
             # each sequence reversed within its length, the padding left after it: the reverse
             # direction starts at each sequence's end; applying it twice is the identity
-            order = torch.where(steps < lengths, lengths - 1 - steps, steps)[..., None]
+            order = torch.where(t_index < lengths, lengths - 1 - t_index, t_index)[..., None]
             reverse = lambda t: t.gather(0, order.expand(-1, -1, t.shape[-1]))  # noqa: E731
             at_end = (lengths - 1)[None, :, None].expand(1, -1, H)
             last = lambda h: h.gather(0, at_end)[0]             # noqa: E731
-            inside = (steps < lengths)[..., None].to(x.dtype)    # (L, N, 1)
+            inside = (t_index < lengths)[..., None].to(x.dtype)  # (L, N, 1)
+        kept_at = (None, None) if lengths is None else (order, inside > 0)   # for a trace
 
         layer_input, finals = x, []
         for layer in range(self.num_layers):
             outputs = []
+            if steps is not None:
+                steps.append([])
             for d in range(self.num_directions):
                 weight, bias = self._weights(layer, d)
                 x_d = reverse(layer_input) if d else layer_input
                 pre = F.linear(x_d, weight, bias)               # (L, N, G*H)
                 h0 = None if state is None else state[layer * self.num_directions + d]
-                h = minrnn.recurrence(self.kind, pre, h0, parallel)   # (L, N, H)
+                if steps is None:
+                    h = minrnn.recurrence(self.kind, pre, h0, parallel)   # (L, N, H)
+                else:
+                    steps[layer].append(_MinStepTrace(self.kind, bool(d), *kept_at))
+                    h = steps[layer][-1].run(pre, h0)
                 finals.append(last(h))                           # (N, H), last processed step
                 outputs.append(reverse(h) if d else h)
             layer_input = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]
@@ -258,3 +293,32 @@ class minLSTM(_MinRNN):  # noqa: N801  (the paper's name)
 
     kind = "minlstm"
 
+
+
+class _MinStepTrace(KeptSteps):
+    """One layer and direction of a minGRU or minLSTM trace (see ``_MinRNN.trace``)."""
+
+    bounded = ("z", "f", "i")
+
+    def __init__(self, kind: str, reverse: bool, order=None, valid=None):
+        super().__init__(reverse, order, valid)
+        self.kind = kind
+        self.names = {"g": "candidate h~_t = g(W_h x_t + b_h)"} | (
+            {"z": "update gate z_t"} if kind == "mingru" else
+            {"f": "forget gate f'_t = f_t / (f_t + i_t)",
+             "i": "input gate i'_t = i_t / (f_t + i_t)"})
+
+    def run(self, pre: Tensor, h0: Tensor | None) -> Tensor:
+        """h (L, N, H) from pre = W_ih x_t + b_ih (L, N, G*H), h_t = a_t h_{t-1} + b_t by the
+        equations, differentiated by autograd."""
+        a, b = minrnn.coefficients(self.kind, pre)
+        h = torch.zeros_like(b[0]) if h0 is None else h0
+        for t in range(pre.shape[0]):
+            h = a[t] * h + b[t]
+            self.keep(h)
+        pre = pre.detach()
+        candidate = minrnn.g(pre.chunk(minrnn.num_gates(self.kind), -1)[-1])
+        self.kept_gates = ({"z": 1 - a.detach()} if self.kind == "mingru" else
+                           {"f": a.detach(), "i": 1 - a.detach()})
+        self.kept_gates["g"] = candidate
+        return torch.stack(self.hs)

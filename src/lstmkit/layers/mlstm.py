@@ -60,6 +60,7 @@ from torch.autograd.function import once_differentiable
 from .. import checks
 from ..cells import mlstm as cell
 from ..engine import compiled
+from ..trace import KeptSteps, SequenceTrace
 
 MODES = ("auto", "parallel", "chunkwise", "recurrent")
 # training steps, one thread, H = 256, 4 heads: parallel ahead up to T = 128, chunkwise from 192
@@ -369,15 +370,16 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             f_pre = f_pre.masked_fill(~valid, math.inf if self.forget_gate == "sigmoid" else 0.0)
         return q, k, v, i_pre.permute(1, 2, 0), f_pre.permute(1, 2, 0), o        # (N, NH, L)
 
-    def trace(self, input: Tensor, state=None) -> MLSTMTrace:
+    def trace(self, input: Tensor, state=None, lengths: Tensor | None = None) -> SequenceTrace:
         """``forward`` in the recurrent form, one python step at a time, keeping every step:
-        an ``MLSTMTrace`` whose ``steps[layer][direction]`` holds the gates i'_t, f'_t
-        (stabilised, (T, N, NH)) and o_t (T, N, H), the states C~_t (T, N, NH, d, d), n~_t
-        (T, N, NH, d), m_t (T, N, NH), h_t (T, N, H), and after a backward pass of anything
-        computed from ``output`` the gradients dL/dh_t (from the output only: no h feeds the
-        next step) and dL/dC~_t, dL/dn~_t (what BPTT carries through the memory). Batched
-        time-major or batch_first input, no lengths; the same output and state as ``forward``
-        (float rounding apart)."""
+        a ``lstmkit.trace.SequenceTrace`` whose ``steps[layer][direction]`` holds the gates
+        i'_t, f'_t (stabilised, (T, N, NH)) and o_t (T, N, H), the states C~_t
+        (T, N, NH, d, d), n~_t (T, N, NH, d), m_t (T, N, NH), h_t (T, N, H), and after a
+        backward pass of anything computed from ``output`` the gradients dL/dh_t (from the
+        output only: no h feeds the next step) and dL/dC~_t, dL/dn~_t (what BPTT carries
+        through the memory). Batched time-major or batch_first input, ``lengths`` as
+        ``forward`` takes them (every recorded value zero past each length); the same output
+        and state as ``forward`` (float rounding apart)."""
         name = type(self).__name__
         if not isinstance(input, Tensor) or input.dim() != 3:
             raise ValueError(f"{name}: trace takes a batched 3-D input, got "
@@ -387,16 +389,29 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             raise ValueError(f"{name}: expected input (L >= 1, N, {self.input_size}), got "
                              f"{tuple(input.shape)}")
         states = self._split_state(state, x.shape[1], False)
+        valid = order = None
+        if lengths is not None:
+            valid, order = _padding(name, lengths, *x.shape[:2], x.device)
         D, steps, finals = self.num_directions, [], []
         for layer in range(self.num_layers):
             outputs, row = [], []
             for direction in range(D):
                 index = layer * D + direction
-                seq = x.flip(0) if direction else x
-                q, k, v, i_pre, f_pre, o = self._split(_project(seq, *self._stacked(index)))
-                st = _MLSTMStepTrace(self, direction == 1, index)
+                if not direction:
+                    seq = x
+                else:
+                    seq = x.flip(0) if order is None else \
+                        x.gather(0, order.expand(-1, -1, x.shape[-1]))
+                q, k, v, i_pre, f_pre, o = self._split(_project(seq, *self._stacked(index)),
+                                                       valid)
+                st = _MLSTMStepTrace(self, direction == 1, index, order, valid)
                 h, final = st.run(q, k, v, i_pre, f_pre, o, states[index] if states else None)
-                outputs.append(h.flip(0) if direction else h)
+                if valid is not None:
+                    h = h.masked_fill(~valid, 0.0)
+                if direction:
+                    h = h.flip(0) if order is None else \
+                        h.gather(0, order.expand(-1, -1, h.shape[-1]))
+                outputs.append(h)
                 finals.append(final)
                 row.append(st)
             steps.append(row)
@@ -404,7 +419,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
         C, n, m = (torch.stack(parts) for parts in zip(*finals))
-        return MLSTMTrace(x.transpose(0, 1) if self.batch_first else x, (C, n, m), steps)
+        return SequenceTrace(x.transpose(0, 1) if self.batch_first else x, (C, n, m), steps)
 
     def _stacked(self, index: int) -> tuple[Tensor, Tensor | None]:
         """(W_q|W_k|W_v|w_i|w_f|W_o) and the biases alike, for one product per layer. Outside
@@ -465,76 +480,42 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                                  f"{tuple(tensor.shape)}")
 
 
-class MLSTMTrace:
-    """What ``mLSTM.trace`` returns: ``output`` and ``state`` as ``forward`` gives them, and
-    ``steps[layer][direction]`` (see ``mLSTM.trace``)."""
+class _MLSTMStepTrace(KeptSteps):
+    """One layer and direction of an mLSTM trace (see ``mLSTM.trace``)."""
 
-    def __init__(self, output: Tensor, state: tuple, steps: list):
-        self.output, self.state, self.steps = output, state, steps
+    names = {"n": "normaliser n~_t (per unit of its head)",
+             "m": "stabiliser m_t (one per head)",
+             "i": "input gate i'_t = exp(i~_t - m_t) (one per head)",
+             "f": "forget gate f'_t (stabilised, one per head)", "o": "output gate o_t"}
+    bounded = ("i", "f", "o")
 
-
-class _MLSTMStepTrace:
-    """One layer and direction of a trace: every step's tensors kept (gradients retained),
-    served time-major in time order (the reverse direction flipped back)."""
-
-    def __init__(self, layer: mLSTM, reverse: bool, index: int):
-        self._forget_gate, self._reverse = layer.forget_gate, reverse
+    def __init__(self, layer: mLSTM, reverse: bool, index: int, order=None, valid=None):
+        super().__init__(reverse, order, valid)
+        self._forget_gate = layer.forget_gate
         self._norm = (lambda h: layer._group_norm(h, index)) if layer.head_norm else None
         self._H = layer.hidden_size
-        self._h, self._C, self._n, self._m, self._i, self._f, self._o = ([] for _ in range(7))
 
     def run(self, q, k, v, i_pre, f_pre, o, state):
         """The steps: h (L, N, H) = sigma(o~) * h~ and the final state."""
         L, N = o.shape[:2]
         m_prev = None if state is None else state[2]
+        i, f, m_all = [], [], []
         for t in range(L):
             h, state = cell.step(q[..., t, :], k[..., t, :], v[..., t, :], i_pre[..., t],
                                  f_pre[..., t], state, forget_gate=self._forget_gate)
             C, n, m = state
-            gate_o = torch.sigmoid(o[t])
-            h = gate_o * (h if self._norm is None else self._norm(h)).reshape(N, self._H)
-            for z in (h, C, n):
-                if z.requires_grad:
-                    z.retain_grad()
-            self._i.append(torch.exp(i_pre[..., t] - m).detach())
-            self._f.append(torch.zeros_like(m).detach() if m_prev is None else torch.exp(
+            h = h if self._norm is None else self._norm(h)
+            h = torch.sigmoid(o[t]) * h.reshape(N, self._H)
+            self.keep(h, C=C, n=n)
+            i.append(torch.exp(i_pre[..., t] - m).detach())
+            f.append(torch.zeros_like(m).detach() if m_prev is None else torch.exp(
                 cell.log_forget(f_pre[..., t], self._forget_gate) + m_prev - m).detach())
-            self._h.append(h)
-            self._C.append(C)
-            self._n.append(n)
-            self._m.append(m.detach())
-            self._o.append(gate_o.detach())
+            m_all.append(m.detach())
             m_prev = m
-        return torch.stack(self._h), state
-
-    def _time(self, items: list) -> Tensor:
-        x = torch.stack([t.detach() for t in items])
-        return x.flip(0) if self._reverse else x
-
-    def _grads(self, items: list) -> Tensor | None:
-        if any(t.grad is None for t in items):
-            return None
-        return self._time([t.grad for t in items])
-
-    @property
-    def gates(self) -> dict[str, Tensor]:
-        return {"i": self._time(self._i), "f": self._time(self._f), "o": self._time(self._o)}
-
-    @property
-    def states(self) -> dict[str, Tensor]:
-        return {"C": self._time(self._C), "n": self._time(self._n), "m": self._time(self._m)}
-
-    @property
-    def h(self) -> Tensor:
-        return self._time(self._h)
-
-    @property
-    def grad_h(self) -> Tensor | None:
-        return self._grads(self._h)
-
-    @property
-    def grad_states(self) -> dict[str, Tensor | None]:
-        return {"C": self._grads(self._C), "n": self._grads(self._n)}
+        self.kept_gates = {"i": torch.stack(i), "f": torch.stack(f),
+                           "o": torch.sigmoid(o.detach())}
+        self.kept_states = {"m": torch.stack(m_all)}
+        return torch.stack(self.hs), state
 
 
 def _tracing() -> bool:

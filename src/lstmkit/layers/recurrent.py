@@ -255,6 +255,7 @@ class _Recurrent(TorchRNNSurface, EngineChoice, Stacking, Quantizable):
         if trace is None:
             return output, hidden
         trace.finish(output, states, unsorted_indices)
+        trace.state = hidden
         return trace
 
     def _hidden(self, states: list[Tensor]):

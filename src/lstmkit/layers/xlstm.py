@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..trace import SequenceTrace
 from .mlstm import mLSTM
 from .recurrent import sLSTM
 
@@ -72,6 +73,19 @@ class xLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 list(self.slstm_at))
 
     def forward(self, input: Tensor, state=None, lengths=None):
+        return self._run(input, state, lengths, None)
+
+    def trace(self, input: Tensor, state=None, lengths=None) -> SequenceTrace:
+        """``forward``, each layer traced (``mLSTM.trace``, ``sLSTM.trace``): a
+        ``lstmkit.trace.SequenceTrace`` whose ``steps[k]`` is layer k's row of directions."""
+        if not isinstance(input, Tensor) or input.dim() != 3:
+            got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(f"xLSTM: trace takes a batched 3-D input, got {got}")
+        steps: list = []
+        output, state = self._run(input, state, lengths, steps)
+        return SequenceTrace(output, state, steps)
+
+    def _run(self, input: Tensor, state, lengths, steps: list | None):
         if state is not None and (not isinstance(state, (tuple, list)) or len(state) != 7):
             got = f"{len(state)} tensors" if isinstance(state, (tuple, list)) else \
                 type(state).__name__
@@ -88,7 +102,12 @@ class xLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 j = (sk if s_m else mk).index(k)
                 part = tuple(t[j * D:(j + 1) * D] for t in (state[3:] if s_m else state[:3]))
             kwargs = {} if lengths is None else {"lengths": lengths}
-            x, finals[k] = layer(x, part, **kwargs)
+            if steps is None:
+                x, finals[k] = layer(x, part, **kwargs)
+            else:
+                traced = layer.trace(x, part, **kwargs)
+                x, finals[k] = traced.output, traced.state
+                steps.append(traced.steps[0])
             if self.dropout and self.training and k < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
         unbatched = x.dim() == 2

@@ -38,7 +38,7 @@ def build_report(run_dir: str | Path, cfg, task, model, text: str | None = None)
     records = sections.read_metrics(run / "metrics.jsonl")
     results = sections.read_results(run)
     model.eval()
-    if hasattr(model.rnn, "cell"):
+    if hasattr(model.rnn, "trace"):
         layers, max_steps = inside_mod.plan(model.rnn)
         traced = probe(task, model, text, max_steps)
         inside = inside_mod.inside(traced, model.rnn, layers, max_steps)

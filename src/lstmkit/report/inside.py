@@ -1,9 +1,10 @@
 """"Inside the network": the numbers the page shows for a probe, read from its trace.
 
-For each layer and direction (a ``view``): every unit's cell state c_t, hidden state h_t and
-gate values at every step, as float32 arrays (T, H) in base64 (exactly the trace's values);
-|dL/dh_t| and |dL/dc_t| at every step (2-norms over the units, after the backward pass of the
-task's loss on the probe); gate saturation (per unit, the fraction of steps with a sigmoid
+For each layer and direction (a ``view``): every unit's cell state c_t, hidden state h_t, gate
+values and other states (``shown``) at every step, as float32 arrays (T, H) in base64 (exactly
+the trace's values); |dL/dh_t| and |dL/dc_t| at every step (2-norms over the units, after the
+backward pass of the task's loss on the probe; the mLSTM's |dL/dC_t| and |dL/dn_t| over its
+heads' memories); gate saturation (per unit, the fraction of steps with a sigmoid
 gate below 0.1 and above 0.9, Karpathy et al. 2015); and the most input-selective units (by
 Pearson correlation of c_t or h_t with a class of steps, such as vowels or spaces).
 
@@ -22,7 +23,6 @@ from .probes import Probe, per_step
 
 FLOAT_BUDGET = 750_000        # floats of states and gates in a page (~4 MB as base64)
 MIN_STEPS = 80
-TANH_GATES = ("g", "n")       # LSTM candidate g_t, GRU new state n_t; every other gate is a sigmoid
 LOW, HIGH = 0.1, 0.9          # saturation thresholds
 TOP_UNITS = 6
 NAMES = {"c": "cell state c_t", "h": "hidden state h_t", "i": "input gate i_t",
@@ -30,28 +30,45 @@ NAMES = {"c": "cell state c_t", "h": "hidden state h_t", "i": "input gate i_t",
          "r": "reset gate r_t", "z": "update gate z_t", "n": "new state n_t"}
 
 
-def quantities(layer) -> list[str]:
-    """The per-unit quantities of the layer's cell, in page order: c (if any), h, the gates."""
-    cell = layer.cell
-    gates = list(cell.gate_values({g: torch.zeros(1) for g in cell.gates}))
-    return (["c"] if len(cell.state_sizes) > 1 else []) + ["h"] + gates
+def shown(step_trace, units: int) -> dict[str, torch.Tensor]:
+    """The per-unit quantities of one layer and direction's trace, in page order, each
+    (T, N, units): c (if any), h, the gates, then the other states (the sLSTM's n_t and m_t,
+    the mLSTM's n~_t and m_t). A value kept
+    per head (the mLSTM's gates, its stabiliser) is shown on each unit of its head; a state
+    larger than the units (the mLSTM's matrix memory C_t) is left out."""
+    raw = {} if step_trace.c is None else {"c": step_trace.c}
+    raw["h"] = step_trace.h
+    raw.update(step_trace.gates)
+    raw.update(step_trace.states)
+    out = {}
+    for key, x in raw.items():
+        x = x.reshape(*x.shape[:2], -1)
+        if x.shape[-1] < units and units % x.shape[-1] == 0:
+            x = x.repeat_interleave(units // x.shape[-1], -1)
+        if x.shape[-1] == units:
+            out[key] = x
+    return out
 
 
 def untraced(layer, text: str | None) -> dict:
-    """The section of a layer that records no per-step trace (a whole-sequence layer such as
-    the mLSTM): empty, with a note saying why."""
+    """The section of a layer that records no per-step trace: empty, with a note saying why."""
     if text is not None:
         raise ValueError(f"--input shows the states of a traced layer; {type(layer).__name__} "
                          "records no trace")
-    note = (f"{type(layer).__name__} walks the whole sequence at once and records no per-step "
-            "trace, so there is nothing to show here.")
+    note = (f"{type(layer).__name__} has no trace method, so there is nothing to show here.")
     return {"source": "", "kind": "symbol", "loss_text": "", "loss": None, "symbols": [],
             "hover": [], "segments": [], "notes": [note], "views": []}
 
 
 def plan(layer) -> tuple[list[int], int]:
-    """(layers to show, at most how many steps) within FLOAT_BUDGET."""
-    per_layer = layer.hidden_size * len(quantities(layer)) * (2 if layer.bidirectional else 1)
+    """(layers to show, at most how many steps) within FLOAT_BUDGET; the quantities of each
+    layer are counted on a one-step trace."""
+    param = next(layer.parameters())
+    with torch.no_grad():
+        trace = layer.trace(torch.zeros(1, 1, layer.input_size, dtype=param.dtype,
+                                        device=param.device))
+    count = max(len(shown(row[0], layer.hidden_size)) for row in trace.steps)
+    per_layer = layer.hidden_size * count * (2 if layer.bidirectional else 1)
     layers = list(range(layer.num_layers))
     if FLOAT_BUDGET // (per_layer * len(layers)) < MIN_STEPS:
         layers = layers[-1:]
@@ -102,24 +119,20 @@ def selective_units(values: dict[str, np.ndarray], features: dict[str, list[floa
 
 def view(probe: Probe, step_trace, title: str, steps: int) -> dict:
     """One layer and direction of the probe's trace (see the module docstring)."""
-    raw = {"h": step_trace.h}
-    if step_trace.c is not None:
-        raw = {"c": step_trace.c, **raw}
-    gates = step_trace.gates
-    raw.update(gates)
-    sigmoid = [q for q in gates if q not in TANH_GATES]
+    raw = shown(step_trace, step_trace.h.shape[-1])
+    sigmoid = [q for q in raw if q in step_trace.bounded]
+    names = {**NAMES, **step_trace.names}
     values = {q: per_step(probe, x)[:steps].float().contiguous() for q, x in raw.items()}
     arrays = {q: v.numpy() for q, v in values.items()}
     out = {"title": title, "steps": steps, "units": int(values["h"].shape[1]),
-           "quantities": [{"key": q, "name": NAMES.get(q, f"gate {q}"),
+           "quantities": [{"key": q, "name": names.get(q, f"gate {q}"),
                            "scale": "sequential" if q in sigmoid else "diverging",
                            "max": float(v.abs().max()) if v.numel() else 0.0,
                            "data": encode(v)} for q, v in values.items()]}
-    grads = {}
-    for q, g in (("h", step_trace.grad_h), ("c", step_trace.grad_c)):
-        if g is not None:
-            grads[q] = per_step(probe, g)[:steps].float().norm(dim=-1).tolist()
-    out["grad"] = grads
+    carried = {"h": step_trace.grad_h, "c": step_trace.grad_c,
+               **getattr(step_trace, "grad_states", {})}
+    out["grad"] = {q: per_step(probe, g.reshape(*g.shape[:2], -1))[:steps].float()
+                   .norm(dim=-1).tolist() for q, g in carried.items() if g is not None}
     out["saturation"] = {q: {"left": (v < LOW).float().mean(0).tolist(),
                              "right": (v > HIGH).float().mean(0).tolist()}
                          for q, v in values.items() if q in sigmoid}

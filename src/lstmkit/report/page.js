@@ -523,9 +523,8 @@ function drawGradient(v) {
   const box = document.getElementById("gradient");
   box.innerHTML = "";
   const series = [];
-  for (const [key, name] of [["h", "|dL/dh_t|"], ["c", "|dL/dc_t|"]]) {
-    const g = v.grad[key];
-    if (!g) continue;
+  for (const [key, g] of Object.entries(v.grad)) {
+    const name = `|dL/d${key}_t|`;
     const x = [], y = [];
     for (const [start, end] of INSIDE.segments) {
       for (let t = start; t < end; t++) { x.push(t); y.push(g[t]); }

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import ALPHABET, DataError, transliterate
-from ..tasks.models import final_hidden
 
 # what --input may hold at most, before any per-model limit on steps
 MAX_INPUT_CHARS = 20_000
@@ -153,7 +152,7 @@ def names_probe(task, model, text, max_steps) -> Probe:
     order = lengths.argsort(descending=True, stable=True)      # the layer wants longest first
     tokens = torch.nn.utils.rnn.pad_sequence([ids[i] for i in order.tolist()])   # (L, N)
     trace = model.rnn.trace(model.embed(tokens), lengths=lengths[order])
-    final = final_hidden(trace.h_n, model.layers, model.directions)
+    final = model.final(trace.output, trace.h_n, lengths[order])
     logits = model.out(model.drop(final))                           # (N, C) in `order`
     probs = logits.detach().softmax(-1)
     target = (torch.tensor(gold)[order] if gold is not None else probs.argmax(-1))
@@ -349,7 +348,7 @@ def parity_probe(task, model, text, max_steps) -> Probe:
     n = int(lengths[0])                                     # the first validation string
     x, y = tokens[:n, :1], labels[:1]                       # (T, 1), (1,)
     trace = model.rnn.trace(model.embed(x))
-    logits = model.out(model.drop(final_hidden(trace.h_n, model.layers, model.directions)))
+    logits = model.out(model.drop(model.final(trace.output, trace.h_n, torch.tensor([n]))))
     loss = F.cross_entropy(logits, y)
     loss.backward()
     bits = x[:, 0].tolist()

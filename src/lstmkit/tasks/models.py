@@ -71,10 +71,15 @@ class SequenceClassifier(nn.Module):
         # enforce_sorted=False does, in tensor ops that torch.export and ONNX follow
         order = lengths.argsort(descending=True)
         out, h_n = self.rnn(self.embed(tokens).index_select(1, order), lengths=lengths[order])
-        final = (final_hidden(h_n, self.layers, self.directions) if self.h_in_state
-                 else final_outputs(out, lengths[order], self.directions))
-        final = final.index_select(0, order.argsort())
+        final = self.final(out, h_n, lengths[order]).index_select(0, order.argsort())
         return self.out(self.drop(final))
+
+    def final(self, out: Tensor, h_n, lengths: Tensor) -> Tensor:
+        """The last layer's final h of each direction (N, D*H): from h_n where the layer's
+        state holds h, else read from the outputs (L, N, D*H) at each sequence's end."""
+        if self.h_in_state:
+            return final_hidden(h_n, self.layers, self.directions)
+        return final_outputs(out, lengths, self.directions)
 
 
 class LanguageModel(nn.Module):
