@@ -27,7 +27,8 @@ state (C~, n~, m) of shapes (*, d, d), (*, d), (*). Every form returns (h~ (*, T
     parallel   quadratic in T, for training; a torch.autograd.Function with its backward
                written out (below), an initial state entering as one more decayed term
     chunkwise  linear in T: the parallel form inside chunks of chunk_size steps, the states
-               passed between chunks by the recurrence; any T (a shorter last chunk)
+               passed between chunks by the recurrence (its backward written out too);
+               any T (a shorter last chunk)
     recurrent  a loop over ``step``, one step for streaming inference; plain autograd
 """
 
@@ -287,30 +288,69 @@ def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
         K = (vc * w[..., None]).mT @ kc                                          # (*, NS, d, d)
         kappa = (kc * w[..., None]).sum(-2)                                         # (*, NS, d)
         if state is None:
-            C = q.new_zeros(*batch, d, d)
-            n = q.new_zeros(*batch, d)
-            m = q.new_full(batch, -math.inf)
-        else:
-            C, n, m = state
-        entering = []
-        for c in range(NS):
-            entering.append((C, n, m))
-            m_next = torch.maximum(a[..., c] + m, mu[..., c])
-            decay = torch.exp(a[..., c] + m - m_next)
-            scale = torch.exp(mu[..., c] - m_next)
-            C = decay[..., None, None] * C + scale[..., None, None] * K[..., c, :, :]
-            n = decay[..., None] * n + scale[..., None] * kappa[..., c, :]
-            m = m_next
-        C_in, n_in, m_in = (torch.stack(x, len(batch)) for x in zip(*entering))
+            state = (q.new_zeros(*batch, d, d), q.new_zeros(*batch, d),
+                     q.new_full(batch, -math.inf))
+        C_in, n_in, m_in, *state = _ChunkStates.apply(a, mu, K, kappa, *state)
         h, *_ = _Parallel.apply(qc, kc, vc, ic, fc, C_in, n_in, m_in, forget_gate, eps)
         outputs.append(h.flatten(-3, -2))
-        state = (C, n, m)
     if T > NS * L:
         h, state = parallel(q[..., NS * L:, :], k[..., NS * L:, :], v[..., NS * L:, :],
                             i_pre[..., NS * L:], f_pre[..., NS * L:], state,
                             forget_gate=forget_gate, eps=eps)
         outputs.append(h)
     return torch.cat(outputs, -2) if len(outputs) > 1 else outputs[0], state
+
+
+class _ChunkStates(torch.autograd.Function):
+    """The states entering each chunk and the last, from each chunk's own contribution
+    (``chunkwise``): a, mu (*, NS), K (*, NS, d, d), kappa (*, NS, d), the state before the
+    first chunk (C~_0, n~_0, m_0) (m_0 = -inf: none). Per chunk c,
+
+        m' = max(a_c + m, mu_c),  e_c = exp(a_c + m - m'),  s_c = exp(mu_c - m')
+        C~' = e_c C~ + s_c K_c,    n~' = e_c n~ + s_c kappa_c
+
+    Returns (C_in (*, NS, d, d), n_in (*, NS, d), m_in (*, NS), C~_T, n~_T, m_T). The backward
+    walks the chunks in reverse carrying dL/dC~, dL/dn~, dL/dm; m' sends its gradient to the
+    larger of its two arguments."""
+
+    @staticmethod
+    def forward(ctx, a, mu, K, kappa, C, n, m):
+        NS = a.shape[-1]
+        C_in, n_in, m_in = C.new_empty(K.shape), n.new_empty(kappa.shape), m.new_empty(a.shape)
+        e, s = torch.empty_like(a), torch.empty_like(a)
+        for c in range(NS):
+            C_in[..., c, :, :], n_in[..., c, :], m_in[..., c] = C, n, m
+            m_next = torch.maximum(a[..., c] + m, mu[..., c])
+            e[..., c] = torch.exp(a[..., c] + m - m_next)
+            s[..., c] = torch.exp(mu[..., c] - m_next)
+            C = e[..., c, None, None] * C + s[..., c, None, None] * K[..., c, :, :]
+            n = e[..., c, None] * n + s[..., c, None] * kappa[..., c, :]
+            m = m_next
+        ctx.save_for_backward(a, mu, K, kappa, C_in, n_in, m_in, e, s)
+        return C_in, n_in, m_in, C, n, m
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dC_in, dn_in, dm_in, gC, gn, gm):
+        a, mu, K, kappa, C_in, n_in, m_in, e, s = ctx.saved_tensors
+        dK, dkappa = torch.empty_like(K), torch.empty_like(kappa)
+        da, dmu = torch.empty_like(a), torch.empty_like(mu)
+        for c in reversed(range(a.shape[-1])):       # gC, gn, gm: dL/d(the state after c)
+            e_c, s_c = e[..., c], s[..., c]
+            dK[..., c, :, :] = s_c[..., None, None] * gC
+            dkappa[..., c, :] = s_c[..., None] * gn
+            via_e = e_c * ((gC * C_in[..., c, :, :]).sum((-2, -1))
+                           + (gn * n_in[..., c, :]).sum(-1))
+            via_s = s_c * ((gC * K[..., c, :, :]).sum((-2, -1))
+                           + (gn * kappa[..., c, :]).sum(-1))
+            dm_next = gm - via_e - via_s                     # m' in e_c and s_c, and as itself
+            first = a[..., c] + m_in[..., c] >= mu[..., c]   # m' = a_c + m there, else mu_c
+            da[..., c] = via_e + torch.where(first, dm_next, 0.0)
+            dmu[..., c] = via_s + torch.where(first, 0.0, dm_next)
+            gC = e_c[..., None, None] * gC + dC_in[..., c, :, :]
+            gn = e_c[..., None] * gn + dn_in[..., c, :]
+            gm = da[..., c] + dm_in[..., c]
+        return da, dmu, dK, dkappa, gC, gn, gm
 
 
 # ----------------------------------------------------------------------------------------------
