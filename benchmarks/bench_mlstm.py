@@ -8,7 +8,8 @@ Usage:
 Tables, float32, medians (bench_layers.median_ms: the contenders take turns):
 
 1. Training step (forward + backward, a loss on every output) of one mLSTM layer, input size
-   H, NH = --heads heads, at (T, B, H): lstmkit's parallel and chunkwise forms; the same layer
+   H, NH = --heads heads, at (T, B, H): lstmkit's parallel and chunkwise forms (the compiled
+   engine where built, and engine="python", the same lines in torch ops); the same layer
    (same projections) over xLSTM's parallel_stabilized_simple and chunkwise_simple; the ratio
    of each to torch.nn.LSTM(H, H) in the same run. Issue's goal: parallel <= 1.0x torch.nn.LSTM.
    The chunk size is the largest divisor of T up to 64 (xLSTM's chunkwise needs T divisible),
@@ -106,8 +107,15 @@ def bench_training(size, heads: int, repeats: int) -> list[dict]:
     par = lstmkit.mLSTM(H, H, num_heads=heads, mode="parallel")
     chk = lstmkit.mLSTM(H, H, num_heads=heads, mode="chunkwise", chunk_size=cs)
     chk.load_state_dict(par.state_dict())
+    par_py = lstmkit.mLSTM(H, H, num_heads=heads, mode="parallel", engine="python")
+    chk_py = lstmkit.mLSTM(H, H, num_heads=heads, mode="chunkwise", chunk_size=cs,
+                           engine="python")
+    par_py.load_state_dict(par.state_dict())
+    chk_py.load_state_dict(par.state_dict())
     contenders = {"torch.nn.LSTM": torch_lstm, "lstmkit parallel": par,
-                  "lstmkit chunkwise": chk, "xLSTM parallel": PackageLayer(par, "parallel"),
+                  "lstmkit chunkwise": chk, "lstmkit parallel, python engine": par_py,
+                  "lstmkit chunkwise, python engine": chk_py,
+                  "xLSTM parallel": PackageLayer(par, "parallel"),
                   "xLSTM chunkwise": PackageLayer(par, "chunkwise", cs)}
     times = median_ms(*[lambda m=m: train_step(m, x, grad) for m in contenders.values()],
                       repeats=repeats)

@@ -636,3 +636,103 @@ def test_projection_under_bf16_autocast_is_autocasts():
     x, w = torch.randn(40, 30, 64), torch.randn(70, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert mlstm_layer._project(x, w, None).dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled parallel form for training (csrc/mlstm.cpp)
+
+def _with_grads(fn, args, kw, leaves, seed=7):
+    """fn(*args, **kw)'s outputs (h~ and the final state) and the gradients of the leaves for
+    random cotangents on every output."""
+    h, state = fn(*args, **kw)
+    outs = (h, *state)
+    g = torch.Generator().manual_seed(seed)
+    cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+    return outs, torch.autograd.grad(outs, leaves, cot)
+
+
+@needs_compiled
+@pytest.mark.parametrize("form", ["parallel", "chunkwise"])
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("state", [False, True])
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_compiled_parallel_form_equals_the_python_one(form, forget_gate, state, eps):
+    """Outputs, final states and every gradient, with identity steps (i~ = -inf) and a large i~
+    that moves m; float64 to rounding, float32 to its rounding."""
+    kernels = compiled.mlstm_parallel_kernel()
+    for dtype, tol in ((F64, 1e-12), (torch.float32, 5e-5)):
+        q, k, v, i_pre, f_pre, st = _inputs(23, state, dtype=dtype, d=5, batch=(3, 2))
+        i_pre[0, 0, 20:] = -math.inf
+        f_pre[0, 0, 20:] = math.inf if forget_gate == "sigmoid" else 0.0
+        i_pre[1, 1, 5] = 30.0
+        leaves = [q, k, v, i_pre, f_pre, *(st or ())]
+        for x in leaves:
+            x.requires_grad_(True)
+        kw = {"forget_gate": forget_gate, "eps": eps}
+        if form == "chunkwise":
+            kw["chunk_size"] = 8
+        args = (q, k, v, i_pre, f_pre, st)
+        got = _with_grads(getattr(M, form), args, {**kw, "kernels": kernels}, leaves)
+        want = _with_grads(getattr(M, form), args, kw, leaves)
+        for a, b in zip(got[0] + got[1], want[0] + want[1]):
+            assert a.dtype == dtype and a.shape == b.shape and torch.isfinite(a).all()
+            _close(a, b, tol)
+        assert want[1][0].abs().max() > 0
+
+
+@needs_compiled
+@pytest.mark.parametrize("form", ["parallel", "chunkwise"])
+@pytest.mark.parametrize("state", [False, True])
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_compiled_parallel_gradcheck(form, state, eps):
+    q, k, v, i_pre, f_pre, st = _inputs(5, state, d=3, batch=(1, 2))
+    leaves = [q, k, v, i_pre, f_pre, *(st or ())]
+    for x in leaves:
+        x.requires_grad_(True)
+    kernels = compiled.mlstm_parallel_kernel()
+    fn = _forms(2)[form]
+
+    def outputs(*a):
+        h, s = fn(*a[:5], tuple(a[5:]) if state else None, eps=eps, kernels=kernels)
+        return (h, *s)
+
+    assert torch.autograd.gradcheck(outputs, leaves, fast_mode=True)
+
+
+@needs_compiled
+@pytest.mark.parametrize("mode", ["parallel", "chunkwise"])
+def test_layer_engines_agree_and_python_runs_no_kernel(mode, monkeypatch):
+    """engine="compiled" and "python": the same outputs and parameter gradients (two layers,
+    bidirectional, lengths); "python" never calls the extension."""
+    results = {}
+    x = torch.randn(9, 3, 3, dtype=F64)
+    lengths = torch.tensor([9, 4, 6])
+    for engine in ("compiled", "python"):
+        m = _layer(num_layers=2, bidirectional=True, mode=mode, chunk_size=4, engine=engine)
+        with monkeypatch.context() as patch:
+            if engine == "python":
+                patch.setattr(compiled, "mlstm_parallel_kernel", None)       # not called
+            y, state = m(x, lengths=lengths)
+            loss = y.sin().sum() + sum(s.sum() for s in state[:2])
+            grads = torch.autograd.grad(loss, list(m.parameters()))
+        results[engine] = (y, *state, *grads)
+    for a, b in zip(results["compiled"], results["python"]):
+        _close(a, b, 1e-12)
+
+
+def test_layer_engine_is_checked_and_named(monkeypatch):
+    with pytest.raises(ValueError, match="engine should be one of"):
+        _layer(engine="torch")
+    m = _layer(engine="compiled")
+    assert "engine='compiled'" in repr(m)
+    x = torch.randn(4, 2, 3, dtype=F64)
+    with monkeypatch.context() as patch:
+        patch.setattr(compiled, "mlstm_step_kernel", lambda: None)
+        with pytest.raises(RuntimeError, match="engine='compiled', but the compiled engine"):
+            m(x)
+        assert _layer()(x)[0].shape == (4, 2, 4)            # auto: the python engine
+    if compiled.available():
+        with pytest.raises(RuntimeError, match="float32 and float64 CPU tensors"):
+            _layer(engine="compiled").to(torch.bfloat16)(x.bfloat16())
+    stack = lstmkit.xLSTM(3, 4, num_layers=2, engine="python")
+    assert {layer.engine for layer in stack.layers} == {"python"}

@@ -38,11 +38,19 @@ def test_registered_with_their_layer_and_states(name):
 
 
 @pytest.mark.parametrize("key, value", [("weight_drop", 0.3), ("zoneout", 0.1),
-                                        ("engine", "compiled"), ("layer_norm", True),
-                                        ("proj_size", 2)])
+                                        ("layer_norm", True), ("proj_size", 2)])
 def test_a_keyword_the_layer_does_not_take_is_refused_by_name(key, value):
     with pytest.raises(ValueError, match=rf"cell 'mlstm' \(mLSTM\) does not take {key}="):
         make_layer("mlstm", 3, 4, **{key: value})
+
+
+def test_engine_goes_to_the_layers_that_have_one():
+    assert make_layer("mlstm", 3, 4, engine="python").engine == "python"
+    assert {m.engine for m in make_layer("xlstm", 3, 4, engine="python").layers} == {"python"}
+    with pytest.raises(ValueError, match="engine should be one of"):
+        make_layer("mlstm", 3, 4, engine="torch")
+    with pytest.raises(ValueError, match=r"cell 'mingru' \(minGRU\) does not take engine="):
+        make_layer("mingru", 3, 4, engine="compiled")
 
 
 def test_register_refuses_a_layer_without_path_or_states():

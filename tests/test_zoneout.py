@@ -394,17 +394,9 @@ def test_onnx_export_runs_zoneout_and_recurrent_dropout_in_eval(tmp_path):
 
 def test_onnx_export_of_zoneout_with_lengths(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from torch import nn
+    from test_onnx_xlstm import WithLengths
 
     from lstmkit import export_onnx
-
-    class WithLengths(nn.Module):
-        def __init__(self, layer):
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, x, lengths):
-            return self.layer(x, lengths=lengths)
 
     torch.manual_seed(0)
     model = WithLengths(LSTM(I, H, zoneout=(0.2, 0.1), bidirectional=True)).eval()

@@ -16,6 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+
+def transformed() -> bool:
+    """Inside a torch.func transform (vmap, grad, jacrev, jvp, ...): a hand-written backward
+    (a torch.autograd.Function without setup_context) and out= products cannot run there;
+    plain torch ops differentiated by autograd can."""
+    return bool(torch._C._functorch.get_interpreter_stack())
+
 sigmoid_backward = torch.ops.aten.sigmoid_backward        # (grad, y) -> grad * y * (1 - y)
 tanh_backward = torch.ops.aten.tanh_backward              # (grad, y) -> grad * (1 - y^2)
 

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .base import transformed
 from .registry import register
 
 GATES = {"mingru": ("z", "h"), "minlstm": ("f", "i", "h")}
@@ -328,7 +329,7 @@ def recurrence(kind: str, pre: Tensor, h0: Tensor | None = None, parallel: bool 
     if pre.dtype in (torch.bfloat16, torch.float16):
         h0 = None if h0 is None else h0.float()
         return recurrence(kind, pre.float(), h0, parallel, chunk, compiled).to(pre.dtype)
-    if torch._C._functorch.get_interpreter_stack():
+    if transformed():
         # torch.func transforms (vmap, grad, jacrev, ...) cannot run the hand-written backward
         # (an autograd.Function) nor the loops' out= products: the plain loop, by autograd
         if compiled:

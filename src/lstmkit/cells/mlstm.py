@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .base import transformed
 from .registry import register
 
 FORGET_GATES = ("sigmoid", "exp")
@@ -117,7 +118,18 @@ class _Parallel(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, i_pre, f_pre, C0, n0, m0, forget_gate, eps):
+    def forward(ctx, q, k, v, i_pre, f_pre, C0, n0, m0, forget_gate, eps, kernels=None):
+        if kernels is not None:         # the same lines in C++ (csrc/mlstm.cpp)
+            h, C_T, n_T, m_T, *saved = kernels[0](q, k, v, i_pre, f_pre, C0, n0, m0,
+                                                  forget_gate == "exp", eps)
+            D, S, s, lower, den, g, arg = saved
+            ctx.forget_gate, ctx.eps, ctx.has_state, ctx.kernels = forget_gate, eps, \
+                C0 is not None, kernels
+            ctx.save_for_backward(q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T, arg,
+                                  *((C0, n0, g) if C0 is not None else ()))
+            ctx.set_materialize_grads(False)
+            return h, C_T, n_T, m_T
+        ctx.kernels = None
         T = q.shape[-2]
         has_state = C0 is not None
         F_ = log_forget(f_pre, forget_gate).cumsum(-1)                                  # (*, T)
@@ -155,6 +167,13 @@ class _Parallel(torch.autograd.Function):
     @staticmethod
     @once_differentiable        # a second derivative raises rather than differentiating this
     def backward(ctx, dh, dC_T, dn_T, dm_T):
+        if ctx.kernels is not None:
+            q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T, arg, *saved = ctx.saved_tensors
+            C0, n0, g = saved if ctx.has_state else (None, None, None)
+            grads = ctx.kernels[1](q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T, arg, C0,
+                                   n0, g, dh, dC_T, dn_T, dm_T, ctx.forget_gate == "exp",
+                                   ctx.eps)
+            return (*grads, None, None, None)
         q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T, *saved = ctx.saved_tensors
         C0, n0, g = saved if ctx.has_state else (None, None, None)
         T = q.shape[-2]
@@ -220,7 +239,7 @@ class _Parallel(torch.autograd.Function):
             dm0 = dlog_b.sum(-1)
         dlog_f = dF.flip(-1).cumsum(-1).flip(-1)                        # F = cumsum log f
         df = dlog_f * torch.sigmoid(-f_pre) if ctx.forget_gate == "sigmoid" else dlog_f
-        return dq, dk, dv, di, df, dC0, dn0, dm0, None, None
+        return dq, dk, dv, di, df, dC0, dn0, dm0, None, None, None
 
 
 def _plus(a: Tensor | None, b: Tensor) -> Tensor:
@@ -228,22 +247,18 @@ def _plus(a: Tensor | None, b: Tensor) -> Tensor:
     return b if a is None else a + b
 
 
-def transformed() -> bool:
-    """Inside a torch.func transform (vmap, grad, jacrev, jvp, ...): the hand-written backward
-    (a torch.autograd.Function) cannot run there, the step loop of plain torch ops can."""
-    return bool(torch._C._functorch.get_interpreter_stack())
-
-
 def parallel(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
              state: State | None = None, *, forget_gate: str = "sigmoid",
-             eps: float = 0.0) -> tuple[Tensor, State]:
+             eps: float = 0.0, kernels=None) -> tuple[Tensor, State]:
     """All T steps at once: (h~ (*, T, d), final state); memory O(T^2) per head. Under a
-    torch.func transform, the same numbers by the step loop (``recurrent``)."""
+    torch.func transform, the same numbers by the step loop (``recurrent``). ``kernels``: the
+    compiled forward and backward (``lstmkit.engine.compiled.mlstm_parallel_kernel()``, for
+    float32/float64 CPU tensors), else the torch ops here."""
     _check(q, k, v, i_pre, f_pre, state, forget_gate)
     if transformed():
         return recurrent(q, k, v, i_pre, f_pre, state, forget_gate=forget_gate, eps=eps)
     C0, n0, m0 = state if state is not None else (None, None, None)
-    h, C, n, m = _Parallel.apply(q, k, v, i_pre, f_pre, C0, n0, m0, forget_gate, eps)
+    h, C, n, m = _Parallel.apply(q, k, v, i_pre, f_pre, C0, n0, m0, forget_gate, eps, kernels)
     return h, (C, n, m)
 
 
@@ -253,7 +268,7 @@ def parallel(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
 
 def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
               state: State | None = None, *, chunk_size: int = 64, forget_gate: str = "sigmoid",
-              eps: float = 0.0) -> tuple[Tensor, State]:
+              eps: float = 0.0, kernels=None) -> tuple[Tensor, State]:
     """Chunks of L = chunk_size steps: each chunk's own contribution to the state at its end
     (with a_c = F at the chunk's end, local cumsum F_j, log weights w_j = a_c - F_j + i~_j),
 
@@ -262,7 +277,8 @@ def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
                                                   + exp(mu_c - m_{c+1}) K_c   (n~ alike),
 
     then every chunk at once by the parallel form from its entering state. A last chunk shorter
-    than L (T not a multiple of L) runs the parallel form on its own. O(T L d) time."""
+    than L (T not a multiple of L) runs the parallel form on its own. O(T L d) time.
+    ``kernels`` as ``parallel`` takes them, for the chunks."""
     _check(q, k, v, i_pre, f_pre, state, forget_gate)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
@@ -271,7 +287,8 @@ def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
     if transformed():               # torch.func: the step loop, as in parallel
         return recurrent(q, k, v, i_pre, f_pre, state, forget_gate=forget_gate, eps=eps)
     if T <= L:                      # one chunk: the parallel form itself
-        return parallel(q, k, v, i_pre, f_pre, state, forget_gate=forget_gate, eps=eps)
+        return parallel(q, k, v, i_pre, f_pre, state, forget_gate=forget_gate, eps=eps,
+                        kernels=kernels)
     NS = T // L
     outputs = []
     if NS:
@@ -291,12 +308,13 @@ def chunkwise(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
             state = (q.new_zeros(*batch, d, d), q.new_zeros(*batch, d),
                      q.new_full(batch, -math.inf))
         C_in, n_in, m_in, *state = _ChunkStates.apply(a, mu, K, kappa, *state)
-        h, *_ = _Parallel.apply(qc, kc, vc, ic, fc, C_in, n_in, m_in, forget_gate, eps)
+        h, *_ = _Parallel.apply(qc, kc, vc, ic, fc, C_in, n_in, m_in, forget_gate, eps,
+                                kernels)
         outputs.append(h.flatten(-3, -2))
     if T > NS * L:
         h, state = parallel(q[..., NS * L:, :], k[..., NS * L:, :], v[..., NS * L:, :],
                             i_pre[..., NS * L:], f_pre[..., NS * L:], state,
-                            forget_gate=forget_gate, eps=eps)
+                            forget_gate=forget_gate, eps=eps, kernels=kernels)
         outputs.append(h)
     return torch.cat(outputs, -2) if len(outputs) > 1 else outputs[0], state
 

@@ -394,6 +394,14 @@ def mlstm_step_kernel():
     return None if ext is None else (ext.mlstm_step, ext.mlstm_layer_step)
 
 
+def mlstm_parallel_kernel():
+    """The extension's mLSTM parallel form for training (csrc/mlstm.cpp) as (forward,
+    backward), what ``lstmkit.cells.mlstm.parallel(..., kernels=)`` runs; None when it is not
+    built."""
+    ext = _load()
+    return None if ext is None else (ext.mlstm_parallel_forward, ext.mlstm_parallel_backward)
+
+
 def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor, state=None, *,
                forget_gate: str = "sigmoid", eps: float = 0.0):
     """``lstmkit.cells.mlstm.step`` in one compiled call for every head and row, no autograd:

@@ -32,7 +32,7 @@ from torch._C._functorch import TransformType
 from torch.autograd import forward_ad
 
 from ..cells import cell_from_spec
-from ..cells.base import Weights
+from ..cells.base import Weights, transformed
 from .compiled import autocast_bf16, compiled_backward, compiled_forward, fallback_reason, products
 from .reference import reference_sequence
 from .sequence import Masks, StepRecord, sequence_backward, sequence_forward
@@ -182,7 +182,7 @@ def _reference_wanted(needs, grads) -> bool:
             any(needs) or any(g is not None and g.requires_grad for g in grads)):
         return True
     batched = (torch._C._functorch.is_batchedtensor, torch._C._functorch.is_legacy_batchedtensor)
-    return bool(torch._C._functorch.get_interpreter_stack()) or any(
+    return transformed() or any(
         g is not None and any(f(g) for f in batched) for g in grads)
 
 
@@ -309,7 +309,7 @@ def plain_eager(*tensors) -> bool:
     torch.func transform, no dispatch mode (fake tensors, proxies), plain tensors."""
     if torch.compiler.is_compiling():        # first: dynamo cannot trace the calls below
         return False
-    if (torch._C._functorch.get_interpreter_stack() or torch._C._len_torch_dispatch_stack()
+    if (transformed() or torch._C._len_torch_dispatch_stack()
             or torch.jit.is_tracing()):
         return False
     for t in tensors:                        # a loop: this runs at every call of every layer

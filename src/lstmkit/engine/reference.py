@@ -15,6 +15,12 @@ from torch import Tensor
 from ..cells.base import Cell, Weights
 
 
+def zoned(new: tuple, prev: tuple, keep: tuple) -> tuple:
+    """Zoneout: each state s_t = s~_t + d (s_{t-1} - s~_t), d a 0/1 mask (training) or z, its
+    expectation (evaluation); None: the state as the cell computed it."""
+    return tuple(v if d is None else v + d * (p - v) for v, p, d in zip(new, prev, keep))
+
+
 def reference_sequence(cell: Cell, x: Tensor, states0, w: Weights,
                        batch_sizes: list[int] | None = None, masks=None) -> list[Tensor]:
     """hist[k] (T+1, B, size_k) for x (T, B, I) and states0[k] (B, size_k), in processing order;
@@ -38,8 +44,7 @@ def reference_sequence(cell: Cell, x: Tensor, states0, w: Weights,
             r = p[0] * h_mask[:n]
             seen = (r, *p[1:]) if cell.h_products == "only" else (*p, r)
         new = cell.reference_step(w, xw[s, :n], seen)
-        new = tuple(v if d is None else v + d[s, :n] * (q - v)      # zoneout
-                    for v, q, d in zip(new, p, zone))
+        new = zoned(new, p, tuple(None if d is None else d[s, :n] for d in zone))
         if n < B:
             new = tuple(torch.cat([v, s0[n:]]) for v, s0 in zip(new, states0))
         for h, v in zip(hist, new):

@@ -35,6 +35,11 @@ biases, as xLSTM's zero weights, but not exactly input-blind); b_i ~ N(0, 0.1); 
 f = sigmoid(linspace(3, 6, NH)) per head (f~ = that linspace for the sigmoid forget gate, its
 logsigmoid for the exp one), xLSTM's choice: long memory at the start.
 
+engine: "compiled" runs the parallel form's forward and backward (training) and the recurrent
+step (inference) in C++ (csrc/mlstm.cpp), "python" in torch ops (the hand-written backward of
+``lstmkit.cells.mlstm``), "auto" the compiled engine where the extension is built and the
+tensors are float32/float64 on the CPU, outside torch.compile / export / ONNX / torch.func.
+
 mode: "parallel" (O(L^2) per head, fastest for short training sequences), "chunkwise" (O(L)),
 "recurrent" (the step loop), "auto": the recurrent step for L == 1, parallel for
 L <= AUTO_PARALLEL_MAX_T, chunkwise beyond (benchmarks/bench_mlstm.py).
@@ -63,6 +68,7 @@ from ..engine import compiled
 from ..trace import KeptSteps, SequenceTrace
 
 MODES = ("auto", "parallel", "chunkwise", "recurrent")
+ENGINES = ("auto", "python", "compiled")
 # training steps, one thread, H = 256, 4 heads: parallel ahead up to T = 128, chunkwise from 192
 AUTO_PARALLEL_MAX_T = 160
 _PROJECTIONS = ("q", "k", "v", "i", "f", "o")
@@ -79,7 +85,8 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
     def __init__(self, input_size: int, hidden_size: int, num_heads: int = 1, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, forget_gate: str = "sigmoid", mode: str = "auto",
-                 chunk_size: int = 64, head_norm: bool = True, device=None, dtype=None):
+                 chunk_size: int = 64, head_norm: bool = True, engine: str = "auto",
+                 device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
         input_size, hidden_size, num_layers, dropout, _ = checks.check_layer_args(
@@ -96,12 +103,15 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             raise ValueError(f"{name}: mode should be one of {MODES}, got {mode!r}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"{name}: chunk_size should be a positive int, got {chunk_size!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"{name}: engine should be one of {ENGINES}, got {engine!r}")
         self.input_size, self.hidden_size, self.num_heads = input_size, hidden_size, num_heads
         self.num_layers, self.bias, self.batch_first = num_layers, bool(bias), batch_first
         self.dropout, self.bidirectional = dropout, bool(bidirectional)
         self.forget_gate, self.mode, self.chunk_size = forget_gate, mode, chunk_size
         self.head_size = hidden_size // num_heads
         self.head_norm = bool(head_norm)
+        self.engine = engine
 
         factory = {"device": device, "dtype": dtype}
         H, NH, D = hidden_size, num_heads, self.num_directions
@@ -164,7 +174,8 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             s += f", num_layers={self.num_layers}"
         for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
                              ("bidirectional", False), ("forget_gate", "sigmoid"),
-                             ("mode", "auto"), ("chunk_size", 64), ("head_norm", True)):
+                             ("mode", "auto"), ("chunk_size", 64), ("head_norm", True),
+                             ("engine", "auto")):
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
         return s
@@ -238,12 +249,29 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         """The compiled step (csrc/mlstm.cpp) where this call of L steps runs the recurrent form
         without autograd (under torch.no_grad or inference_mode) on float32/float64 CPU tensors
         and the extension is built; else None (the python step)."""
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in compiled.DTYPES:
+        if torch.is_grad_enabled() or not self._compiles(x):
             return None
-        if (self.mode != "recurrent" and not (self.mode == "auto" and L == 1)) or _tracing():
+        if self.mode != "recurrent" and not (self.mode == "auto" and L == 1):
             return None
-        kernels = compiled.mlstm_step_kernel()
-        return None if kernels is None else kernels[1]
+        return compiled.mlstm_step_kernel()[1]
+
+    def _compiles(self, x: Tensor) -> bool:
+        """Whether this call runs the compiled engine: engine "compiled", or "auto" where the
+        extension is built, on float32/float64 CPU tensors, outside torch's tracers (to which
+        the extension is opaque); engine "compiled" where it cannot is an error."""
+        if self.engine == "python" or _tracing():
+            return False
+        if compiled.mlstm_step_kernel() is None:
+            if self.engine == "compiled":
+                raise RuntimeError(f"{type(self).__name__}: engine='compiled', but the compiled "
+                                   f"engine is unavailable ({compiled.build_error()})")
+            return False
+        if x.device.type != "cpu" or x.dtype not in compiled.DTYPES:
+            if self.engine == "compiled":
+                raise RuntimeError(f"{type(self).__name__}: engine='compiled' runs float32 and "
+                                   f"float64 CPU tensors, got {x.dtype} on {x.device}")
+            return False
+        return True
 
     def _compiled_step(self, input: Tensor, state, kernel) -> tuple[Tensor, tuple]:
         """``forward`` for one step without lengths, every layer and direction one product and
@@ -312,6 +340,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             h = self._output(torch.stack(hs), o, index).view(L, N, H)
             return (h if valid is None else h.masked_fill(~valid, 0.0)), (C[0], n[0], m[0])
         kw = {"forget_gate": self.forget_gate}
+        kernels = compiled.mlstm_parallel_kernel() if self._compiles(q) else None
         mode = self.mode
         if mode == "auto":
             mode = "recurrent" if L == 1 else "parallel" if L <= AUTO_PARALLEL_MAX_T \
@@ -323,9 +352,10 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
         elif mode == "recurrent":
             h, final = cell.recurrent(q, k, v, i_pre, f_pre, state, **kw)
         elif mode == "parallel":
-            h, final = cell.parallel(q, k, v, i_pre, f_pre, state, **kw)
+            h, final = cell.parallel(q, k, v, i_pre, f_pre, state, kernels=kernels, **kw)
         else:
             h, final = cell.chunkwise(q, k, v, i_pre, f_pre, state, chunk_size=self.chunk_size,
+                                      kernels=kernels,
                                       **kw)
         h = h.permute(2, 0, 1, 3)                                               # (L, N, NH, d)
         if self.head_norm:

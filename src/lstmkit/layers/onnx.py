@@ -45,6 +45,7 @@ from ..cells.base import Cell, Weights
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
+from ..engine.reference import zoned
 from .minrnn import _MinRNN
 from .mlstm import _PROJECTIONS, mLSTM
 from .recurrent import _Recurrent
@@ -116,11 +117,6 @@ def _scan_weights(layer, k: int, live: bool = False) -> dict[str, Tensor]:
             for key, t in vars(layer.weights(k, d)).items() if t is not None}
 
 
-def _zoned(new: tuple, prev: tuple, zone: tuple) -> tuple:
-    """Zoneout in evaluation: each state s_t = s~_t + z (s_{t-1} - s~_t), its expectation."""
-    return tuple(v + z * (p - v) if z else v for v, p, z in zip(new, prev, zone))
-
-
 class OnnxLayer(nn.Module):
     """Stands in for an lstmkit LSTM, GRU, RNN, sLSTM or ``Recurrent`` while torch.onnx.export
     traces a model: same call ``(input, hx=None, lengths=None)`` and results, written as ONNX
@@ -136,7 +132,7 @@ class OnnxLayer(nn.Module):
         # ONNX's operators have the LSTM, GRU and RNN equations only; the other cells run
         # their reference step in a Scan
         # zoneout in evaluation, s_t = z s_{t-1} + (1 - z) s~_t per state: a Scan step too
-        self.zone = tuple(layer._zone)
+        self.zone = tuple(z or None for z in layer._zone)       # per state: z, or None
         self.native = (type(layer.cell) in _NATIVE and not layer.proj_size
                        and not any(self.zone))
         if not self.native and not has_reference_step(layer.cell):
@@ -269,12 +265,12 @@ class OnnxLayer(nn.Module):
             # tensors it finds on a module into the graph)
             def step(prev, inp, w=w, cell=self.cell, zone=self.zone):
                 xw_t, m_t = inp
-                new = _zoned(cell.reference_step(w, xw_t, prev), prev, zone)
+                new = zoned(cell.reference_step(w, xw_t, prev), prev, zone)
                 kept = tuple(m_t * n + (1 - m_t) * p for n, p in zip(new, prev))
                 return kept, m_t * new[0]
 
             def full_step(prev, xw_t, w=w, cell=self.cell, zone=self.zone):  # all T long
-                new = _zoned(cell.reference_step(w, xw_t, prev), prev, zone)
+                new = zoned(cell.reference_step(w, xw_t, prev), prev, zone)
                 return new, new[0].clone()            # an output may not alias the carry
 
             # detached (an identity in ONNX): torch.onnx fails on a Scan whose inputs require

@@ -36,7 +36,8 @@ class xLSTM(nn.Module):  # noqa: N801 (the paper's name)
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2,
                  num_heads: int = 1, bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False,
-                 slstm_at: tuple[int, ...] | None = None, device=None, dtype=None):
+                 slstm_at: tuple[int, ...] | None = None, engine: str = "auto", device=None,
+                 dtype=None):
         super().__init__()
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"xLSTM: num_layers must be a positive int, got {num_layers!r}")
@@ -53,7 +54,7 @@ class xLSTM(nn.Module):  # noqa: N801 (the paper's name)
         D = 2 if bidirectional else 1
         self.num_directions = D
         kw = {"num_heads": num_heads, "bias": bias, "bidirectional": bidirectional,
-              "device": device, "dtype": dtype}
+              "engine": engine, "device": device, "dtype": dtype}
         self.layers = nn.ModuleList(
             (sLSTM if k in self.slstm_at else mLSTM)(input_size if k == 0 else D * hidden_size,
                                                      hidden_size, **kw)
