@@ -17,7 +17,9 @@ Tables, float32, medians (bench_layers.median_ms: the contenders take turns):
 2. Chunkwise against parallel (training step, B = 4, H = 256) at T = 256, 1024, 4096 (parallel
    left out at 4096: O(T^2) memory): goal chunkwise <= 1.2x parallel at T = 256, and ms per
    step flat as T grows.
-3. Inference step, batch 1, no_grad: the cell step alone (lstmkit.cells.mlstm.step in python
+3. The cell's parallel form alone (no projections), forward and backward: the compiled
+   kernels (csrc/mlstm.cpp) against the same lines in torch ops (engine="python").
+4. Inference step, batch 1, no_grad: the cell step alone (lstmkit.cells.mlstm.step in python
    and lstmkit.engine.compiled.mlstm_step, csrc/mlstm.cpp, against xLSTM's
    recurrent_step_stabilized_simple), and the layer step (projections + cell step + o_t:
    lstmkit.mLSTM on one step, the compiled layer step where built, against the same layer over
@@ -144,6 +146,26 @@ def bench_lengths(heads: int, repeats: int) -> list[dict]:
     return rows
 
 
+def bench_cell_engines(size, heads: int, repeats: int) -> dict | None:
+    """The cell's parallel form alone (q, k, v and the gates to h~, forward and backward of
+    the sum of h~): the compiled kernels against the same lines in torch ops."""
+    kernels = compiled.mlstm_parallel_kernel()
+    if kernels is None:
+        return None
+    T, B, H = size
+    d = H // heads
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, heads, T, d, generator=g, requires_grad=True) for _ in range(3))
+    i_pre = torch.randn(B, heads, T, generator=g, requires_grad=True)
+    f_pre = (torch.randn(B, heads, T, generator=g) + 3).requires_grad_()
+
+    def run(kernels):
+        h, _ = cell.parallel(q, k, v, i_pre, f_pre, kernels=kernels)
+        h.sum().backward()
+    t_c, t_py = median_ms(lambda: run(kernels), lambda: run(None), repeats=repeats)
+    return {"size": size, "compiled": t_c, "python": t_py}
+
+
 def bench_inference_step(H: int, heads: int, repeats: int) -> list[dict]:
     P = backends()
     torch.manual_seed(0)
@@ -199,6 +221,15 @@ def main() -> None:
         for r in bench_training(size, args.heads, args.repeats):
             print(f"| {r['size']} | {r['chunk']} | {r['what']} | {r['ms']:.2f} | "
                   f"{r['vs_torch']:.2f} |", flush=True)
+
+    rows = [r for r in (bench_cell_engines(size, args.heads, args.repeats) for size in sizes)
+            if r is not None]
+    if rows:
+        print("\n| cell parallel form (T, B, H) | compiled ms | python ms | compiled / python |"
+              "\n|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['size']} | {r['compiled']:.2f} | {r['python']:.2f} | "
+                  f"{r['compiled'] / r['python']:.2f} |", flush=True)
 
     print("\n| T (B=4, H=256) | chunkwise ms | parallel ms | chunkwise / parallel "
           "| chunkwise us per step |\n|---:|---:|---:|---:|---:|")
