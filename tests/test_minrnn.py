@@ -673,6 +673,33 @@ def test_compiled_bad_arguments_raise_clear_errors(monkeypatch):
                                minrnn.recurrence("mingru", pre, compiled=False))
 
 
+@needs_compiled
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_engines(kind, monkeypatch):
+    """engine="compiled" runs the C++ loop, "python" never calls it, both give the same numbers;
+    "compiled" where it cannot run (parallel mode, no extension) is refused by name."""
+    counting = _CountingExtension(minrnn._extension())
+    monkeypatch.setattr(minrnn, "_extension", lambda: counting)
+    x = torch.randn(6, B, I, **F64)
+    out = {}
+    for engine in ("compiled", "python"):
+        layer = make(kind, engine=engine, bidirectional=True)
+        counting.calls.clear()
+        y, h_n = layer(x)
+        out[engine] = (y, h_n)
+        assert counting.calls == (["minrnn_forward"] * 2 if engine == "compiled" else [])
+    for a, b in zip(out["compiled"], out["python"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert "engine='python'" in repr(make(kind, engine="python"))
+    with pytest.raises(ValueError, match="engine should be one of"):
+        make(kind, engine="torch")
+    with pytest.raises(ValueError, match="engine='compiled' runs the step loop; mode='parallel'"):
+        make(kind, engine="compiled", mode="parallel")(x)
+    monkeypatch.setattr(minrnn, "_extension", lambda: None)
+    with pytest.raises(RuntimeError, match="engine='compiled', but .*extension is unavailable"):
+        make(kind, engine="compiled")(x)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_traced_layer_follows_the_python_loop(kind, monkeypatch):
     """torch.jit.trace records the python loop's torch ops (the C++ op is opaque to it): the

@@ -29,6 +29,9 @@ one thread (in python already: training about 1.5-2.5x, inference 2-5x, at T fro
 one core runs the loop at memory speed, while the scan's logcumsumexp costs ~60 ns per element.
 Elsewhere (an accelerator, where the scan's work is parallel over T, as in the paper; not
 measured here) the scan when L > 1.
+``engine``: "compiled" runs the step loop in C++ (an error where it cannot: no extension, not
+CPU float32/float64, mode "parallel"), "python" the loop in torch ops (the reference), "auto"
+the C++ loop where it can run.
 ``step(x_t, h)`` advances a unidirectional layer by one time step for streaming.
 """
 
@@ -46,6 +49,7 @@ from ..cells import minrnn
 from ..trace import KeptSteps, SequenceTrace
 
 MODES = ("auto", "parallel", "sequential")
+ENGINES = ("auto", "python", "compiled")
 
 
 class _MinRNN(nn.Module):
@@ -55,7 +59,7 @@ class _MinRNN(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 mode: str = "auto", device=None, dtype=None):
+                 mode: str = "auto", engine: str = "auto", device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
         input_size, hidden_size, num_layers, dropout, _ = checks.check_layer_args(
@@ -65,6 +69,9 @@ class _MinRNN(nn.Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
         self.bidirectional = bidirectional
         self.mode = mode                                         # checked by the setter
+        if engine not in ENGINES:
+            raise ValueError(f"{name}: engine should be one of {ENGINES}, got {engine!r}")
+        self.engine = engine
         G, H, D = minrnn.num_gates(self.kind), hidden_size, self.num_directions
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
@@ -203,6 +210,10 @@ class _MinRNN(nn.Module):
             state = state.unsqueeze(1) if unbatched else state
         parallel = self.mode == "parallel" or (self.mode == "auto" and T > 1
                                                 and x.device.type != "cpu")
+        compiled = {"auto": None, "python": False, "compiled": True}[self.engine]
+        if compiled and parallel:
+            raise ValueError(f"{name}: engine='compiled' runs the step loop; mode={self.mode!r} "
+                             f"runs the log-space scan here (mode='sequential', or engine='auto')")
         t_index = torch.arange(T, device=x.device)[:, None]      # (L, 1)
         if lengths is None:
             reverse = lambda t: t.flip(0)                        # noqa: E731
@@ -228,7 +239,11 @@ class _MinRNN(nn.Module):
                 pre = F.linear(x_d, weight, bias)               # (L, N, G*H)
                 h0 = None if state is None else state[layer * self.num_directions + d]
                 if steps is None:
-                    h = minrnn.recurrence(self.kind, pre, h0, parallel)   # (L, N, H)
+                    if compiled and minrnn.compiled_unsupported(pre, h0):
+                        raise RuntimeError(f"{name}: engine='compiled', but "
+                                           f"{minrnn.compiled_unsupported(pre, h0)}")
+                    h = minrnn.recurrence(self.kind, pre, h0, parallel,
+                                          compiled=compiled)             # (L, N, H)
                 else:
                     steps[layer].append(_MinStepTrace(self.kind, bool(d), *kept_at))
                     h = steps[layer][-1].run(pre, h0)
@@ -263,7 +278,8 @@ class _MinRNN(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
-                             ("dropout", 0.0), ("bidirectional", False), ("mode", "auto")):
+                             ("dropout", 0.0), ("bidirectional", False), ("mode", "auto"),
+                             ("engine", "auto")):
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
         return s
