@@ -736,3 +736,17 @@ def test_layer_engine_is_checked_and_named(monkeypatch):
             _layer(engine="compiled").to(torch.bfloat16)(x.bfloat16())
     stack = lstmkit.xLSTM(3, 4, num_layers=2, engine="python")
     assert {layer.engine for layer in stack.layers} == {"python"}
+
+
+def test_autocast_runs_the_python_engine():
+    """Under bfloat16 autocast the products are autocast's: engine "auto" runs the python
+    forms (the same numbers as engine="python"), "compiled" is refused by name."""
+    x = torch.randn(12, 2, 3)
+    layers = {e: _layer(dtype=torch.float32, engine=e) for e in ("auto", "python", "compiled")}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_auto, _ = layers["auto"](x)
+        y_python, _ = layers["python"](x)
+        if compiled.available():
+            with pytest.raises(RuntimeError, match="outside autocast, .* under autocast"):
+                layers["compiled"](x)
+    torch.testing.assert_close(y_auto, y_python, atol=0, rtol=0)

@@ -266,10 +266,13 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 raise RuntimeError(f"{type(self).__name__}: engine='compiled', but the compiled "
                                    f"engine is unavailable ({compiled.build_error()})")
             return False
-        if x.device.type != "cpu" or x.dtype not in compiled.DTYPES:
+        if x.device.type != "cpu" or x.dtype not in compiled.DTYPES \
+                or torch.is_autocast_enabled("cpu"):
             if self.engine == "compiled":
+                where = " under autocast" if torch.is_autocast_enabled("cpu") else ""
                 raise RuntimeError(f"{type(self).__name__}: engine='compiled' runs float32 and "
-                                   f"float64 CPU tensors, got {x.dtype} on {x.device}")
+                                   f"float64 CPU tensors outside autocast, got {x.dtype} on "
+                                   f"{x.device}{where}")
             return False
         return True
 
