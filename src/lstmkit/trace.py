@@ -75,7 +75,9 @@ class StepTrace:
     @property
     def bounded(self) -> tuple[str, ...]:
         """The gates whose values lie in [0, 1]."""
-        return tuple(g for g in self.gates if g not in self._cell.tanh_gates)
+        cell = self._cell
+        shown = cell.gate_values({g: torch.zeros(1) for g in cell.gates})    # names only
+        return tuple(g for g in shown if g not in cell.tanh_gates)
 
     @property
     def gates(self) -> dict[str, Tensor]:

@@ -1,5 +1,5 @@
 """Gradient flow through time, measured: how much of a gradient that enters at step T reaches
-step t = T - k, for the RNN, the LSTM and the GRU.
+step t = T - k, for the RNN, the LSTM, the GRU and the cells after 2024.
 
 Time indices: h_0 (and c_0) is the initial state, h_t the state after the t-th input, t = 1..T;
 ``trace.steps[l][d].h[t - 1]`` is h_t. "Steps back" k = T - t.
@@ -12,6 +12,10 @@ The products this module measures:
     LSTM  c_t = f_t * c_{t-1} + i_t * g_t
           along the cell state alone (h_{t-1} held fixed in the gates):
           dc_T/dc_t = prod_{s=t+1..T} f_s                           (B, H), a diagonal
+    minGRU, minLSTM   h_t = a_t h_{t-1} + b_t, a_t from x_t alone:
+          dh_T/dh_t = diag(prod_{s=t+1..T} a_s)
+    mLSTM h_{t-1} does not enter step t; the memory carries the gradient back:
+          dL/dC_t = f'_{t+1} dL/dC_{t+1} + (what h_t's own loss puts there)
 
 Inputs ``x`` are in the layer's own layout ((L, N, H_in), (N, L, H_in) with batch_first, or
 (L, H_in) unbatched). Everything is computed in the layer's dtype; gradients of long sequences
@@ -350,8 +354,9 @@ def exploding_demo(hidden: int = 32, length: int = 100, scale: float = 3.0,
 
 
 def _curves(layer, x: Tensor, loss_fn=None) -> dict:
-    """One cell's curves over k = 0..T steps back: grad_h (and grad_c for an LSTM) from
-    ``gradient_norms`` with loss_fn, jacobian from ``jacobian_norms``."""
+    """One cell's curves over k = 0..T steps back: grad_h (and grad_c for an LSTM; grad_C and
+    grad_n instead for an mLSTM) from ``gradient_norms`` with loss_fn, jacobian from
+    ``jacobian_norms`` (not for an mLSTM)."""
     g = gradient_norms(layer, x, loss_fn)
     curves = {}
     for name in ("h", "c", "C", "n"):

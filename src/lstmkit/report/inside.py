@@ -33,9 +33,9 @@ NAMES = {"c": "cell state c_t", "h": "hidden state h_t", "i": "input gate i_t",
 def shown(step_trace, units: int) -> dict[str, torch.Tensor]:
     """The per-unit quantities of one layer and direction's trace, in page order, each
     (T, N, units): c (if any), h, the gates, then the other states (the sLSTM's n_t and m_t,
-    the mLSTM's n~_t and m_t). A value kept
-    per head (the mLSTM's gates, its stabiliser) is shown on each unit of its head; a state
-    larger than the units (the mLSTM's matrix memory C_t) is left out."""
+    the mLSTM's n~_t and m_t). A value kept per head (the mLSTM's gates, its stabiliser) is
+    shown on each unit of its head; a state larger than the units (the mLSTM's matrix memory
+    C_t) is left out."""
     raw = {} if step_trace.c is None else {"c": step_trace.c}
     raw["h"] = step_trace.h
     raw.update(step_trace.gates)
