@@ -17,6 +17,16 @@ def _layer(**kwargs):
     return lstmkit.mLSTM(3, 8, num_heads=2, dtype=torch.float64, **kwargs)
 
 
+def _traced_as_forward(layer, x, *args, **kwargs):
+    """layer.trace(x, ...), checked to give forward's output and final state."""
+    out, final = layer(x, *args, **kwargs)
+    trace = layer.trace(x, *args, **kwargs)
+    torch.testing.assert_close(trace.output, out)
+    for a, b in zip(trace.state, final):
+        torch.testing.assert_close(a, b)
+    return trace
+
+
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_trace_gives_forwards_output_and_state(batch_first):
     layer = _layer(num_layers=2, bidirectional=True, batch_first=batch_first)
@@ -24,11 +34,7 @@ def test_trace_gives_forwards_output_and_state(batch_first):
     x = x if batch_first else x.transpose(0, 1)
     state = tuple(0.1 * torch.randn(s, dtype=torch.float64) for s in layer.state_shapes(2))
     state = (state[0], state[1], state[2].abs())
-    out, final = layer(x, state)
-    trace = layer.trace(x, state)
-    torch.testing.assert_close(trace.output, out)
-    for a, b in zip(trace.state, final):
-        torch.testing.assert_close(a, b)
+    trace = _traced_as_forward(layer, x, state)
     # the reverse direction's h in time order is the second half of the output
     h = trace.output if not batch_first else trace.output.transpose(0, 1)
     torch.testing.assert_close(trace.steps[1][1].h, h[..., 8:])
@@ -94,11 +100,7 @@ def test_trace_with_lengths_keeps_each_sequence_as_if_alone():
     layer = _layer(num_layers=2, bidirectional=True)
     lengths = torch.tensor([3, 6, 1])
     x = torch.randn(6, 3, 3, dtype=torch.float64)
-    out, final = layer(x, lengths=lengths)
-    trace = layer.trace(x, lengths=lengths)
-    torch.testing.assert_close(trace.output, out)
-    for a, b in zip(trace.state, final):
-        torch.testing.assert_close(a, b)
+    trace = _traced_as_forward(layer, x, lengths=lengths)
     trace.output.pow(2).sum().backward()
     for k, n in enumerate(lengths.tolist()):
         alone = layer.trace(x[:n, k:k + 1])
@@ -120,11 +122,7 @@ def test_xlstm_trace_is_each_layers_trace():
                           dtype=torch.float64)
     lengths = torch.tensor([6, 5, 2])                     # the sLSTM wants longest first
     x = torch.randn(6, 3, 3, dtype=torch.float64)
-    out, state = stack(x, lengths=lengths)
-    trace = stack.trace(x, lengths=lengths)
-    torch.testing.assert_close(trace.output, out)
-    for a, b in zip(trace.state, state):
-        torch.testing.assert_close(a, b)
+    trace = _traced_as_forward(stack, x, lengths=lengths)
     trace.output.sum().backward()
     h = x
     for layer, row in zip(stack.layers, trace.steps):

@@ -106,10 +106,9 @@ def test_adding_and_copy_pages_show_the_baseline(runs):
     assert any("memoryless" in s["name"] for c in copy.values() for s in c["series"])
 
 
-def test_numbers_in_the_page_equal_the_trace_chars_gru(runs, tmp_path):
-    run = runs("chars-gru")
-    text = 'To be, "or" not'
-    out = tmp_path / "r.html"
+def chars_page_and_trace(run, text: str, out):
+    """The page of a chars run for --input text, and a trace of the run's model on that text
+    after the backward pass of the loss the page uses."""
     assert run_cli("report", run, "--out", out, "--input", text).code == 0
     data = page_data(out)
     assert data["inside"]["symbols"] == list(text)
@@ -119,6 +118,11 @@ def test_numbers_in_the_page_equal_the_trace_chars_gru(runs, tmp_path):
     logits = model.decoder(trace.output)
     torch.testing.assert_close(logits, model(x)[0])        # the model's own forward pass
     F.cross_entropy(logits[:-1, 0], x[1:, 0]).backward()
+    return data, trace
+
+
+def test_numbers_in_the_page_equal_the_trace_chars_gru(runs, tmp_path):
+    data, trace = chars_page_and_trace(runs("chars-gru"), 'To be, "or" not', tmp_path / "r.html")
     (view,) = views_of(data)
     step = trace.steps[0][0]
     expected = {"h": step.h, **step.gates}

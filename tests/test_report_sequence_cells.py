@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from cli_harness import run_cli
 from report_runs import page_data, write_text
 from test_cli import needs_data
-from test_report import views_of
+from test_report import chars_page_and_trace, views_of
 
 from lstmkit.cli import load_run
 from lstmkit.data import ALPHABET
@@ -41,17 +41,8 @@ def chars_run(tmp_path, cell):
 @pytest.mark.parametrize("cell", list(KEPT))
 def test_page_shows_the_cells_trace_number_for_number(tmp_path, cell):
     run = chars_run(tmp_path, cell)
-    text = 'To be, "or" not'
-    out = tmp_path / "r.html"
-    assert run_cli("report", run, "--out", out, "--input", text).code == 0
-    data = page_data(out)
+    data, trace = chars_page_and_trace(run, 'To be, "or" not', tmp_path / "r.html")
     assert "records no" not in " ".join(data["inside"]["notes"])
-    cfg, task, model = load_run(str(run))
-    x = torch.tensor([task.stoi[ch] for ch in text])[:, None]
-    trace = model.rnn.trace(model.embed(x))
-    logits = model.decoder(trace.output)
-    torch.testing.assert_close(logits, model(x)[0])        # the model's own forward pass
-    F.cross_entropy(logits[:-1, 0], x[1:, 0]).backward()
     views = views_of(data)
     quantities, grads = KEPT[cell]
     assert [set(v["arrays"]) for v in views] == quantities

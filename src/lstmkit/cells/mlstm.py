@@ -119,19 +119,17 @@ class _Parallel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, i_pre, f_pre, C0, n0, m0, forget_gate, eps, kernels=None):
-        if kernels is not None:         # the same lines in C++ (csrc/mlstm.cpp)
-            h, C_T, n_T, m_T, *saved = kernels[0](q, k, v, i_pre, f_pre, C0, n0, m0,
-                                                  forget_gate == "exp", eps)
-            D, S, s, lower, den, g, arg = saved
-            ctx.forget_gate, ctx.eps, ctx.has_state, ctx.kernels = forget_gate, eps, \
-                C0 is not None, kernels
-            ctx.save_for_backward(q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T, arg,
-                                  *((C0, n0, g) if C0 is not None else ()))
-            ctx.set_materialize_grads(False)
-            return h, C_T, n_T, m_T
-        ctx.kernels = None
         T = q.shape[-2]
         has_state = C0 is not None
+        ctx.forget_gate, ctx.eps, ctx.has_state, ctx.kernels = forget_gate, eps, has_state, \
+            kernels
+        ctx.set_materialize_grads(False)
+        if kernels is not None:         # the same lines in C++ (csrc/mlstm.cpp)
+            h, C_T, n_T, m_T, D, S, s, lower, den, g, arg = kernels[0](
+                q, k, v, i_pre, f_pre, C0, n0, m0, forget_gate == "exp", eps)
+            ctx.save_for_backward(q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T, arg,
+                                  *((C0, n0, g) if has_state else ()))
+            return h, C_T, n_T, m_T
         F_ = log_forget(f_pre, forget_gate).cumsum(-1)                                  # (*, T)
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         log_D = F_[..., :, None] - F_[..., None, :]                                  # (*, T, T)
@@ -158,10 +156,8 @@ class _Parallel(torch.autograd.Function):
         lower = _lower(m)
         den = torch.maximum(s.abs(), lower) + eps
         h = num / den[..., None]
-        ctx.forget_gate, ctx.eps, ctx.has_state = forget_gate, eps, has_state
         ctx.save_for_backward(q, k, v, f_pre, D, S, s, lower, den, h, C_T, n_T,
                               *((C0, n0, g) if has_state else ()))
-        ctx.set_materialize_grads(False)
         return h, C_T, n_T, m[..., -1]
 
     @staticmethod

@@ -239,9 +239,9 @@ class _MinRNN(nn.Module):
                 pre = F.linear(x_d, weight, bias)               # (L, N, G*H)
                 h0 = None if state is None else state[layer * self.num_directions + d]
                 if steps is None:
-                    if compiled and minrnn.compiled_unsupported(pre, h0):
-                        raise RuntimeError(f"{name}: engine='compiled', but "
-                                           f"{minrnn.compiled_unsupported(pre, h0)}")
+                    reason = compiled and minrnn.compiled_unsupported(pre, h0)
+                    if reason:
+                        raise RuntimeError(f"{name}: engine='compiled', but {reason}")
                     h = minrnn.recurrence(self.kind, pre, h0, parallel,
                                           compiled=compiled)             # (L, N, H)
                 else:

@@ -225,15 +225,12 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 index = layer * D + direction
                 if not direction or x.shape[0] == 1:
                     seq = x
-                elif reverse is None:
-                    seq = x.flip(0)
                 else:               # each sequence from its own last step: padding stays last
-                    seq = x.gather(0, reverse.expand(-1, -1, x.shape[-1]))
+                    seq = _in_reverse(x, reverse)
                 h, final = self._layer(seq, index, states[index] if states else None, valid,
                                        kernel)
                 if direction and x.shape[0] > 1:
-                    h = h.flip(0) if reverse is None else \
-                        h.gather(0, reverse.expand(-1, -1, h.shape[-1]))    # its own inverse
+                    h = _in_reverse(h, reverse)                               # its own inverse
                 outputs.append(h)
                 finals.append(final)
             x = torch.cat(outputs, -1) if D == 2 else outputs[0]                  # (L, N, D*H)
@@ -430,11 +427,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
             outputs, row = [], []
             for direction in range(D):
                 index = layer * D + direction
-                if not direction:
-                    seq = x
-                else:
-                    seq = x.flip(0) if order is None else \
-                        x.gather(0, order.expand(-1, -1, x.shape[-1]))
+                seq = _in_reverse(x, order) if direction else x
                 q, k, v, i_pre, f_pre, o = self._split(_project(seq, *self._stacked(index)),
                                                        valid)
                 st = _MLSTMStepTrace(self, direction == 1, index, order, valid)
@@ -442,8 +435,7 @@ class mLSTM(nn.Module):  # noqa: N801 (the paper's name)
                 if valid is not None:
                     h = h.masked_fill(~valid, 0.0)
                 if direction:
-                    h = h.flip(0) if order is None else \
-                        h.gather(0, order.expand(-1, -1, h.shape[-1]))
+                    h = _in_reverse(h, order)
                 outputs.append(h)
                 finals.append(final)
                 row.append(st)
@@ -614,6 +606,12 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum(0)
         return dx, dW, db
+
+
+def _in_reverse(x: Tensor, order: Tensor | None) -> Tensor:
+    """x (L, N, F) read backwards in time: each sequence from its own last step by ``order``
+    (``_padding``'s, padding left last), or all flipped (no lengths). Its own inverse."""
+    return x.flip(0) if order is None else x.gather(0, order.expand(-1, -1, x.shape[-1]))
 
 
 def _padding(name: str, lengths, L: int, N: int, device) -> tuple[Tensor, Tensor]:
