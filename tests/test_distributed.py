@@ -59,9 +59,11 @@ def test_carried_state_is_split_checkpointed_and_resumed(tmp_path):
     checkpoint holds them all, and a resumed 2-process run ends where one process does."""
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 40)
+    # a plain LSTM: through LayerNorm (the chars default) float32 rounding of the two ways
+    # of summing grows past the tolerance in 2 epochs (equal to 3e-8 after one step)
     common = ["--path", text, "--hidden", 16, "--embed", 8, "--layers", 1, "--bptt", 10,
               "--batch-size", 4, "--lr", 0.01, "--dropout", 0, "--epochs", 2,
-              "--checkpoint-every", 4]
+              "--checkpoint-every", 4, "--no-layer-norm"]
     one, two = tmp_path / "one", tmp_path / "two"
     lstmkit("train", "chars", "--out", one, "--threads", 1, *common)
     lstmkit("train", "chars", "--out", two, "--nproc", 2, "--max-steps", 6, *common)

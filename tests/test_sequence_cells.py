@@ -15,7 +15,7 @@ from lstmkit.cells import registry
 from lstmkit.cli import main
 from lstmkit.config import defaults_for
 from lstmkit.layers import LSTM, make_layer
-from lstmkit.tasks.models import final_hidden, final_outputs
+from lstmkit.tasks.models import final_hidden, final_outputs, make_rnn
 
 SEQUENCE = {"mlstm": (mLSTM, ("C", "n", "m")), "mingru": (minGRU, ("h",)),
             "minlstm": (minLSTM, ("h",)),
@@ -70,6 +70,24 @@ def test_task_defaults_drop_the_regularisers_a_layer_does_not_take():
     assert (mlstm.cell, mlstm.weight_drop, mlstm.input_dropout) == ("mlstm", 0.0, 0.0)
     assert mlstm.dropout == lstm.dropout and mlstm.hidden == lstm.hidden
     assert defaults_for("names", "slstm").weight_drop == lstm.weight_drop   # Recurrent takes it
+
+
+def test_the_chars_layer_norm_default_is_kept_where_a_layernorm_form_exists():
+    """chars defaults to the LayerNorm LSTM; a cell without a LayerNorm form trains plain, and
+    every registered cell can be trained with the chars defaults (the layer is made)."""
+    assert defaults_for("chars").layer_norm
+    keep = {name for name in registry.names() if defaults_for("chars", name).layer_norm}
+    assert keep == {"lstm", "gru"}
+    for name in registry.names():
+        cfg = defaults_for("chars", name)
+        make_rnn(name, 3, 4, 1, 0.0, False, "auto", cfg.rnn_options())
+
+
+def test_asked_for_by_name_layer_norm_is_refused_for_a_cell_without_it(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "chars", "--out", str(tmp_path / "r"), "--cell", "peephole",
+              "--layer-norm", "--max-steps", "1"])
+    assert "layer_norm is for the cells lstm and gru, got 'peephole'" in capsys.readouterr().err
 
 
 def test_asked_for_by_name_a_regulariser_is_refused(tmp_path, capsys):

@@ -55,6 +55,12 @@ class CellType:
         module, _, name = self.layer.partition(":")
         return getattr(importlib.import_module(module), name)
 
+    @property
+    def takes_layer_norm(self) -> bool:
+        """True for the cells ``layer_norm=True`` turns into their LayerNorm form: lstm and gru
+        (torch's LSTM and GRU with no option of their own)."""
+        return self.layer in ("LSTM", "GRU") and not self.options
+
     def make(self, hidden_size: int, proj_size: int = 0, **options) -> Cell:
         """The cell's equations for a layer of hidden_size units."""
         if self.math is None:

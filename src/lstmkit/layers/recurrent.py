@@ -519,7 +519,7 @@ def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> _Recur
     if entry.sequence_layer is not None:
         return _sequence_layer(entry, input_size, hidden_size, kwargs)
     if kwargs.pop("layer_norm", False):
-        if entry.layer not in ("LSTM", "GRU") or entry.options:
+        if not entry.takes_layer_norm:
             raise ValueError(f"layer_norm is for the cells lstm and gru, got {cell!r} (the "
                              "LayerNorm cells themselves: lstm-ln, gru-ln)")
         kwargs["layer_norm"] = True
