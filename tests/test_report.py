@@ -5,6 +5,7 @@ tests/test_report_browser.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -16,6 +17,7 @@ from report_runs import TEXT, page_data, train_run
 from test_cli import needs_data
 
 from lstmkit.cli import load_run
+from lstmkit.config import defaults_for
 from lstmkit.data import ALPHABET, transliterate
 from lstmkit.report.inside import decode
 from lstmkit.tasks.models import final_hidden
@@ -330,3 +332,17 @@ def test_a_report_that_fails_after_training_is_a_warning(tmp_path, monkeypatch):
                      "--steps-per-epoch", 2, "--batch-size", 4, "--hidden", 4, "--epochs", 1)
     assert result.code == 0 and (tmp_path / "run" / "results.json").is_file()
     assert "lstmkit: warning: the report was not written: the data moved" in result.err
+
+
+def test_the_chars_metrics_note_says_where_validation_and_test_come_from():
+    from lstmkit.report.sections import final_metrics
+
+    results = {"valid": {"loss": 1.34, "bits_per_token": 1.93, "perplexity": 3.8},
+               "test": {"loss": 1.48, "bits_per_token": 2.13, "perplexity": 4.4}}
+    cfg = defaults_for("chars")
+    table = final_metrics(cfg, results, [])
+    assert table["note"].startswith("Validation is the 5% of the text after the training text")
+    assert "The Tempest" in table["note"] and "no test text" not in table["note"]
+    assert [r["test"] for r in table["rows"]][:2] == ["1.4800", "2.130"]
+    own = final_metrics(dataclasses.replace(cfg, path="my.txt"), results, [])
+    assert "Tempest" not in own["note"] and own["note"].endswith("test the last 5%.")
