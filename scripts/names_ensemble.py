@@ -41,10 +41,11 @@ def main() -> None:
     loaded = [load_run(r) for r in args.runs]
     cfg = loaded[0][0]
     for run, (c, _, _) in zip(args.runs, loaded):
-        if c.task != "names" or c.split != cfg.split or c.train_size != cfg.train_size:
-            sys.exit(f"{run}: a {c.task} run (split {c.split}, train size {c.train_size}); every "
-                     f"run must be a names run on the split of {args.runs[0]} ({cfg.split}, "
-                     f"train size {cfg.train_size})")
+        if c.task != "names":
+            sys.exit(f"{run}: a {c.task} run; give runs of `lstmkit train names`")
+        if c.split != cfg.split or c.train_size != cfg.train_size:
+            sys.exit(f"{run}: split {c.split}, train size {c.train_size}; every run must have "
+                     f"the split of {args.runs[0]} ({cfg.split}, train size {cfg.train_size})")
     cfg.data_dir = args.data_dir
     task = make_task(cfg, for_training=True)          # the split the runs trained on
     train_labels = task.splits["train"][1]
