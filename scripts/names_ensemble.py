@@ -21,14 +21,6 @@ import torch
 TAUS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
-def accuracies(logp: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, macro-averaged accuracy) of argmax over logp (N, C) against labels (N,)."""
-    pred = logp.argmax(-1)
-    recall = [(pred[labels == c] == c).float().mean().item()
-              for c in range(logp.shape[1]) if (labels == c).any()]
-    return (pred == labels).float().mean().item(), sum(recall) / len(recall)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders of `lstmkit train names`")
@@ -37,6 +29,7 @@ def main() -> None:
 
     from lstmkit.cli import load_run
     from lstmkit.tasks import make_task
+    from lstmkit.tasks.classify import accuracies
 
     loaded = [load_run(r) for r in args.runs]
     cfg = loaded[0][0]

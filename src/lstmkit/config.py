@@ -349,9 +349,10 @@ def defaults_for(task: str, cell: str | None = None) -> Config:
     cfg = Config(task=task, **TASK_DEFAULTS[task])
     if cell is None or cell not in registry.names():
         return dataclasses.replace(cfg, cell=cell) if cell else cfg
-    layer = registry.get(cell).sequence_layer
+    entry = registry.get(cell)
+    layer = entry.sequence_layer
     takes = inspect.signature(layer).parameters if layer is not None else LAYER_REGULARISERS
     off = {k: v for k, v in LAYER_REGULARISERS.items() if k not in takes}
-    if layer is None and not registry.get(cell).takes_layer_norm:
+    if layer is None and not entry.takes_layer_norm:
         off["layer_norm"] = False           # LayerNorm forms exist for lstm and gru only
     return dataclasses.replace(cfg, cell=cell, **off)

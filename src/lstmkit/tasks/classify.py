@@ -55,6 +55,16 @@ def collate(names: list[torch.Tensor]):
     return pad_sequence(names), torch.tensor([len(n) for n in names])
 
 
+def accuracies(logp: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, macro-averaged accuracy) of argmax over logp (N, C) against labels (N,): the
+    fraction right, and the mean over the classes present in labels of the fraction of each
+    class right."""
+    pred = logp.argmax(-1)
+    recall = [(pred[labels == c] == c).float().mean().item()
+              for c in range(logp.shape[1]) if (labels == c).any()]
+    return (pred == labels).float().mean().item(), sum(recall) / len(recall)
+
+
 def class_weights(labels: torch.Tensor, classes: int, power: float) -> torch.Tensor:
     """Loss weights (C,): w_c proportional to n_c ** -power, n_c the training names of class c,
     scaled so that the mean weight of a training name, sum_c n_c w_c / N, is 1 (power 0: all 1;
@@ -151,13 +161,9 @@ class NamesTask(Task):
     def evaluate(self, model, split):
         names, labels = self.splits[split]
         logp = self.scores(model, names)
-        pred = logp.argmax(-1)
-        C = len(self.languages)
-        per_class = [(pred[labels == c] == c).float().mean().item()
-                     for c in range(C) if (labels == c).any()]
-        return {"loss": F.nll_loss(logp, labels).item(),
-                "accuracy": (pred == labels).float().mean().item(),
-                "macro_accuracy": sum(per_class) / len(per_class)}
+        accuracy, macro = accuracies(logp, labels)
+        return {"loss": F.nll_loss(logp, labels).item(), "accuracy": accuracy,
+                "macro_accuracy": macro}
 
     def describe(self, m):
         return (f"loss {m['loss']:.4f}  accuracy {m['accuracy']:.3f}  "
